@@ -1,0 +1,48 @@
+# The README's two commands: `make demo` and `make test`. Each builds the venv
+# on a fresh clone (Python 3.12, the Lambda runtime's version) and needs no AWS
+# account and no Docker.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= $(shell scripts/find-python)
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(abspath $(BIN)):$(PATH)
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: venv demo up test lint typecheck unit integration e2e template bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/imagejobs local demo
+
+up: $(STAMP)
+	$(BIN)/imagejobs local up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy layers/shared/imagejobs src/imagejobs_tools $(wildcard functions/*/app.py)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy layers/shared/imagejobs src/imagejobs_tools $(wildcard functions/*/app.py)
+	$(BIN)/pytest -n 2 --dist loadgroup tests
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
