@@ -35,7 +35,7 @@ typecheck: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy layers/shared/imagejobs src/imagejobs_tools $(wildcard functions/*/app.py)
+	$(MAKE) --no-print-directory typecheck
 	$(BIN)/pytest -n 2 --dist loadgroup tests
 
 unit: $(STAMP)
