@@ -1,0 +1,33 @@
+"""StoreOutputsFunction: stream the provider's outputs into S3 and record COMPLETED."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from imagejobs.observability import logger, metrics, tracer
+from imagejobs.runtime import Runtime
+from imagejobs.workflow import store_outputs_step
+
+runtime = Runtime()
+RECORD_MARGIN_SECONDS = 20.0  # left for recording COMPLETED after the downloads
+
+
+def _time_budget(context: Any) -> float | None:
+    try:
+        return max(1.0, context.get_remaining_time_in_millis() / 1000.0 - RECORD_MARGIN_SECONDS)
+    except (AttributeError, TypeError):
+        return None
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return store_outputs_step(
+        event,
+        runtime.store,
+        runtime.copier,
+        default_prefix=runtime.settings.output_prefix,
+        time_budget_seconds=_time_budget(context),
+    )

@@ -1,0 +1,268 @@
+"""Intake: one SQS job message → validated, recorded, claimed, submitted once, execution started.
+
+Implements the intake rules of docs/architecture.md. The outcome says whether SQS may
+delete the message (``ack``) or must redeliver it (``retry``); every branch is logged
+and leaves the record in a state that explains it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
+
+from imagejobs import jobs
+from imagejobs import store as records
+from imagejobs.config import Settings
+from imagejobs.observability import (
+    CREDITS_USED,
+    JOBS_REJECTED,
+    JOBS_SUBMITTED,
+    SUBMIT_UNKNOWN,
+    bind_job,
+    count,
+    logger,
+    redact,
+)
+from imagejobs.provider import OutcomeUnknown, ProviderError, ProviderRejected, Submission
+from imagejobs.secrets import SecretNotConfigured
+from imagejobs.store import JobStore
+
+Action = Literal["ack", "retry"]
+
+
+@dataclass(frozen=True)
+class IntakeOutcome:
+    action: Action
+    reason: str
+    job_id: str | None = None
+    status: str | None = None  # the record's status when the message was handled
+    task_id: str | None = None
+
+    @property
+    def ack(self) -> bool:
+        return self.action == "ack"
+
+
+def execution_arn(state_machine_arn: str, name: str) -> str:
+    """The ARN StartExecution gives an execution of this name (deterministic)."""
+    return state_machine_arn.replace(":stateMachine:", ":execution:", 1) + ":" + name
+
+
+def execution_input(
+    job_id: str, task_id: str, kind: str, settings: Settings, submitted_at: float
+) -> dict[str, Any]:
+    return {
+        "jobId": job_id,
+        "taskId": task_id,
+        "kind": kind,
+        "pollIntervalSeconds": settings.poll_interval_seconds,
+        "deadline": round(submitted_at + settings.max_wait_seconds(kind), 3),
+        "polls": 0,
+    }
+
+
+def start_execution(sfn: Any, settings: Settings, job_id: str, payload: Mapping[str, Any]) -> str:
+    """StartExecution named after the job; an existing execution of that name counts as success."""
+    try:
+        response = sfn.start_execution(
+            stateMachineArn=settings.state_machine_arn, name=job_id, input=json.dumps(payload)
+        )
+        return str(response["executionArn"])
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ExecutionAlreadyExists":
+            logger.info("execution already exists", extra={"execution_name": job_id})
+            return execution_arn(settings.state_machine_arn, job_id)
+        raise
+
+
+def _restart(record: Mapping[str, Any], *, sfn: Any, settings: Settings) -> IntakeOutcome:
+    """Duplicate delivery of a SUBMITTED job: make sure its execution runs, then ack."""
+    job_id = str(record["jobId"])
+    submitted_at = record.get("submittedAt") or record.get("updatedAt")
+    started = records.parse_iso(submitted_at) if isinstance(submitted_at, str) else time.time()
+    payload = execution_input(
+        job_id, str(record["taskId"]), str(record.get("kind") or "image"), settings, started
+    )
+    start_execution(sfn, settings, job_id, payload)
+    return IntakeOutcome("ack", "duplicate of a SUBMITTED job; execution ensured", job_id, records.SUBMITTED)
+
+
+def _rejected_job_id(document: Any, message_id: str) -> str:
+    candidate = document.get("jobId") if isinstance(document, Mapping) else None
+    if isinstance(candidate, str) and jobs.JOB_ID_RE.match(candidate):
+        return candidate
+    return message_id if jobs.JOB_ID_RE.match(message_id) else "invalid-" + message_id[:60]
+
+
+def _partial_request(body: str | bytes | Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """What can be kept of an invalid message for the REJECTED record (small, known fields only)."""
+    document: Any = body
+    if not isinstance(body, Mapping):
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(document, Mapping):
+        return None
+    kept = {}
+    for name in ("jobId", "model", "prompt", "aspectRatio"):
+        value = document.get(name)
+        if isinstance(value, str):
+            kept[name] = value[:2000]
+    return kept
+
+
+def handle_job_message(
+    body: str | bytes | Mapping[str, Any],
+    message_id: str,
+    *,
+    store: JobStore,
+    provider: Any,
+    sfn: Any,
+    s3: Any,
+    settings: Settings,
+    lease_seconds: float = 900.0,
+    now: Callable[[], float] = time.time,
+    parse: Callable[..., jobs.JobRequest] = jobs.parse_job,
+) -> IntakeOutcome:
+    # 1. Parse and validate.
+    try:
+        request = parse(body, message_id, settings=settings)
+    except jobs.JobValidationError as invalid:
+        partial = _partial_request(body)
+        job_id = invalid.job_id or _rejected_job_id(partial, message_id)
+        bind_job(job_id)
+        result = store.put_rejected(
+            job_id, invalid.field_errors, request=partial, message=str(invalid), now=now()
+        )
+        if result.applied:
+            count(JOBS_REJECTED)
+            logger.warning("job rejected", extra={"field_errors": invalid.field_errors})
+            return IntakeOutcome("ack", "rejected: invalid message", job_id, records.REJECTED)
+        logger.warning(
+            "invalid message for an existing job id; record left unchanged",
+            extra={"field_errors": invalid.field_errors, "existing_status": result.status},
+        )
+        return IntakeOutcome("ack", "invalid duplicate of an existing job", job_id, result.status)
+
+    job_id = request.job_id
+    bind_job(job_id, model=request.model, kind=request.kind)
+
+    # 2. Record RECEIVED, or decide from the existing record.
+    created = store.create_received(job_id, request.to_record(), now=now())
+    if not created.applied:
+        record = created.record or {}
+        status = created.status
+        if status in records.TERMINAL:
+            logger.info("duplicate of a finished job; acknowledged", extra={"status": status})
+            return IntakeOutcome("ack", f"duplicate: job already {status}", job_id, status)
+        if status == records.SUBMITTED:
+            return _restart(record, sfn=sfn, settings=settings)
+        if status == records.SUBMITTING:
+            lease = float(record.get("leaseExpiresAt") or 0)
+            if lease > now():
+                logger.info("another worker is submitting this job; retry later", extra={"lease": lease})
+                return IntakeOutcome("retry", "another worker holds the submit claim", job_id, status)
+            reason = "an earlier submit attempt did not finish within its lease; it may have been charged"
+            marked = store.mark_submit_unknown(job_id, reason, now=now())
+            if marked.applied:
+                count(SUBMIT_UNKNOWN)
+            logger.error("stale submit claim; job marked SUBMIT_UNKNOWN", extra={"applied": marked.applied})
+            return IntakeOutcome("ack", "stale claim: SUBMIT_UNKNOWN", job_id, marked.status)
+        logger.info("job already RECEIVED (earlier attempt released its claim); continuing")
+        stored = record.get("request")
+        if isinstance(stored, Mapping) and stored != request.to_record():
+            # The first message for a job id defines the job; a later, different body is ignored.
+            logger.warning("redelivered job differs from the recorded request; using the recorded one")
+            request = jobs.JobRequest.from_record(stored)
+
+    # 3. Claim.
+    claim = store.claim_for_submit(job_id, lease_seconds, now=now())
+    if not claim.applied:
+        logger.info("lost the submit claim race", extra={"status": claim.status})
+        if claim.status in records.TERMINAL:
+            return IntakeOutcome("ack", f"job already {claim.status}", job_id, claim.status)
+        if claim.status == records.SUBMITTED and claim.record:
+            return _restart(claim.record, sfn=sfn, settings=settings)
+        return IntakeOutcome("retry", f"claim not acquired ({claim.reason})", job_id, claim.status)
+
+    # 4. Submit (exactly once per claim).
+    try:
+        presign = jobs.s3_presigner(s3, settings.presign_ttl_seconds)
+        provider_body = request.to_provider_body(jobs.resolve_input_urls(request, presign))
+    except Exception as exc:  # nothing was sent: release and let SQS retry
+        error = {"code": "PRESIGN_FAILED", "message": redact(str(exc))}
+        store.release_claim(job_id, error, now=now())
+        logger.exception("could not presign input images; claim released")
+        return IntakeOutcome("retry", "presigning inputs failed", job_id, records.RECEIVED)
+
+    started = now()
+    try:
+        submission: Submission = (
+            provider.submit_video(provider_body)
+            if request.kind == "video"
+            else provider.submit_image(provider_body)
+        )
+    except ProviderRejected as rejected:
+        # Provider messages may echo the presigned input URLs: keep them without signatures.
+        field_errors = {name: [redact(m) for m in msgs] for name, msgs in rejected.field_errors.items()}
+        result = store.mark_rejected(job_id, field_errors, message=redact(str(rejected)), now=now())
+        count(JOBS_REJECTED)
+        logger.warning("provider rejected the job", extra={"field_errors": field_errors})
+        return IntakeOutcome("ack", "rejected by the provider (400)", job_id, result.status)
+    except OutcomeUnknown as unknown:
+        result = store.mark_submit_unknown(job_id, redact(str(unknown)), now=now())
+        count(SUBMIT_UNKNOWN)
+        logger.error("submission outcome unknown; never resubmitted", extra={"error": redact(str(unknown))})
+        return IntakeOutcome("ack", "submission outcome unknown", job_id, result.status)
+    except ProviderError as failure:
+        # A missing API key surfaces as "unreachable" from the client; keep the actionable message.
+        cause = failure.__cause__
+        detail = str(cause) if isinstance(cause, SecretNotConfigured) else str(failure)
+        error = {"code": type(failure).__name__, "message": redact(detail)}
+        store.release_claim(job_id, error, now=now())
+        logger.warning("submit failed before charging; claim released for retry", extra={"error": error})
+        return IntakeOutcome("retry", f"provider error: {type(failure).__name__}", job_id, records.RECEIVED)
+    except Exception as exc:
+        # Not a classified provider error: the request may have gone out. Never resubmit.
+        result = store.mark_submit_unknown(
+            job_id, f"unexpected {type(exc).__name__} while submitting", now=now()
+        )
+        count(SUBMIT_UNKNOWN)
+        logger.exception("unexpected error while submitting; job marked SUBMIT_UNKNOWN")
+        return IntakeOutcome("ack", "unexpected submit error: SUBMIT_UNKNOWN", job_id, result.status)
+
+    submitted_at = now()
+    submit_ms = round((submitted_at - started) * 1000)
+    arn = execution_arn(settings.state_machine_arn, job_id)
+    bind_job(job_id, task_id=submission.task_id)
+    marked = store.mark_submitted(
+        job_id, submission.task_id, submission.credits_used, arn, submit_ms=submit_ms, now=submitted_at
+    )
+    if not marked.applied:
+        # The claim was lost (e.g. a stale-lease SUBMIT_UNKNOWN) while we held a real task: keep its id.
+        store.note_task_on_unknown(job_id, submission.task_id, submission.credits_used, now=now())
+        logger.error(
+            "submitted, but the record moved on; task id kept for reconciliation",
+            extra={"status": marked.status, "task_id": submission.task_id},
+        )
+        return IntakeOutcome("ack", f"record is {marked.status}", job_id, marked.status, submission.task_id)
+    count(JOBS_SUBMITTED)
+    count(CREDITS_USED, submission.credits_used or 0)
+    logger.info(
+        "job submitted", extra={"task_id": submission.task_id, "credits_used": submission.credits_used}
+    )
+
+    payload = execution_input(job_id, submission.task_id, request.kind, settings, submitted_at)
+    try:
+        start_execution(sfn, settings, job_id, payload)
+    except ClientError:
+        # SUBMITTED is recorded, so a redelivery only (re)starts the execution: no resubmission.
+        logger.exception("StartExecution failed; SQS will redeliver and restart it")
+        return IntakeOutcome("retry", "StartExecution failed", job_id, records.SUBMITTED, submission.task_id)
+    return IntakeOutcome("ack", "submitted", job_id, records.SUBMITTED, submission.task_id)

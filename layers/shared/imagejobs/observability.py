@@ -1,0 +1,96 @@
+"""Powertools Logger/Metrics/Tracer shared by every function, plus redaction helpers.
+
+Secrets never reach logs: URLs are logged without their query string (presigned
+signatures live there) and bearer tokens / API keys are masked in free text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "imagejobs"
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "ImageJobs"
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+tracer = Tracer(service=SERVICE)
+
+# Metric names (namespace ImageJobs).
+JOBS_SUBMITTED = "JobsSubmitted"
+JOBS_REJECTED = "JobsRejected"
+JOBS_COMPLETED = "JobsCompleted"
+JOBS_FAILED = "JobsFailed"
+JOBS_TIMED_OUT = "JobsTimedOut"
+SUBMIT_UNKNOWN = "SubmitUnknown"
+CREDITS_USED = "CreditsUsed"
+CREDITS_REFUNDED = "CreditsRefunded"
+JOB_LATENCY_SECONDS = "JobLatencySeconds"
+DETECTION_DELAY_SECONDS = "DetectionDelaySeconds"
+
+
+def count(name: str, value: float = 1) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+
+def seconds(name: str, value: float) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Seconds, value=max(0.0, value))
+
+
+def bind_job(job_id: str, **keys: object) -> None:
+    """Make the job id the correlation id of every following log line."""
+    logger.set_correlation_id(job_id)
+    logger.append_keys(job_id=job_id, **keys)
+
+
+def unbind_job() -> None:
+    logger.set_correlation_id(None)
+    logger.remove_keys(["job_id", "task_id"])
+
+
+def safe_url(url: str) -> str:
+    """The URL without userinfo, query string or fragment (signatures and tokens live there)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+_URL_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+_SECRET_RES = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"\bsk_[A-Za-z0-9_]{4,}"),
+    re.compile(r"(?i)(x-amz-(?:signature|security-token|credential)=)[^&\s\"']+"),
+    re.compile(r"(?i)(\"?(?:api_?key|apikey|secret|password|authorization)\"?\s*[:=]\s*\"?)[^\s\",}]+"),
+)
+
+
+def redact(text: str, max_chars: int = 2000) -> str:
+    """Mask URLs' query strings, bearer tokens and API keys in free text, then trim it."""
+    cleaned = _URL_RE.sub(lambda match: safe_url(match.group(0)), text)
+    for pattern in _SECRET_RES:
+        cleaned = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", cleaned)
+    if len(cleaned) > max_chars:
+        cleaned = cleaned[: max_chars - 1] + "…"
+    return cleaned
+
+
+class RedactingFilter(logging.Filter):
+    """Safety net: mask URLs' query strings and keys in every message this logger emits."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.getMessage(), max_chars=4000)
+            record.args = ()
+        return True
+
+
+logger.addFilter(RedactingFilter())

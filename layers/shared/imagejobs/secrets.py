@@ -1,0 +1,59 @@
+"""The provider API key, read from Secrets Manager through Powertools Parameters (cached)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.utilities import parameters
+
+
+class SecretNotConfigured(RuntimeError):
+    """The API key secret exists but holds no usable key."""
+
+
+def parse_api_key(secret_name: str, raw: str | bytes | None) -> str:
+    """Accept a plain string secret or JSON ``{"apiKey": "..."}``."""
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else (raw or "")
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise SecretNotConfigured(f"secret {secret_name} looks like JSON but does not parse") from None
+        value = document.get("apiKey") if isinstance(document, dict) else None
+        text = value.strip() if isinstance(value, str) else ""
+    if not text:
+        raise SecretNotConfigured(
+            f"secret {secret_name} holds no provider API key; set it with "
+            f"aws secretsmanager put-secret-value --secret-id {secret_name} --secret-string 'sk_live_...'"
+        )
+    return text
+
+
+def get_api_key(secret_name: str, max_age: int = 300) -> str:
+    """Fetch the API key with Powertools' default (cached) secrets provider."""
+    return parse_api_key(secret_name, parameters.get_secret(secret_name, max_age=max_age))
+
+
+class ApiKeySource:
+    """Callable the provider client calls on every request: cached for ``max_age`` seconds.
+
+    A dedicated SecretsProvider (over an injected or lazily built client) keeps the
+    cache per source, so tests and the local stack never see another endpoint's key.
+    """
+
+    def __init__(self, secret_name: str, secrets_client: Any = None, max_age: int = 300) -> None:
+        self.secret_name = secret_name
+        self.max_age = max_age
+        self._client = secrets_client
+        self._provider: parameters.SecretsProvider | None = None
+
+    def __call__(self) -> str:
+        if self._provider is None:
+            self._provider = parameters.SecretsProvider(boto3_client=self._client)
+        raw = self._provider.get(self.secret_name, max_age=self.max_age)
+        return parse_api_key(self.secret_name, raw if isinstance(raw, str | bytes) else None)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"ApiKeySource({self.secret_name!r})"

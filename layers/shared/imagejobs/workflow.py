@@ -1,0 +1,239 @@
+"""The Step Functions steps: poll, store outputs, finalize (statemachine/job.asl.json).
+
+Each step is a plain function over injected clients. ``ProviderTransientError`` is
+the one error the state machine retries; anything else raised goes to its Catch and
+ends in ``finalize_step`` with outcome ERROR (FAILED, source pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from imagejobs import store as records
+from imagejobs.copier import OutputCopier, OutputCopyError, TransientCopyError
+from imagejobs.jobs import JobRequest
+from imagejobs.observability import (
+    CREDITS_REFUNDED,
+    DETECTION_DELAY_SECONDS,
+    JOB_LATENCY_SECONDS,
+    JOBS_COMPLETED,
+    JOBS_FAILED,
+    JOBS_TIMED_OUT,
+    bind_job,
+    count,
+    logger,
+    redact,
+    seconds,
+)
+from imagejobs.provider import ProviderError, TaskSnapshot, TaskStatus
+from imagejobs.store import JobStore
+
+
+class ProviderTransientError(Exception):
+    """Retry me: 429, 5xx, unreachable, timeouts (matched by name in the state machine's Retry)."""
+
+
+class JobRecordMissing(Exception):
+    """The execution refers to a job with no record (never expected; goes to Catch)."""
+
+
+def refunded_credits(refunded: bool | int | None, credits_used: int | None) -> int:
+    """The provider reports refunds as a flag (amount = creditsUsed) or an amount."""
+    if isinstance(refunded, bool):
+        return (credits_used or 0) if refunded else 0
+    if isinstance(refunded, int):
+        return refunded
+    return 0
+
+
+def _epoch(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return records.parse_iso(value)
+    except ValueError:
+        return None
+
+
+def poll_step(state: Mapping[str, Any], provider: Any, now: float | None = None) -> dict[str, Any]:
+    """Poll the provider once; return the state with ``polls`` + 1 and a ``poll`` summary."""
+    job_id = str(state["jobId"])
+    task_id = str(state["taskId"])
+    bind_job(job_id, task_id=task_id)
+    try:
+        snapshot: TaskSnapshot = provider.get_task(task_id)
+    except ProviderError as error:
+        if error.retryable:
+            raise ProviderTransientError(f"{type(error).__name__}: {redact(str(error))}") from None
+        raise
+    moment = time.time() if now is None else now
+    deadline = float(state.get("deadline") or 0)
+    pending = snapshot.status is TaskStatus.PENDING
+    poll = {
+        "status": str(snapshot.status),
+        "deadlineExceeded": bool(pending and deadline and moment >= deadline),
+        "outputUrls": list(snapshot.output_urls),
+        "errorCode": snapshot.error_code,
+        "errorMessage": snapshot.error_message,
+        "creditsUsed": snapshot.credits_used,
+        "creditsRefunded": refunded_credits(snapshot.credits_refunded, snapshot.credits_used),
+    }
+    if not pending:
+        finished = _epoch(snapshot.completed_at) or _epoch(snapshot.updated_at)
+        if finished is not None:
+            seconds(DETECTION_DELAY_SECONDS, moment - finished)
+    logger.info("polled", extra={"status": poll["status"], "polls": int(state.get("polls") or 0) + 1})
+    return {**state, "polls": int(state.get("polls") or 0) + 1, "poll": poll}
+
+
+def _latency(record: Mapping[str, Any], now: float) -> dict[str, Any]:
+    latency = dict(record.get("latency") or {})
+    submitted = _epoch(record.get("submittedAt"))
+    created = _epoch(record.get("createdAt"))
+    if submitted is not None:
+        latency["generationSeconds"] = round(now - submitted, 3)
+    if created is not None:
+        latency["totalSeconds"] = round(now - created, 3)
+    return latency
+
+
+def store_outputs_step(
+    state: Mapping[str, Any],
+    store: JobStore,
+    copier: OutputCopier,
+    *,
+    default_prefix: str,
+    time_budget_seconds: float | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Copy the outputs to S3 and record COMPLETED. Safe to repeat: keys are deterministic.
+
+    ``time_budget_seconds`` bounds all downloads (the function's remaining time, less a margin),
+    so a slow CDN ends as a retryable error instead of a Lambda timeout.
+    """
+    job_id = str(state["jobId"])
+    bind_job(job_id, task_id=state.get("taskId"))
+    poll = state.get("poll") or {}
+    record = store.get(job_id)
+    if record is None:
+        raise JobRecordMissing(f"no record for job {job_id}")
+    if record.get("status") == records.COMPLETED:
+        logger.info("outputs already stored (repeat call)")
+        return {"jobId": job_id, "status": records.COMPLETED, "outputs": record.get("outputs", [])}
+    request = JobRequest.from_record(record.get("request") or {"jobId": job_id})
+    output_urls = [str(u) for u in poll.get("outputUrls") or []]
+    credits_used = poll.get("creditsUsed")
+    if credits_used is None:
+        credits_used = record.get("creditsUsed")
+    polls = int(state.get("polls") or 0)
+    if not output_urls:
+        result = store.mark_failed(
+            job_id,
+            source="provider",
+            code="EMPTY_RESULT",
+            message="the provider reported success with no output",
+            credits_refunded=int(poll.get("creditsRefunded") or 0),
+            polls=polls,
+            now=now,
+        )
+        count(JOBS_FAILED)
+        logger.error("completed task has no outputs; recorded FAILED")
+        return {"jobId": job_id, "status": result.status, "outputs": []}
+    try:
+        stored = copier.copy_outputs(
+            job_id,
+            request.output_prefix or default_prefix,
+            output_urls,
+            kind=str(state.get("kind") or request.kind),
+            metadata=request.metadata,
+            time_budget_seconds=time_budget_seconds,
+        )
+    except TransientCopyError as error:
+        raise ProviderTransientError(redact(str(error))) from None
+    except OutputCopyError:
+        logger.exception("output copy failed permanently")
+        raise
+    moment = time.time() if now is None else now
+    outputs = [output.to_record() for output in stored]
+    result = store.mark_completed(
+        job_id,
+        outputs,
+        credits_used=credits_used,
+        credits_refunded=int(poll.get("creditsRefunded") or 0),
+        polls=polls,
+        latency=_latency(record, moment),
+        now=moment,
+    )
+    if result.applied:
+        count(JOBS_COMPLETED)
+        total = (result.record or {}).get("latency", {}).get("totalSeconds")
+        if total is not None:
+            seconds(JOB_LATENCY_SECONDS, float(total))
+        logger.info("job completed", extra={"outputs": len(outputs)})
+    else:
+        logger.warning("COMPLETED not recorded", extra={"reason": result.reason})
+    return {"jobId": job_id, "status": result.status, "outputs": outputs}
+
+
+def _error_parts(error: Any) -> tuple[str, str]:
+    """(code, message) from a Catch result ``{"Error", "Cause"}``; a Lambda Cause is JSON."""
+    if not isinstance(error, Mapping):
+        return "States.Unknown", "no error details"
+    code = str(error.get("Error") or "States.Unknown")
+    cause = error.get("Cause")
+    message = cause if isinstance(cause, str) else json.dumps(cause) if cause is not None else ""
+    try:
+        parsed = json.loads(message) if message.startswith("{") else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, Mapping) and parsed.get("errorMessage"):
+        message = str(parsed["errorMessage"])
+        code = str(parsed.get("errorType") or code) if code == "States.TaskFailed" else code
+    return code[:128], redact(message, max_chars=1000)
+
+
+def finalize_step(state: Mapping[str, Any], store: JobStore, now: float | None = None) -> dict[str, Any]:
+    """Record the terminal state for outcome FAILED (provider), TIMED_OUT or ERROR (pipeline)."""
+    job_id = str(state["jobId"])
+    bind_job(job_id, task_id=state.get("taskId"))
+    outcome = str(state.get("outcome") or ("ERROR" if "error" in state else ""))
+    raw_poll = state.get("poll")
+    poll: Mapping[str, Any] = raw_poll if isinstance(raw_poll, Mapping) else {}
+    polls = state.get("polls")
+    polls = int(polls) if isinstance(polls, int | float) else None
+    if outcome == "FAILED":
+        refunded = int(poll.get("creditsRefunded") or 0)
+        result = store.mark_failed(
+            job_id,
+            source="provider",
+            code=str(poll.get("errorCode") or "PROVIDER_FAILED"),
+            message=redact(str(poll.get("errorMessage") or "the provider failed the task"), max_chars=1000),
+            credits_refunded=refunded,
+            polls=polls,
+            now=now,
+        )
+        if result.applied:
+            count(JOBS_FAILED)
+            count(CREDITS_REFUNDED, refunded)
+    elif outcome == "TIMED_OUT":
+        result = store.mark_timed_out(
+            job_id, polls=polls, message="the provider did not finish before the job's deadline", now=now
+        )
+        if result.applied:
+            count(JOBS_TIMED_OUT)
+    elif outcome == "ERROR":
+        code, message = _error_parts(state.get("error"))
+        result = store.mark_failed(
+            job_id, source="pipeline", code=code, message=message, polls=polls, now=now
+        )
+        if result.applied:
+            count(JOBS_FAILED)
+    else:
+        raise ValueError(f"finalize: unknown outcome {outcome!r} (expected FAILED, TIMED_OUT or ERROR)")
+    logger.info(
+        "job finalized", extra={"outcome": outcome, "applied": result.applied, "status": result.status}
+    )
+    return {"jobId": job_id, "status": result.status, "applied": result.applied, "reason": result.reason}

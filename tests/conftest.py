@@ -1,0 +1,92 @@
+"""Shared fixtures: fake AWS credentials, function environment, handler loading by path."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS_DIR = REPO_ROOT / "functions"
+FAKE_REGION = "us-east-1"
+
+
+def load_handler(name: str) -> ModuleType:
+    """Load ``functions/<name>/app.py`` afresh as module ``imagejobs_fn_<name>`` (never ``app``)."""
+    path = FUNCTIONS_DIR / name / "app.py"
+    module_name = f"imagejobs_fn_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach a real AWS account: fake credentials and a fixed region."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SECURITY_TOKEN", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", FAKE_REGION)
+    monkeypatch.setenv("AWS_REGION", FAKE_REGION)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "ImageJobs")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "imagejobs")
+
+
+@pytest.fixture(name="load_handler")
+def load_handler_fixture() -> Callable[[str], ModuleType]:
+    return load_handler
+
+
+@dataclass
+class FakeLambdaContext:
+    function_name: str = "imagejobs-test"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:imagejobs-test"
+    aws_request_id: str = "req-00000000"
+    remaining_ms: int = 60_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    return FakeLambdaContext()
+
+
+FUNCTION_ENV = {
+    "JOBS_TABLE": "imagejobs-jobs",
+    "OUTPUT_BUCKET": "imagejobs-outputs",
+    "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:imagejobs-job",
+    "PROVIDER_BASE_URL": "https://provider.invalid",
+    "PROVIDER_API_KEY_SECRET": "imagejobs/provider-api-key",
+    "POLL_INTERVAL_SECONDS": "2",
+    "MAX_WAIT_IMAGE_SECONDS": "600",
+    "MAX_WAIT_VIDEO_SECONDS": "1800",
+    "OUTPUT_PREFIX": "outputs/",
+    "MAX_OUTPUT_BYTES": str(64 * 1024 * 1024),
+    "URL_ALLOW_HOSTS": "",
+    "PRESIGN_TTL_SECONDS": "900",
+    "LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture
+def function_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The Globals environment of every function (override entries with monkeypatch)."""
+    env = dict(FUNCTION_ENV)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield env

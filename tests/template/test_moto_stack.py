@@ -1,0 +1,99 @@
+"""The translated template creates in moto's CloudFormation, which the local stack relies on."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import warnings
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from .conftest import ARTIFACT_BUCKET, Template
+
+pytestmark = pytest.mark.template
+
+REGION = "us-east-1"
+STACK = "imagejobs-test"
+SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:imagejobs-provider-key-AbCdEf"
+
+# Resource types moto's CloudFormation skips (with a warning) rather than creates: the local stack
+# must not depend on them. Anything else unsupported would silently vanish locally.
+SKIPPED_BY_MOTO = {"AWS::SecretsManager::Secret", "AWS::CloudWatch::Alarm", "AWS::S3::BucketPolicy"}
+
+
+def _zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", "def lambda_handler(event, context):\n    return event\n")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def moto_stack(
+    translated_template: Template, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Iterator[dict[str, Any]]:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=ARTIFACT_BUCKET)
+        for resource in translated_template["Resources"].values():
+            code = resource["Properties"].get("Code") or resource["Properties"].get("Content")
+            if code:
+                s3.put_object(Bucket=ARTIFACT_BUCKET, Key=code["S3Key"], Body=_zip())
+        cloudformation = boto3.client("cloudformation", region_name=REGION)
+        with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="moto"):
+            warnings.simplefilter("ignore")  # moto warns about each resource type it skips
+            cloudformation.create_stack(
+                StackName=STACK,
+                TemplateBody=json.dumps(translated_template),
+                # moto cannot create the secret: the local stack creates it through the API and passes it in.
+                Parameters=[{"ParameterKey": "ApiKeySecretArn", "ParameterValue": SECRET_ARN}],
+                Capabilities=["CAPABILITY_IAM"],
+            )
+        [stack] = cloudformation.describe_stacks(StackName=STACK)["Stacks"]
+        skipped = {
+            match.group(1)
+            for record in caplog.records
+            if (match := re.fullmatch(r"No Moto CloudFormation support for (\S+)", record.getMessage()))
+        }
+        yield {"stack": stack, "skipped": skipped}
+
+
+def test_stack_creates_with_every_output(moto_stack: dict[str, Any], translated_template: Template) -> None:
+    stack = moto_stack["stack"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE"
+    outputs = {output["OutputKey"]: output["OutputValue"] for output in stack["Outputs"]}
+    assert set(outputs) == set(translated_template["Outputs"])
+    assert outputs["ApiKeySecretArn"] == SECRET_ARN
+    assert moto_stack["skipped"] <= SKIPPED_BY_MOTO
+
+
+def test_created_functions_point_at_the_created_resources(moto_stack: dict[str, Any]) -> None:
+    outputs = {output["OutputKey"]: output["OutputValue"] for output in moto_stack["stack"]["Outputs"]}
+    functions = boto3.client("lambda", region_name=REGION).list_functions()["Functions"]
+    assert len(functions) == 4
+    for function in functions:
+        variables = function["Environment"]["Variables"]
+        assert variables["JOBS_TABLE"] == outputs["JobsTableName"]
+        assert variables["OUTPUT_BUCKET"] == outputs["OutputBucketName"]
+        assert variables["STATE_MACHINE_ARN"] == outputs["StateMachineArn"]
+        assert variables["PROVIDER_API_KEY_SECRET"] == SECRET_ARN
+    sqs = boto3.client("sqs", region_name=REGION)
+    attributes = sqs.get_queue_attributes(QueueUrl=outputs["JobsQueueUrl"], AttributeNames=["All"])[
+        "Attributes"
+    ]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    dlq_arn = sqs.get_queue_attributes(
+        QueueUrl=outputs["JobsDeadLetterQueueUrl"], AttributeNames=["QueueArn"]
+    )
+    assert redrive["deadLetterTargetArn"] == dlq_arn["Attributes"]["QueueArn"]
+    assert int(redrive["maxReceiveCount"]) == 5

@@ -1,0 +1,349 @@
+"""Properties of the CloudFormation that template.yaml becomes (offline samtranslator translation)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from .conftest import (
+    REPO_ROOT,
+    Template,
+    architecture_section,
+    as_list,
+    iam_statements,
+    resources_of_type,
+    translate,
+)
+
+pytestmark = pytest.mark.template
+
+# Actions that AWS only authorises on Resource "*" (no resource-level permissions).
+# Anything else with Resource "*" is a least-privilege defect.
+RESOURCE_STAR_ALLOWED_ACTIONS = {
+    # Step Functions log delivery to CloudWatch Logs (vended logs).
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+    # X-Ray and custom metrics: not inline today (Tracer: AWSXrayWriteOnlyAccess; Metrics: EMF logs).
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+    "cloudwatch:PutMetricData",
+}
+
+# AWS managed policies a role may carry: Lambda's basic logging and X-Ray writes (both "*" by necessity).
+ALLOWED_MANAGED_POLICIES = {
+    "service-role/AWSLambdaBasicExecutionRole",
+    "AWSXrayWriteOnlyAccess",
+}
+
+
+def _function(template: Template, name: str) -> dict[str, Any]:
+    resource = template["Resources"][name]
+    assert resource["Type"] == "AWS::Lambda::Function"
+    properties: dict[str, Any] = resource["Properties"]
+    return properties
+
+
+def _statements_of(template: Template, role: str) -> list[dict[str, Any]]:
+    return [statement for name, statement in iam_statements(template) if name == role]
+
+
+def _actions_of(template: Template, role: str) -> set[str]:
+    return {
+        action
+        for statement in _statements_of(template, role)
+        if statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"])
+    }
+
+
+def test_no_iam_statement_allows_a_wildcard_action(translated_template: Template) -> None:
+    offenders = [
+        (role, action)
+        for role, statement in iam_statements(translated_template)
+        if statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"])
+        if "*" in action
+    ]
+    assert offenders == []
+
+
+def test_resource_star_only_for_actions_aws_requires_it(translated_template: Template) -> None:
+    offenders = [
+        (role, action)
+        for role, statement in iam_statements(translated_template)
+        if statement["Effect"] == "Allow" and "*" in as_list(statement["Resource"])
+        for action in as_list(statement["Action"])
+        if action not in RESOURCE_STAR_ALLOWED_ACTIONS
+    ]
+    assert offenders == []
+
+
+def test_roles_only_carry_allow_listed_managed_policies(translated_template: Template) -> None:
+    for name, role in resources_of_type(translated_template, "AWS::IAM::Role").items():
+        for arn in role["Properties"].get("ManagedPolicyArns", []):
+            text = arn["Fn::Sub"] if isinstance(arn, dict) else arn
+            policy = re.sub(r"^arn:[^:]+:iam::aws:policy/", "", text.replace("${AWS::Partition}", "aws"))
+            assert policy in ALLOWED_MANAGED_POLICIES, f"{name} carries managed policy {text}"
+
+
+def test_no_function_can_delete_or_scan_records_or_outputs(translated_template: Template) -> None:
+    for role in (
+        "IntakeFunctionRole",
+        "PollFunctionRole",
+        "StoreOutputsFunctionRole",
+        "FinalizeFunctionRole",
+    ):
+        actions = _actions_of(translated_template, role)
+        assert actions, f"{role} has no inline permissions"
+        assert not {a for a in actions if re.match(r"(dynamodb|s3):.*(Delete|Scan|BatchWrite)", a)}, role
+
+
+def test_each_function_gets_only_what_its_step_needs(translated_template: Template) -> None:
+    intake = _actions_of(translated_template, "IntakeFunctionRole")
+    assert {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "states:StartExecution",
+        "secretsmanager:GetSecretValue",
+    } <= intake
+    assert "dynamodb:PutItem" in intake
+    assert not {a for a in intake if a.startswith("s3:Put")}
+    poll = _actions_of(translated_template, "PollFunctionRole")
+    assert "secretsmanager:GetSecretValue" in poll
+    assert not {a for a in poll if a.startswith(("s3:", "states:", "sqs:", "dynamodb:"))}
+    store = _actions_of(translated_template, "StoreOutputsFunctionRole")
+    assert {"s3:PutObject", "s3:AbortMultipartUpload"} <= store
+    assert not {a for a in store if a.startswith(("secretsmanager:", "states:", "sqs:"))}
+    finalize = _actions_of(translated_template, "FinalizeFunctionRole")
+    assert finalize == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    state_machine = _actions_of(translated_template, "JobStateMachineRole")
+    assert "lambda:InvokeFunction" in state_machine
+    invoked = {
+        statement["Resource"]["Fn::Sub"][1]["functionName"]["Ref"]
+        for statement in _statements_of(translated_template, "JobStateMachineRole")
+        if statement["Action"] == ["lambda:InvokeFunction"]
+    }
+    assert invoked == {"PollFunction", "StoreOutputsFunction", "FinalizeFunction"}
+
+
+def test_output_bucket_denies_insecure_transport(translated_template: Template) -> None:
+    [policy] = resources_of_type(translated_template, "AWS::S3::BucketPolicy").values()
+    assert policy["Properties"]["Bucket"] == {"Ref": "OutputBucket"}
+    denies = [
+        statement
+        for statement in as_list(policy["Properties"]["PolicyDocument"]["Statement"])
+        if statement["Effect"] == "Deny"
+        and statement.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)
+    ]
+    assert len(denies) == 1
+    assert denies[0]["Principal"] == "*"
+    resources = json.dumps(denies[0]["Resource"])
+    assert '"Fn::GetAtt": ["OutputBucket", "Arn"]' in resources  # the bucket
+    assert "${OutputBucket.Arn}/*" in resources  # and its objects
+
+
+def test_output_bucket_is_private_encrypted_and_cleans_up_multipart(translated_template: Template) -> None:
+    bucket = translated_template["Resources"]["OutputBucket"]["Properties"]
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    [rule] = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    assert any(
+        r["Status"] == "Enabled" and "AbortIncompleteMultipartUpload" in r
+        for r in bucket["LifecycleConfiguration"]["Rules"]
+    )
+
+
+def test_sqs_event_reports_batch_item_failures_with_bounded_concurrency(
+    translated_template: Template,
+) -> None:
+    [mapping] = resources_of_type(translated_template, "AWS::Lambda::EventSourceMapping").values()
+    properties = mapping["Properties"]
+    assert properties["FunctionName"] == {"Ref": "IntakeFunction"}
+    assert properties["EventSourceArn"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
+    assert properties["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert properties["BatchSize"] == 10
+    assert properties["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaxProviderConcurrency"}}
+
+
+def test_queue_visibility_timeout_covers_six_intake_timeouts(translated_template: Template) -> None:
+    [mapping] = resources_of_type(translated_template, "AWS::Lambda::EventSourceMapping").values()
+    window = mapping["Properties"].get("MaximumBatchingWindowInSeconds", 0)
+    intake_timeout = _function(translated_template, "IntakeFunction")["Timeout"]
+    visibility = translated_template["Resources"]["JobsQueue"]["Properties"]["VisibilityTimeout"]
+    # A parameter (the local stack lowers it); its default is what AWS deployments get.
+    parameter = translated_template["Parameters"][visibility["Ref"]]
+    assert int(parameter["Default"]) >= 6 * intake_timeout + window
+
+
+def test_jobs_queue_redrives_to_an_encrypted_dead_letter_queue(translated_template: Template) -> None:
+    resources = translated_template["Resources"]
+    queue = resources["JobsQueue"]["Properties"]
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": 5,
+    }
+    dlq = resources["JobsDeadLetterQueue"]["Properties"]
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert dlq["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]
+    assert queue["SqsManagedSseEnabled"] is True
+    assert dlq["SqsManagedSseEnabled"] is True
+
+
+def _documented_environment() -> dict[str, str | None]:
+    """Variable -> fixed value (None when set from a parameter or resource), from the architecture doc."""
+    section = architecture_section("Function environment")
+    found = re.findall(r"`([A-Z][A-Z0-9_]+)(?:=([^`]*))?`", section)
+    assert len(found) >= 10, "could not read the variable list from docs/architecture.md"
+    return {name: (value or None) for name, value in found}
+
+
+def test_every_function_gets_every_documented_environment_variable(translated_template: Template) -> None:
+    documented = _documented_environment()
+    functions = resources_of_type(translated_template, "AWS::Lambda::Function")
+    assert len(functions) >= 4
+    environments = [f["Properties"]["Environment"]["Variables"] for f in functions.values()]
+    for name, variables in zip(functions, environments, strict=True):
+        missing = sorted(set(documented) - set(variables))
+        assert missing == [], f"{name} lacks {missing}"
+        for variable, value in documented.items():
+            if value is not None:
+                assert variables[variable] == value, f"{name}: {variable}"
+    assert all(env == environments[0] for env in environments), "functions must share one environment"
+
+
+def test_state_machine_arn_variable_names_the_state_machine(translated_template: Template) -> None:
+    resources = translated_template["Resources"]
+    name = resources["JobStateMachine"]["Properties"]["StateMachineName"]["Fn::Sub"]
+    env_arn = _function(translated_template, "PollFunction")["Environment"]["Variables"]["STATE_MACHINE_ARN"]
+    assert env_arn["Fn::Sub"].endswith(f":stateMachine:{name}")
+    start = next(
+        s
+        for s in _statements_of(translated_template, "IntakeFunctionRole")
+        if s["Action"] == "states:StartExecution"
+    )
+    assert start["Resource"] == env_arn
+
+
+def test_functions_share_runtime_architecture_tracing_and_layer(translated_template: Template) -> None:
+    [layer_name] = resources_of_type(translated_template, "AWS::Lambda::LayerVersion")
+    layer = translated_template["Resources"][layer_name]["Properties"]
+    assert layer["CompatibleArchitectures"] == ["arm64"]
+    assert layer["CompatibleRuntimes"] == ["python3.12"]
+    log_groups = {
+        json.dumps(group["Properties"]["LogGroupName"]): group["Properties"]
+        for group in resources_of_type(translated_template, "AWS::Logs::LogGroup").values()
+    }
+    for name, function in resources_of_type(translated_template, "AWS::Lambda::Function").items():
+        properties = function["Properties"]
+        assert properties["Runtime"] == "python3.12", name
+        assert properties["Architectures"] == ["arm64"], name
+        assert properties["Handler"] == "app.lambda_handler", name
+        assert properties["TracingConfig"] == {"Mode": "Active"}, name
+        assert properties["Layers"] == [{"Ref": layer_name}], name
+        group = log_groups.get(json.dumps({"Fn::Sub": f"/aws/lambda/${{{name}}}"}))
+        assert group is not None and "RetentionInDays" in group, f"{name} has no log group with retention"
+
+
+def test_code_locations_are_the_function_folders(sam_template: Template) -> None:
+    for name, resource in sam_template["Resources"].items():
+        if resource["Type"] == "AWS::Serverless::Function":
+            code_uri = resource["Properties"]["CodeUri"]
+            assert re.fullmatch(r"functions/[a-z_]+/", code_uri), name
+            assert (REPO_ROOT / code_uri).is_dir(), f"{name}: {code_uri} does not exist"
+    layer = sam_template["Resources"]["SharedLayer"]
+    assert layer["Properties"]["ContentUri"] == "layers/shared/"
+    assert layer["Metadata"]["BuildMethod"] == "python3.12"
+
+
+def test_state_machine_substitutes_exactly_the_definition_placeholders(translated_template: Template) -> None:
+    properties = translated_template["Resources"]["JobStateMachine"]["Properties"]
+    definition = (REPO_ROOT / "statemachine" / "job.asl.json").read_text(encoding="utf-8")
+    placeholders = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", definition))
+    assert set(properties["DefinitionSubstitutions"]) == placeholders
+    assert properties["DefinitionSubstitutions"]["PollFunctionArn"] == {"Fn::GetAtt": ["PollFunction", "Arn"]}
+    assert properties["StateMachineType"] == {"Ref": "WorkflowType"}
+    assert properties["TracingConfiguration"] == {"Enabled": True}
+    logging = properties["LoggingConfiguration"]
+    assert logging["Level"] == {"Fn::If": ["IsExpressWorkflow", "ALL", "ERROR"]}
+    assert logging["IncludeExecutionData"] is False
+
+
+def test_jobs_table_key_index_and_protection(translated_template: Template) -> None:
+    table = translated_template["Resources"]["JobsTable"]
+    properties = table["Properties"]
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert properties["KeySchema"] == [{"AttributeName": "jobId", "KeyType": "HASH"}]
+    [index] = properties["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "ByStatus"
+    assert index["KeySchema"] == [
+        {"AttributeName": "status", "KeyType": "HASH"},
+        {"AttributeName": "updatedAt", "KeyType": "RANGE"},
+    ]
+    assert index["Projection"]["ProjectionType"] in {"ALL", "INCLUDE"}
+    assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert properties["SSESpecification"]["SSEEnabled"] is True
+    assert table["DeletionPolicy"] == "Retain"
+
+
+def test_alarms_watch_dead_letters_failed_executions_and_intake_errors(translated_template: Template) -> None:
+    alarms = resources_of_type(translated_template, "AWS::CloudWatch::Alarm").values()
+    watched = {(a["Properties"]["Namespace"], a["Properties"]["MetricName"]) for a in alarms}
+    assert watched >= {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/States", "ExecutionsFailed"),
+        ("AWS/States", "ExecutionsTimedOut"),
+        ("AWS/Lambda", "Errors"),
+    }
+    for alarm in alarms:
+        properties = alarm["Properties"]
+        assert properties["Threshold"] == 0
+        assert properties["ComparisonOperator"] == "GreaterThanThreshold"
+        assert properties["AlarmActions"]["Fn::If"][0] == "HasAlarmTopic"
+    dlq_alarm = next(a for a in alarms if a["Properties"]["Namespace"] == "AWS/SQS")
+    assert dlq_alarm["Properties"]["Dimensions"][0]["Value"] == {
+        "Fn::GetAtt": ["JobsDeadLetterQueue", "QueueName"]
+    }
+
+
+def test_outputs_are_the_documented_names(translated_template: Template) -> None:
+    documented = set(re.findall(r"`([A-Za-z]+)`", architecture_section("Template outputs")))
+    outputs = set(translated_template["Outputs"])
+    required_now = {
+        "JobsQueueUrl",
+        "JobsDeadLetterQueueUrl",
+        "JobsTableName",
+        "OutputBucketName",
+        "StateMachineArn",
+        "ApiKeySecretArn",
+    }
+    assert required_now <= documented, "the architecture doc changed its output names"
+    assert required_now <= outputs
+    assert outputs <= documented, f"undocumented outputs: {sorted(outputs - documented)}"
+
+
+def test_api_key_secret_is_created_only_without_an_existing_arn(sam_template: Template) -> None:
+    with_secret = translate(sam_template)
+    assert with_secret["Resources"]["ApiKeySecret"]["Condition"] == "CreateApiKeySecret"
+    assert with_secret["Conditions"]["CreateApiKeySecret"] == {"Fn::Equals": [{"Ref": "ApiKeySecretArn"}, ""]}
+    secret = with_secret["Resources"]["ApiKeySecret"]["Properties"]
+    assert "SecretString" not in secret and "GenerateSecretString" not in secret  # filled in after deploy
+    assert with_secret["Outputs"]["ApiKeySecretArn"]["Value"] == {
+        "Fn::If": ["CreateApiKeySecret", {"Ref": "ApiKeySecret"}, {"Ref": "ApiKeySecretArn"}]
+    }

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from imagejobs.config import ConfigError, Settings
+from imagejobs.observability import redact, safe_url
+from imagejobs.secrets import ApiKeySource, SecretNotConfigured, parse_api_key
+from moto import mock_aws
+
+from tests.conftest import FUNCTION_ENV
+
+
+def test_settings_from_env_reads_every_variable() -> None:
+    env = {**FUNCTION_ENV, "URL_ALLOW_HOSTS": "127.0.0.1:8080, sim.local:9000", "OUTPUT_PREFIX": "out"}
+    settings = Settings.from_env(env)
+    assert settings.jobs_table == "imagejobs-jobs"
+    assert settings.output_bucket == "imagejobs-outputs"
+    assert settings.state_machine_arn.endswith(":stateMachine:imagejobs-job")
+    assert settings.provider_base_url == "https://provider.invalid"
+    assert settings.provider_api_key_secret == "imagejobs/provider-api-key"
+    assert settings.poll_interval_seconds == 2
+    assert settings.max_wait_seconds("image") == 600
+    assert settings.max_wait_seconds("video") == 1800
+    assert settings.output_prefix == "out/"
+    assert settings.max_output_bytes == 64 * 1024 * 1024
+    assert settings.url_allow_hosts == ("127.0.0.1:8080", "sim.local:9000")
+    assert settings.presign_ttl_seconds == 900
+    assert settings.log_level == "INFO"
+
+
+def test_settings_defaults_for_optional_variables() -> None:
+    required = {k: FUNCTION_ENV[k] for k in ("JOBS_TABLE", "OUTPUT_BUCKET", "STATE_MACHINE_ARN")}
+    required |= {"PROVIDER_BASE_URL": "https://p.example/", "PROVIDER_API_KEY_SECRET": "s"}
+    settings = Settings.from_env(required)
+    assert settings.provider_base_url == "https://p.example"
+    assert (settings.poll_interval_seconds, settings.output_prefix, settings.url_allow_hosts) == (
+        2,
+        "outputs/",
+        (),
+    )
+    assert settings.service_name == "imagejobs"
+    assert settings.metrics_namespace == "ImageJobs"
+
+
+@pytest.mark.parametrize(
+    ("override", "variable", "reason_part"),
+    [
+        ({"JOBS_TABLE": ""}, "JOBS_TABLE", "required"),
+        ({"OUTPUT_BUCKET": "  "}, "OUTPUT_BUCKET", "required"),
+        ({"PROVIDER_BASE_URL": "ftp://x"}, "PROVIDER_BASE_URL", "http"),
+        ({"POLL_INTERVAL_SECONDS": "two"}, "POLL_INTERVAL_SECONDS", "number"),
+        ({"MAX_OUTPUT_BYTES": "0"}, "MAX_OUTPUT_BYTES", ">="),
+        ({"URL_ALLOW_HOSTS": "127.0.0.1"}, "URL_ALLOW_HOSTS", "host:port"),
+        ({"URL_ALLOW_HOSTS": "h:99999"}, "URL_ALLOW_HOSTS", "host:port"),
+        ({"OUTPUT_PREFIX": "/abs"}, "OUTPUT_PREFIX", "relative"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "DEBUG"),
+    ],
+)
+def test_settings_errors_name_the_variable(override: dict[str, str], variable: str, reason_part: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({**FUNCTION_ENV, **override})
+    assert excinfo.value.variable == variable
+    assert variable in str(excinfo.value) and reason_part in str(excinfo.value)
+
+
+def test_missing_variable_is_named() -> None:
+    env = dict(FUNCTION_ENV)
+    del env["STATE_MACHINE_ARN"]
+    with pytest.raises(ConfigError, match="STATE_MACHINE_ARN"):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ("sk_live_abc", "sk_live_abc"),
+        ("  sk_live_abc\n", "sk_live_abc"),
+        ('{"apiKey": "sk_json"}', "sk_json"),
+    ],
+)
+def test_api_key_formats(raw: str, key: str) -> None:
+    assert parse_api_key("s", raw) == key
+
+
+@pytest.mark.parametrize("raw", ["", "   ", None, '{"apiKey": ""}', '{"other": "x"}', "{not json"])
+def test_empty_secret_explains_how_to_set_it(raw: str | None) -> None:
+    with pytest.raises(SecretNotConfigured) as excinfo:
+        parse_api_key("imagejobs/key", raw)
+    assert "imagejobs/key" in str(excinfo.value)
+
+
+def test_empty_secret_message_names_the_command() -> None:
+    with pytest.raises(SecretNotConfigured, match="aws secretsmanager put-secret-value --secret-id k"):
+        parse_api_key("k", "")
+
+
+def test_api_key_source_reads_secrets_manager_and_caches() -> None:
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        client.create_secret(Name="imagejobs/key", SecretString=json.dumps({"apiKey": "sk_test_1"}))
+        source = ApiKeySource("imagejobs/key", client, max_age=300)
+        assert source() == "sk_test_1"
+        client.put_secret_value(SecretId="imagejobs/key", SecretString="sk_test_2")
+        assert source() == "sk_test_1"  # cached for max_age
+        assert "sk_test" not in repr(source)
+        fresh = ApiKeySource("imagejobs/key", client, max_age=0)
+        assert fresh() == "sk_test_2"
+
+
+def test_safe_url_drops_query_fragment_and_credentials() -> None:
+    url = "https://user:pw@bucket.s3.amazonaws.com/k/a.png?X-Amz-Signature=secret&X-Amz-Credential=c#frag"
+    assert safe_url(url) == "https://bucket.s3.amazonaws.com/k/a.png"
+
+
+def test_redact_masks_keys_tokens_and_signatures() -> None:
+    text = (
+        "failed: Authorization: Bearer sk_live_SECRET1 url=https://b.s3.amazonaws.com/x?X-Amz-Signature=abc "
+        '{"apiKey": "sk_live_SECRET2"} raw X-Amz-Signature=deadbeef'
+    )
+    cleaned = redact(text)
+    for secret in ("SECRET1", "SECRET2", "abc", "deadbeef"):
+        assert secret not in cleaned
+    assert "https://b.s3.amazonaws.com/x" in cleaned
+    assert len(redact("x" * 5000, max_chars=100)) == 100
+
+
+def test_logger_masks_secrets_in_every_message() -> None:
+    import logging
+
+    from imagejobs.observability import logger
+
+    records: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Capture()
+    logger._logger.addHandler(handler)
+    try:
+        logger.warning("fetch %s with Bearer %s", "https://h/x.png?X-Amz-Signature=SIG1", "sk_live_KEY1")
+    finally:
+        logger._logger.removeHandler(handler)
+    [record] = records
+    text = record.getMessage()
+    assert "SIG1" not in text and "KEY1" not in text
+    assert "https://h/x.png" in text

@@ -1,0 +1,262 @@
+"""Each handler, loaded by path, driven with the sample events in events/ against in-process moto."""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+import requests
+from imagejobs.copier import OutputCopier
+from imagejobs.provider import ProviderServerError, TaskStatus
+from imagejobs.store import JobStore
+from moto import mock_aws
+
+from tests.conftest import REPO_ROOT, FakeLambdaContext
+from tests.unit.domain.fakes import FakeProvider, create_jobs_table, snapshot
+from tests.unit.domain.test_copier import JPEG, FakeHttp
+
+EVENTS = REPO_ROOT / "events"
+LOCAL_EVENTS = Path(__file__).parent / "events"
+DEMO_JOB = "demo-cat-0001"
+
+
+def event(name: str) -> dict[str, Any]:
+    path = EVENTS / name if (EVENTS / name).exists() else LOCAL_EVENTS / name
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def cdn_resolver(host: str, port: int, *args: Any) -> list[tuple[Any, ...]]:
+    if host != "static.example-cdn.com":
+        raise socket.gaierror("unknown host")
+    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+
+class Aws:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.table = create_jobs_table(boto3.resource("dynamodb"), env["JOBS_TABLE"])
+        self.store = JobStore(self.table)
+        self.s3 = boto3.client("s3")
+        self.s3.create_bucket(Bucket=env["OUTPUT_BUCKET"])
+        self.sfn = boto3.client("stepfunctions")
+        self.sfn.create_state_machine(
+            name=env["STATE_MACHINE_ARN"].rsplit(":", 1)[1],
+            definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}),
+            roleArn="arn:aws:iam::123456789012:role/imagejobs-sfn",
+        )
+
+    def submitted_demo_job(self) -> None:
+        self.store.create_received(
+            DEMO_JOB, {"jobId": DEMO_JOB, "kind": "image", "prompt": "cat", "metadata": {"team": "design"}}
+        )
+        self.store.claim_for_submit(DEMO_JOB, 60)
+        self.store.mark_submitted(DEMO_JOB, "tsk_01J9EXAMPLE0000000000000000", 3, "arn:exec")
+
+
+@pytest.fixture
+def aws(function_env: dict[str, str]) -> Iterator[Aws]:
+    with mock_aws():
+        yield Aws(function_env)
+
+
+@pytest.fixture
+def handler(
+    load_handler: Callable[[str], ModuleType], aws: Aws
+) -> Callable[[str, FakeProvider | None], ModuleType]:
+    def load(name: str, provider: FakeProvider | None = None) -> ModuleType:
+        module = load_handler(name)
+        if provider is not None:
+            module.runtime.provider = provider  # no network in unit tests
+        return module
+
+    return load
+
+
+def test_handler_modules_load_under_distinct_names(handler: Callable[..., ModuleType]) -> None:
+    names = {handler(n).__name__ for n in ("intake", "poll", "store_outputs", "finalize")}
+    assert names == {
+        "imagejobs_fn_intake",
+        "imagejobs_fn_poll",
+        "imagejobs_fn_store_outputs",
+        "imagejobs_fn_finalize",
+    }
+
+
+def test_intake_sample_job_is_submitted(
+    handler: Callable[..., ModuleType], aws: Aws, lambda_context: FakeLambdaContext
+) -> None:
+    provider = FakeProvider()
+    module = handler("intake", provider)
+    response = module.lambda_handler(event("sqs_job.json"), lambda_context)
+    assert response == {"batchItemFailures": []}
+    record = aws.store.get(DEMO_JOB)
+    assert record is not None and record["status"] == "SUBMITTED"
+    assert record["request"]["metadata"] == {"team": "design", "ticket": "DES-42"}
+    assert len(provider.submissions) == 1
+    executions = aws.sfn.list_executions(stateMachineArn=aws.env["STATE_MACHINE_ARN"])["executions"]
+    assert [e["name"] for e in executions] == [DEMO_JOB]
+    # The lease is derived from the function's remaining time (60 s) plus a margin.
+    assert module._lease_seconds(lambda_context) == 90.0
+
+
+def test_intake_invalid_messages_are_acknowledged_and_recorded(
+    handler: Callable[..., ModuleType], aws: Aws, lambda_context: FakeLambdaContext
+) -> None:
+    provider = FakeProvider()
+    response = handler("intake", provider).lambda_handler(event("sqs_invalid_job.json"), lambda_context)
+    assert response == {"batchItemFailures": []}
+    assert provider.submissions == []
+    for record in event("sqs_invalid_job.json")["Records"]:
+        stored = aws.store.get(record["messageId"])
+        assert stored is not None and stored["status"] == "REJECTED"
+        assert stored["error"]["fieldErrors"]
+
+
+def test_intake_reports_only_the_failed_items(
+    handler: Callable[..., ModuleType], aws: Aws, lambda_context: FakeLambdaContext
+) -> None:
+    batch = copy.deepcopy(event("sqs_job.json"))
+    second = copy.deepcopy(batch["Records"][0])
+    second["messageId"] = "second-message"
+    second["body"] = json.dumps({"jobId": "job-503", "prompt": "p"})
+    batch["Records"].append(second)
+
+    class FailSecond(FakeProvider):
+        def submit_image(self, body: dict[str, Any]) -> Any:
+            if len(self.submissions) == 1:
+                self.submissions.append(("image", body))
+                raise ProviderServerError(503)
+            return super().submit_image(body)
+
+    response = handler("intake", FailSecond()).lambda_handler(batch, lambda_context)
+    assert response == {"batchItemFailures": [{"itemIdentifier": "second-message"}]}
+    assert aws.store.get("job-503")["status"] == "RECEIVED"  # type: ignore[index]
+
+
+def test_intake_all_failed_batch_still_returns_the_partial_response(
+    handler: Callable[..., ModuleType], aws: Aws, lambda_context: FakeLambdaContext
+) -> None:
+    response = handler("intake", FakeProvider(submit_error=ProviderServerError(500))).lambda_handler(
+        event("sqs_job.json"), lambda_context
+    )
+    assert response == {
+        "batchItemFailures": [{"itemIdentifier": event("sqs_job.json")["Records"][0]["messageId"]}]
+    }
+
+
+def test_poll_sample_event(handler: Callable[..., ModuleType], lambda_context: FakeLambdaContext) -> None:
+    provider = FakeProvider(snapshots=[snapshot("tsk_01J9EXAMPLE0000000000000000")])
+    out = handler("poll", provider).lambda_handler(event("poll.json"), lambda_context)
+    assert out["polls"] == 1 and out["poll"]["status"] == "PENDING"
+    assert out["taskId"] == event("poll.json")["taskId"]
+    assert provider.polls == ["tsk_01J9EXAMPLE0000000000000000"]
+
+
+def test_poll_transient_error_surfaces_as_provider_transient_error(
+    handler: Callable[..., ModuleType], lambda_context: FakeLambdaContext
+) -> None:
+    module = handler("poll", FakeProvider(task_error=ProviderServerError(502)))
+    with pytest.raises(Exception) as excinfo:
+        module.lambda_handler(event("poll.json"), lambda_context)
+    assert type(excinfo.value).__name__ == "ProviderTransientError"  # the name Step Functions matches
+
+
+def test_store_outputs_sample_event(
+    handler: Callable[..., ModuleType], aws: Aws, lambda_context: FakeLambdaContext
+) -> None:
+    aws.submitted_demo_job()
+    module = handler("store_outputs")
+    session = requests.Session()
+    session.mount(
+        "https://", FakeHttp({"https://static.example-cdn.com/outputs/abc123.jpg": (200, {}, JPEG)})
+    )
+    module.runtime.copier = OutputCopier(
+        session, module.runtime.s3, aws.env["OUTPUT_BUCKET"], max_bytes=1024 * 1024, resolver=cdn_resolver
+    )
+    out = module.lambda_handler(event("store_outputs.json"), lambda_context)
+    assert out["status"] == "COMPLETED"
+    record = aws.store.get(DEMO_JOB)
+    assert record is not None and record["status"] == "COMPLETED"
+    [output] = record["outputs"]
+    assert output["key"] == f"outputs/{DEMO_JOB}/0.jpg"
+    body = aws.s3.get_object(Bucket=aws.env["OUTPUT_BUCKET"], Key=output["key"])["Body"].read()
+    assert body == JPEG
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "source", "code"),
+    [
+        ("finalize_failed.json", "FAILED", "provider", "STORAGE_ERROR"),
+        ("finalize_timed_out.json", "TIMED_OUT", "pipeline", "TIMED_OUT"),
+        ("finalize_error.json", "FAILED", "pipeline", "TaskNotFound"),
+    ],
+)
+def test_finalize_sample_events(
+    handler: Callable[..., ModuleType],
+    aws: Aws,
+    lambda_context: FakeLambdaContext,
+    name: str,
+    status: str,
+    source: str,
+    code: str,
+) -> None:
+    aws.submitted_demo_job()
+    out = handler("finalize").lambda_handler(event(name), lambda_context)
+    assert out["status"] == status
+    record = aws.store.get(DEMO_JOB)
+    assert record is not None
+    assert (record["status"], record["error"]["source"], record["error"]["code"]) == (status, source, code)
+
+
+def test_runtime_builds_settings_and_clients_from_the_environment(
+    handler: Callable[..., ModuleType], aws: Aws
+) -> None:
+    module = handler("poll")
+    runtime = module.runtime
+    assert runtime.settings.jobs_table == aws.env["JOBS_TABLE"]
+    assert runtime.provider.base_url == aws.env["PROVIDER_BASE_URL"]
+    assert runtime.provider is runtime.provider  # built once, cached
+    assert "provider-api-key" not in repr(runtime.provider)
+
+
+def test_missing_configuration_fails_with_the_variable_name(
+    handler: Callable[..., ModuleType], monkeypatch: pytest.MonkeyPatch, lambda_context: FakeLambdaContext
+) -> None:
+    monkeypatch.delenv("JOBS_TABLE")
+    with pytest.raises(Exception, match="JOBS_TABLE"):
+        handler("finalize").lambda_handler(event("finalize_failed.json"), lambda_context)
+
+
+def test_completed_snapshot_reaches_store_outputs_shape(
+    handler: Callable[..., ModuleType], lambda_context: FakeLambdaContext
+) -> None:
+    done = snapshot(
+        "tsk_01J9EXAMPLE0000000000000000",
+        TaskStatus.COMPLETED,
+        output_urls=("https://static.example-cdn.com/outputs/abc123.jpg",),
+    )
+    out = handler("poll", FakeProvider(snapshots=[done])).lambda_handler(event("poll.json"), lambda_context)
+    expected = event("store_outputs.json")
+    assert set(out["poll"]) == set(expected["poll"])
+    assert out["poll"]["outputUrls"] == expected["poll"]["outputUrls"]
+
+
+def test_intake_with_an_empty_secret_retries_with_an_actionable_error(
+    handler: Callable[..., ModuleType], aws: Aws, lambda_context: FakeLambdaContext
+) -> None:
+    boto3.client("secretsmanager").create_secret(Name=aws.env["PROVIDER_API_KEY_SECRET"], SecretString=" ")
+    module = handler("intake")  # the real provider client: the key is fetched before any request
+    sample = event("sqs_job.json")
+    response = module.lambda_handler(sample, lambda_context)
+    assert response == {"batchItemFailures": [{"itemIdentifier": sample["Records"][0]["messageId"]}]}
+    record = aws.store.get(DEMO_JOB)
+    assert record is not None and record["status"] == "RECEIVED"
+    assert "put-secret-value" in record["lastSubmitError"]["message"]
