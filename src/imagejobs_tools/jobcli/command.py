@@ -1,9 +1,511 @@
-"""`imagejobs submit|status|list|watch|download`: placeholder until the CLI lands."""
+"""`imagejobs submit|status|list|watch|download`: thin commands over `JobsClient`.
+
+boto3 and rich load inside the command functions so `imagejobs --help` stays fast.
+Exit codes: 0 success; 1 the command ran but something failed (a line or job not
+sent, a job not found, a checksum mismatch, `watch` ending with a job not in the
+expected statuses or timing out); 2 bad arguments; 3 the stack cannot be found
+or reached (target, credentials, region, AWS errors).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import contextlib
+import json
+import sys
+import textwrap
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imagejobs_tools.jobcli.records import ALL_STATUSES, TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from imagejobs_tools.jobcli.client import JobsClient
+    from imagejobs_tools.jobcli.messages import OutgoingJob
+    from imagejobs_tools.jobcli.target import Target
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_TARGET = 3
+LAST_SUBMIT_FILE = Path(".imagejobs") / "last-submit.txt"
+MAX_LISTED_FAILURES = 20
+
+TARGET_HELP = """\
+target: --local (or IMAGEJOBS_LOCAL=1, or the default when .imagejobs/local-stack.json
+exists here) uses the running local stack; --stack-name NAME [--region R] reads a deployed
+stack's CloudFormation outputs; --queue-url/--table/--bucket override either.
+exit codes: 0 ok, 1 something failed, 2 bad arguments, 3 stack not found or not reachable."""
 
 
 def register(subparsers: Any) -> None:
-    return None
+    target = argparse.ArgumentParser(add_help=False)
+    group = target.add_argument_group("target")
+    group.add_argument("--local", action="store_true", help="use .imagejobs/local-stack.json (local stack)")
+    group.add_argument("--stack-name", help="a deployed imagejobs CloudFormation stack")
+    group.add_argument("--region", help="AWS region of the stack (default: the AWS config's)")
+    group.add_argument("--profile", help="AWS profile (default: AWS_PROFILE / the default chain)")
+    group.add_argument("--queue-url", help="jobs queue URL (overrides the stack output JobsQueueUrl)")
+    group.add_argument("--table", dest="table_name", help="jobs table name (overrides JobsTableName)")
+    group.add_argument("--bucket", dest="bucket_name", help="output bucket (overrides OutputBucketName)")
+    common = {
+        "parents": [target],
+        "epilog": TARGET_HELP,
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+
+    submit = subparsers.add_parser(
+        "submit",
+        help="send job messages to the jobs queue",
+        description=_wrap(
+            "Send one job (PROMPT) or every line of a JSONL file (--file) to the jobs queue and print the "
+            "job ids. The CLI checks only the shape (a JSON object, a string jobId, under the 256 KB SQS "
+            "limit); the pipeline validates the fields and records invalid jobs as REJECTED with field "
+            "errors (see `imagejobs status`). A jobId is generated (job-<hex>) when not given; resending "
+            "the same jobId never runs the job twice. The ids sent are also written to "
+            f"{LAST_SUBMIT_FILE} for `watch --since-submit`."
+        ),
+        **common,
+    )
+    submit.add_argument("prompt", nargs="?", help="the prompt (or use --file)")
+    submit.add_argument("--file", help="JSONL file of job messages, one JSON object a line ('-' = stdin)")
+    submit.add_argument("--model", help="model (default: the pipeline's, gpt-image-2)")
+    submit.add_argument("--aspect-ratio", help="aspect ratio, e.g. 1:1, 16:9, auto")
+    submit.add_argument(
+        "--input", dest="inputs", action="extend", nargs="+", default=[], metavar="URL_OR_S3URI",
+        help="reference image: https:// URL or s3://<output bucket>/<key>",
+    )  # fmt: skip
+    submit.add_argument("--job-id", help="job id ([A-Za-z0-9_-]{1,80}; default: generated)")
+    submit.add_argument(
+        "--metadata", action="extend", nargs="+", default=[], metavar="K=V", help="metadata key=value"
+    )
+    submit.add_argument("--output-prefix", help="S3 key prefix for the outputs (relative)")
+    submit.add_argument("--json", action="store_true", help="print one JSON object per job")
+    submit.set_defaults(func=_guarded(cmd_submit))
+
+    status = subparsers.add_parser("status", help="show job records", **common)
+    status.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    status.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    status.set_defaults(func=_guarded(cmd_status))
+
+    list_parser = subparsers.add_parser(
+        "list",
+        help="list job records, newest first",
+        description=_wrap(
+            "With --status: a query of the ByStatus index per status, newest first. Without: a scan "
+            "bounded by --limit (the first records found, shown newest first)."
+        ),
+        **common,
+    )
+    list_parser.add_argument(
+        "--status", dest="statuses", action="append", type=str.upper, choices=ALL_STATUSES, default=[],
+        metavar="STATUS", help=f"only this status (repeatable): {', '.join(ALL_STATUSES)}",
+    )  # fmt: skip
+    list_parser.add_argument("--limit", type=_positive_int, default=50, help="at most N records (default 50)")
+    list_parser.add_argument("--json", action="store_true", help="print a JSON array of records")
+    list_parser.set_defaults(func=_guarded(cmd_list))
+
+    watch = subparsers.add_parser(
+        "watch",
+        help="follow jobs until they are terminal",
+        description=_wrap(
+            "Poll the job records (BatchGetItem) until every job is terminal "
+            f"({', '.join(sorted(TERMINAL_STATUSES))}) or --timeout, then print a summary. "
+            "Exit 0 when every job ended in an --expect status (default COMPLETED), else 1."
+        ),
+        **common,
+    )
+    watch.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    watch.add_argument("--file", help="file of job ids, one a line (or submit --json output)")
+    watch.add_argument(
+        "--since-submit", action="store_true", help=f"the jobs of the last submit ({LAST_SUBMIT_FILE})"
+    )
+    watch.add_argument(
+        "--interval", type=_positive_float, default=2.0, help="seconds between polls (default 2)"
+    )
+    watch.add_argument(
+        "--timeout", type=_positive_float, default=1800.0, help="give up after S seconds (1800)"
+    )
+    watch.add_argument(
+        "--expect", action="append", type=str.upper, choices=sorted(TERMINAL_STATUSES), default=[],
+        metavar="STATUS", help="a terminal status that counts as success (repeatable; default COMPLETED)",
+    )  # fmt: skip
+    watch.add_argument("--json", action="store_true", help="print the summary as JSON")
+    watch.set_defaults(func=_guarded(cmd_watch))
+
+    download = subparsers.add_parser(
+        "download",
+        help="download job outputs",
+        description=_wrap(
+            "Stream each output of each job to DIR/<jobId>/<n>.<ext>, verifying the recorded sha256."
+        ),
+        **common,
+    )
+    download.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    download.add_argument("--file", help="file of job ids, one a line")
+    download.add_argument("--since-submit", action="store_true", help="the jobs of the last submit")
+    download.add_argument("--out", default="downloads", help="output directory (default ./downloads)")
+    download.set_defaults(func=_guarded(cmd_download))
+
+
+# -- plumbing -----------------------------------------------------------------------------
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=88)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _error(message: str) -> None:
+    print(f"imagejobs: {message}", file=sys.stderr, flush=True)
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn target and AWS errors into one line on stderr and exit code 3."""
+
+    def run(args: argparse.Namespace) -> int:
+        import botocore.exceptions
+
+        from imagejobs_tools.jobcli.target import TargetError, describe_aws_error
+
+        try:
+            return command(args)
+        except TargetError as exc:
+            _error(f"error: {exc}")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            _error(f"error: {describe_aws_error(exc, f'imagejobs {args.command}')}")
+        except KeyboardInterrupt:
+            _error("interrupted")
+            return 130
+        return EXIT_TARGET
+
+    return run
+
+
+def resolve(args: argparse.Namespace) -> Target:
+    from imagejobs_tools.jobcli.target import TargetOptions, resolve_target
+
+    return resolve_target(
+        TargetOptions(
+            local=args.local,
+            stack_name=args.stack_name,
+            region=args.region,
+            profile=args.profile,
+            queue_url=args.queue_url,
+            table_name=args.table_name,
+            bucket_name=args.bucket_name,
+        )
+    )
+
+
+def open_client(target: Target, *, queue: bool = False, table: bool = False, s3: bool = False) -> JobsClient:
+    """A `JobsClient` with just the clients the command needs."""
+    from imagejobs_tools.jobcli.client import JobsClient
+
+    return JobsClient.from_target(target, queue=queue, table=table, s3=s3)
+
+
+def _stderr_console() -> Console:
+    """Where watch's progress goes (stdout stays for results)."""
+    from rich.console import Console
+
+    # soft_wrap: plain lines (no terminal, e.g. CI) are never wrapped at the console width.
+    return Console(file=sys.stderr, soft_wrap=True)
+
+
+def read_job_ids(args: argparse.Namespace) -> list[str]:
+    """Job ids from the arguments, --file (ids or submit --json lines) and --since-submit."""
+    job_ids = list(args.job_ids)
+    paths: list[Path] = []
+    if getattr(args, "file", None):
+        paths.append(Path(args.file))
+    if getattr(args, "since_submit", False):
+        if not LAST_SUBMIT_FILE.exists():
+            raise SystemExit(_usage_error(f"no {LAST_SUBMIT_FILE} here: run `imagejobs submit` first"))
+        paths.append(LAST_SUBMIT_FILE)
+    for path in paths:
+        try:
+            with path.open(encoding="utf-8") as stream:
+                job_ids.extend(_ids_from_lines(stream))
+        except OSError as exc:
+            raise SystemExit(_usage_error(f"cannot read {path}: {exc.strerror or exc}")) from exc
+    if not job_ids:
+        raise SystemExit(_usage_error("no job ids: give JOB_ID ..., --file or --since-submit"))
+    return list(dict.fromkeys(job_ids))
+
+
+def _ids_from_lines(lines: Iterable[str]) -> Iterator[str]:
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("{"):
+            try:
+                job_id = json.loads(text).get("jobId")
+            except (ValueError, AttributeError):
+                job_id = None
+            if isinstance(job_id, str) and job_id:
+                yield job_id
+            continue
+        yield text.split()[0]
+
+
+def _usage_error(message: str) -> int:
+    _error(f"error: {message}")
+    return 2
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import botocore.exceptions
+
+    from imagejobs_tools.jobcli.messages import (
+        LineError,
+        MessageShapeError,
+        build_message,
+        iter_jsonl,
+        parse_metadata,
+        prepare,
+    )
+
+    if (args.prompt is None) == (args.file is None):
+        return _usage_error("give either a PROMPT or --file JOBS.jsonl")
+    if args.file and args.job_id:
+        return _usage_error("--job-id applies to a single PROMPT, not to --file (put jobId in each line)")
+    try:
+        metadata = parse_metadata(args.metadata)
+        if args.file is None:
+            single = build_message(
+                args.prompt,
+                model=args.model,
+                aspect_ratio=args.aspect_ratio,
+                input_urls=args.inputs,
+                job_id=args.job_id,
+                metadata=metadata,
+                output_prefix=args.output_prefix,
+            )
+            single_job = prepare(single, "argv")
+    except MessageShapeError as exc:
+        return _usage_error(str(exc))
+
+    target = resolve(args)
+    client = open_client(target, queue=True)
+    bad_line_sources: list[str] = []  # the first few, for the summary
+    bad_lines = 0
+    send_failures = 0
+    sent = 0
+
+    def outgoing(stream: Any) -> Iterator[OutgoingJob]:
+        defaults = build_message(
+            "",
+            model=args.model,
+            aspect_ratio=args.aspect_ratio,
+            input_urls=args.inputs,
+            metadata=metadata,
+            output_prefix=args.output_prefix,
+        )
+        del defaults["jobId"], defaults["prompt"]
+        nonlocal bad_lines
+        for item in iter_jsonl(stream, args.file, defaults):
+            if isinstance(item, LineError):
+                bad_lines += 1
+                if len(bad_line_sources) < MAX_LISTED_FAILURES:
+                    bad_line_sources.append(item.source)
+                _error(str(item))
+            else:
+                yield item
+
+    with contextlib.ExitStack() as stack:
+        remember = stack.enter_context(_LastSubmitWriter())
+        if args.file is None:
+            results = client.submit_messages([single_job])
+        else:
+            try:
+                # Binary lines: a line that is not UTF-8 is reported like any other bad line.
+                stream = sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
+            except OSError as exc:
+                return _usage_error(f"cannot read {args.file}: {exc.strerror or exc}")
+            results = client.submit_messages(outgoing(stream))
+        try:
+            for result in results:
+                if result.ok:
+                    sent += 1
+                    remember(result.job_id)
+                    line = {"jobId": result.job_id, "source": result.source, "messageId": result.message_id}
+                    print(json.dumps(line) if args.json else result.job_id, flush=True)
+                else:
+                    send_failures += 1
+                    attempts = f"{result.attempts} attempts"
+                    _error(f"{result.source}: {result.job_id}: not sent ({attempts}): {result.error}")
+                    if args.json:
+                        failure = {"jobId": result.job_id, "source": result.source, "error": result.error}
+                        print(json.dumps(failure), flush=True)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+            # Say how far it got (the ids printed are the ones sent), then the one-line error.
+            _error(f"stopped after sending {sent} jobs")
+            raise
+
+    if args.file is not None:
+        failed = bad_lines + send_failures
+        where = target.description
+        if failed:
+            more = " …" if bad_lines > len(bad_line_sources) else ""
+            listed = f"; bad lines: {', '.join(bad_line_sources)}{more}" if bad_lines else ""
+            _error(
+                f"sent {sent} jobs to {where}; {failed} not sent "
+                f"({bad_lines} bad lines, {send_failures} send failures){listed}"
+            )
+        else:
+            _error(f"sent {sent} jobs to {where}")
+    return EXIT_FAILED if bad_lines or send_failures else EXIT_OK
+
+
+class _LastSubmitWriter:
+    """Writes the ids sent to .imagejobs/last-submit.txt as they go (for watch --since-submit)."""
+
+    def __init__(self) -> None:
+        self._stream: Any = None
+        self._failed = False
+
+    def __enter__(self) -> Callable[[str], None]:
+        return self.remember
+
+    def remember(self, job_id: str) -> None:
+        if self._failed:
+            return
+        try:
+            if self._stream is None:
+                LAST_SUBMIT_FILE.parent.mkdir(parents=True, exist_ok=True)
+                self._stream = LAST_SUBMIT_FILE.open("w", encoding="utf-8")
+            self._stream.write(job_id + "\n")
+        except OSError as exc:
+            self._failed = True
+            _error(f"warning: cannot write {LAST_SUBMIT_FILE}: {exc.strerror or exc}")
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from imagejobs_tools.jobcli.render import status_lines
+
+    target = resolve(args)
+    client = open_client(target, table=True)
+    missing = 0
+    for index, job_id in enumerate(dict.fromkeys(args.job_ids)):
+        record = client.get(job_id)
+        if record is None:
+            missing += 1
+            _error(
+                f"no record for job '{job_id}' in {target.description} "
+                "(a just-submitted job gets one when the pipeline takes its message)"
+            )
+            continue
+        if args.json:
+            print(json.dumps(record.data, sort_keys=True))
+        else:
+            if index:
+                print()
+            print("\n".join(status_lines(record)), flush=True)
+    return EXIT_FAILED if missing else EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from imagejobs_tools.jobcli.render import list_lines
+
+    target = resolve(args)
+    client = open_client(target, table=True)
+    records = client.list_jobs(args.statuses, limit=args.limit)
+    if args.json:
+        print(json.dumps([record.data for record in records], sort_keys=True))
+    elif records:
+        print("\n".join(list_lines(records)))
+    else:
+        _error(f"no jobs{' with status ' + ', '.join(args.statuses) if args.statuses else ''}")
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from imagejobs_tools.jobcli.render import record_json, summary_lines
+    from imagejobs_tools.jobcli.watch import make_view, watch_jobs
+
+    job_ids = read_job_ids(args)
+    expected = set(args.expect or ["COMPLETED"])
+    target = resolve(args)
+    client = open_client(target, table=True)
+    view = make_view(_stderr_console(), job_ids)
+    try:
+        outcome = watch_jobs(client, job_ids, interval=args.interval, timeout=args.timeout, view=view)
+    finally:
+        view.close()
+    if args.json:
+        summary = {
+            "timedOut": outcome.timed_out,
+            "jobs": [record_json(outcome.records.get(job_id), job_id) for job_id in job_ids],
+        }
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print("\n".join(summary_lines(job_ids, outcome.records)))
+    counts: dict[str, int] = {}
+    for status in outcome.statuses().values():
+        counts[status or "NO_RECORD"] = counts.get(status or "NO_RECORD", 0) + 1
+    tally = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    timed_out = f"timed out after {args.timeout:g}s; " if outcome.timed_out else ""
+    _error(f"{timed_out}{len(job_ids)} jobs: {tally}")
+    return EXIT_OK if outcome.all_in(expected) else EXIT_FAILED
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    import botocore.exceptions
+
+    from imagejobs_tools.jobcli.client import ChecksumMismatch
+    from imagejobs_tools.jobcli.target import describe_aws_error
+
+    job_ids = read_job_ids(args)
+    target = resolve(args)
+    client = open_client(target, table=True, s3=True)
+    out_dir = Path(args.out)
+    records = client.batch_get(job_ids)
+    failed = 0
+    for job_id in job_ids:
+        record = records.get(job_id)
+        if record is None:
+            failed += 1
+            _error(f"{job_id}: no record in {target.description}")
+            continue
+        if not record.outputs:
+            _error(f"{job_id}: skipped, no outputs (status {record.status})")
+            continue
+        try:
+            for downloaded in client.download(record, out_dir):
+                note = "already there" if downloaded.skipped else f"{downloaded.bytes} bytes"
+                check = "sha256 ok" if downloaded.verified else "no sha256 recorded"
+                print(f"{downloaded.path}\t{note}, {check}", flush=True)
+        except ChecksumMismatch as exc:
+            failed += 1
+            _error(f"error: {exc}")
+        except botocore.exceptions.ClientError as exc:
+            failed += 1
+            _error(f"error: {describe_aws_error(exc, f'downloading the outputs of {job_id}')}")
+        except OSError as exc:
+            failed += 1
+            _error(f"error: {job_id}: cannot write under {out_dir}: {exc.strerror or exc}")
+    return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,127 @@
+"""Job messages as the CLI builds them: shape checks only.
+
+The pipeline validates every field (prompt caps, models, URLs, ...) and records
+REJECTED with field errors; the CLI checks only what it needs to send a message
+and print its job id: a JSON object, a string `jobId` (generated when absent),
+and a body under the SQS size limit.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# SQS's per-message (and per-SendMessageBatch) payload limit.
+SQS_MAX_MESSAGE_BYTES = 262_144
+
+
+class MessageShapeError(ValueError):
+    """A message the CLI will not send; the message names the field and the reason."""
+
+
+@dataclass(frozen=True)
+class OutgoingJob:
+    """One message ready to send; `source` says where it came from (e.g. `jobs.jsonl:3`)."""
+
+    job_id: str
+    body: str
+    source: str
+
+
+@dataclass(frozen=True)
+class LineError:
+    """A JSONL line that was not sent, with its location (`jobs.jsonl:17`)."""
+
+    source: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+def new_job_id() -> str:
+    return f"job-{uuid.uuid4().hex}"
+
+
+def parse_metadata(pairs: Sequence[str]) -> dict[str, str]:
+    """`k=v` pairs from `--metadata` into a dict."""
+    metadata: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MessageShapeError(f"metadata: expected key=value, got {pair!r}")
+        metadata[key.strip()] = value
+    return metadata
+
+
+def build_message(
+    prompt: str,
+    *,
+    model: str | None = None,
+    aspect_ratio: str | None = None,
+    input_urls: Sequence[str] = (),
+    job_id: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    output_prefix: str | None = None,
+) -> dict[str, Any]:
+    """The message for `submit "PROMPT" ...`, with only the fields the user gave."""
+    message: dict[str, Any] = {"jobId": job_id or new_job_id(), "prompt": prompt}
+    if model:
+        message["model"] = model
+    if aspect_ratio:
+        message["aspectRatio"] = aspect_ratio
+    if input_urls:
+        message["inputImageUrls"] = list(input_urls)
+    if metadata:
+        message["metadata"] = dict(metadata)
+    if output_prefix:
+        message["outputPrefix"] = output_prefix
+    return message
+
+
+def prepare(message: Any, source: str, defaults: Mapping[str, Any] | None = None) -> OutgoingJob:
+    """Check the shape, fill `jobId` (and any defaults the message lacks), serialise."""
+    if not isinstance(message, dict):
+        raise MessageShapeError(f"expected a JSON object, got {type(message).__name__}")
+    merged = {**(defaults or {}), **message}
+    job_id = merged.get("jobId")
+    if job_id is None:
+        job_id = merged["jobId"] = new_job_id()
+    elif not isinstance(job_id, str) or not job_id:
+        raise MessageShapeError(f"jobId: must be a non-empty string, got {job_id!r}")
+    body = json.dumps(merged, ensure_ascii=False, separators=(",", ":"))
+    size = len(body.encode("utf-8"))
+    if size > SQS_MAX_MESSAGE_BYTES:
+        raise MessageShapeError(f"message is {size} bytes, over the SQS limit of {SQS_MAX_MESSAGE_BYTES}")
+    return OutgoingJob(job_id=job_id, body=body, source=source)
+
+
+def iter_jsonl(
+    lines: Iterable[str | bytes], name: str, defaults: Mapping[str, Any] | None = None
+) -> Iterator[OutgoingJob | LineError]:
+    """Stream a JSONL file (text or binary lines): one `OutgoingJob` or `LineError` per non-blank line."""
+    for number, raw in enumerate(lines, start=1):
+        source = f"{name}:{number}"
+        if isinstance(raw, bytes):
+            try:
+                # utf-8-sig: a byte-order mark some editors put at the start is not an error.
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield LineError(source, f"not UTF-8 text: {exc}")
+                continue
+        else:
+            line = raw
+        if not line.strip():
+            continue
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            yield LineError(source, f"not valid JSON: {exc}")
+            continue
+        try:
+            yield prepare(message, source, defaults)
+        except MessageShapeError as exc:
+            yield LineError(source, str(exc))

@@ -1,0 +1,144 @@
+"""How job records look as text: status, list and watch summary lines (no wrapping, ids never cut)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from imagejobs_tools.jobcli.records import JobRecord
+
+PROMPT_WIDTH = 80
+
+
+def truncate(text: str | None, width: int = PROMPT_WIDTH) -> str:
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
+
+
+def format_credits(record: JobRecord) -> str:
+    used = record.credits_used
+    refunded = record.credits_refunded
+    text = "-" if used is None else str(used)
+    if refunded not in (None, False, 0):
+        text += " (refunded)" if refunded is True else f" (refunded {refunded})"
+    return text
+
+
+def output_keys(record: JobRecord) -> str:
+    return ", ".join(output.key for output in record.outputs) or "-"
+
+
+def status_lines(record: JobRecord) -> list[str]:
+    """`imagejobs status JOB_ID`: the record's essentials and its history."""
+    lines: list[str] = []
+    rows: list[tuple[str, str]] = [
+        ("job", record.job_id),
+        ("status", record.status),
+        ("model", record.model or "-"),
+        ("prompt", truncate(record.prompt) or "-"),
+        ("credits", format_credits(record)),
+        ("created", str(record.data.get("createdAt", "-"))),
+        ("updated", str(record.data.get("updatedAt", "-"))),
+        ("latency", format_seconds(record.latency_seconds())),
+    ]
+    for name in ("taskId", "polls", "submitAttempts"):
+        if record.data.get(name) is not None:
+            rows.append((name, str(record.data[name])))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        lines.append(f"{name:<{width}}  {value}")
+
+    history = record.history
+    if history:
+        lines.append("history:")
+        for entry in history:
+            detail = f"  {entry['detail']}" if entry.get("detail") else ""
+            lines.append(f"  {entry.get('at', '?')}  {entry.get('status', '?')}{detail}")
+    outputs = record.outputs
+    if outputs:
+        lines.append("outputs:")
+        for output in outputs:
+            size = "" if output.bytes is None else f"  {output.bytes} bytes"
+            kind = f"  {output.content_type}" if output.content_type else ""
+            lines.append(f"  {output.uri or f's3://{output.bucket}/{output.key}'}{size}{kind}")
+    error = record.error
+    if error:
+        code = f" {error['code']}" if error.get("code") else ""
+        lines.append(f"error: [{error.get('source', '?')}]{code}: {error.get('message', '')}")
+        field_errors = error.get("fieldErrors")
+        if isinstance(field_errors, Mapping):
+            for field_name, messages in field_errors.items():
+                texts = messages if isinstance(messages, list) else [messages]
+                for message in texts:
+                    lines.append(f"  {field_name}: {message}")
+    return lines
+
+
+def format_columns(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart; the last column is not padded (it may be long).
+
+    Plain text on purpose: job ids are never cut or wrapped, whatever the console width.
+    """
+    all_rows = [list(headers), *[list(row) for row in rows]]
+    widths = [max(len(row[i]) for row in all_rows) for i in range(len(headers) - 1)]
+    lines = []
+    for row in all_rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return lines
+
+
+def list_lines(records: Sequence[JobRecord]) -> list[str]:
+    """`imagejobs list`: one line per record."""
+    return format_columns(
+        ("jobId", "status", "updated", "model", "credits", "prompt"),
+        (
+            (
+                record.job_id,
+                record.status,
+                str(record.data.get("updatedAt", "-")),
+                record.model or "-",
+                format_credits(record),
+                truncate(record.prompt, 40),
+            )
+            for record in records
+        ),
+    )
+
+
+def summary_lines(job_ids: Sequence[str], records: Mapping[str, JobRecord | None]) -> list[str]:
+    """The table `watch` prints at the end."""
+    rows = []
+    for job_id in job_ids:
+        record = records.get(job_id)
+        if record is None:
+            rows.append((job_id, "NO_RECORD", "-", "-", "-", "-"))
+            continue
+        rows.append(
+            (
+                job_id,
+                record.status,
+                record.model or "-",
+                format_credits(record),
+                format_seconds(record.latency_seconds()),
+                output_keys(record),
+            )
+        )
+    return format_columns(("jobId", "status", "model", "credits", "latency", "outputs"), rows)
+
+
+def record_json(record: JobRecord | None, job_id: str) -> dict[str, Any]:
+    if record is None:
+        return {"jobId": job_id, "status": None}
+    return dict(record.data)
