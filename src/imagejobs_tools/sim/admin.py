@@ -78,6 +78,11 @@ class SimulatorAdmin:
         result: dict[str, Any] = self._call("POST", "/_sim/config", payload)
         return result
 
+    def release(self, task_id: str) -> int:
+        """End a pending task's latency now; returns its status (0 while input fetches are still running)."""
+        status: int = self._call("POST", f"/_sim/tasks/{task_id}/release", {})["status"]
+        return status
+
     def reset(self) -> None:
         """Forget every task; restore the starting keys, credits, faults, shape and RNG seed."""
         self._call("POST", "/_sim/reset", {})

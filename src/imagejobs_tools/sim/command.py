@@ -122,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace) -> int:
     import signal
     import sys
-    import threading
+    import time
 
     from imagejobs_tools.sim.config import ConfigError
     from imagejobs_tools.sim.server import start_simulator
@@ -133,6 +133,16 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"imagejobs sim: {error}", file=sys.stderr)
         return 2
+    # The handler only flips a flag: taking a lock (Event.set) inside a signal handler can deadlock
+    # against the same lock held by the interrupted main thread. Installed before the
+    # listening line is printed, so whoever reads that line can stop us cleanly.
+    stop_requested: list[int] = []
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop_requested.append(signum)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     try:
         simulator = start_simulator(config)
     except OSError as error:
@@ -147,16 +157,9 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     try:
-        while not stop.wait(0.2):
-            pass
+        while not stop_requested:
+            time.sleep(0.1)
     finally:
         simulator.stop()
     print("simulator stopped", file=sys.stderr, flush=True)

@@ -59,7 +59,7 @@ class FaultConfig:
         if not isinstance(bps, int) or isinstance(bps, bool) or bps < 0:
             raise ConfigError(f"slow_output_bytes_per_second must be a non-negative integer, got {bps!r}")
         codes = self.failure_codes
-        if not codes or not all(isinstance(code, str) and code for code in codes):
+        if not isinstance(codes, tuple) or not codes or not all(isinstance(c, str) and c for c in codes):
             raise ConfigError("failure_codes must be a non-empty list of error codes")
         return self
 

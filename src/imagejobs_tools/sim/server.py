@@ -61,7 +61,27 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
         self.simulator = simulator
         self.stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
         super().__init__(address, ProviderRequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """End kept-alive connections too, so a stopped simulator answers nobody."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class ProviderRequestHandler(BaseHTTPRequestHandler):
@@ -188,24 +208,30 @@ class ProviderRequestHandler(BaseHTTPRequestHandler):
     # --- request bodies --------------------------------------------------------------
 
     def _discard_body(self) -> None:
-        """Read and drop whatever body came with a request we answer without it (keeps keep-alive sane)."""
-        if self.command in ("GET", "HEAD") and not self.headers.get("Content-Length"):
+        """Drop whatever body came with a request we answer without it, so keep-alive stays in sync;
+        a body we will not read (chunked, huge, or badly framed) closes the connection instead."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
             return
-        self._read_body(keep=False)
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            return
+        length = _parse_content_length(length_header)
+        if length is None or length > DRAIN_LIMIT:
+            self.close_connection = True
+        else:
+            self._skip(length)
 
-    def _read_body(self, keep: bool = True) -> bytes | None:
+    def _read_body(self) -> bytes | None:
         """The request body, or None after answering 400 (bad framing, or over the size cap)."""
         cap = self.sim.config.max_body_bytes
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked(cap, keep)
+            return self._read_chunked(cap)
         length_header = self.headers.get("Content-Length")
         if length_header is None:
             return b""
-        try:
-            length = int(length_header)
-            if length < 0:
-                raise ValueError(length_header)
-        except ValueError:
+        length = _parse_content_length(length_header)
+        if length is None:
             self.close_connection = True
             self._send_json(400, form_error("Invalid Content-Length header"))
             return None
@@ -216,9 +242,6 @@ class ProviderRequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
             self._send_json(400, form_error(f"Request body is larger than {cap} bytes"))
             return None
-        if not keep:
-            self._skip(length)
-            return b""
         return self.rfile.read(length)
 
     def _skip(self, length: int) -> None:
@@ -228,13 +251,15 @@ class ProviderRequestHandler(BaseHTTPRequestHandler):
                 break
             length -= len(block)
 
-    def _read_chunked(self, cap: int, keep: bool) -> bytes | None:
+    def _read_chunked(self, cap: int) -> bytes | None:
         parts: list[bytes] = []
         total = 0
         while True:
             line = self.rfile.readline(1024)
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
+                if size < 0:
+                    raise ValueError(line)
             except ValueError:
                 self.close_connection = True
                 self._send_json(400, form_error("Malformed chunked request body"))
@@ -247,7 +272,7 @@ class ProviderRequestHandler(BaseHTTPRequestHandler):
             if total > DRAIN_LIMIT:
                 self.close_connection = True
                 break
-            if keep and total <= cap:
+            if total <= cap:
                 parts.append(self.rfile.read(size))
             else:
                 self._skip(size)
@@ -404,6 +429,9 @@ class ProviderRequestHandler(BaseHTTPRequestHandler):
             self._send_json(403, {"error": "The simulator's admin endpoints answer loopback clients only"})
             return
         name = path[len(ADMIN_PREFIX) :]
+        if method == "POST" and name.startswith("tasks/") and name.endswith("/release"):
+            self._admin_release(name[len("tasks/") : -len("/release")])
+            return
         routes = {
             ("GET", "stats"): self._admin_stats,
             ("GET", "tasks"): self._admin_tasks,
@@ -473,6 +501,14 @@ class ProviderRequestHandler(BaseHTTPRequestHandler):
             return
         self._send_json(200, stats)
 
+    def _admin_release(self, task_id: str) -> None:
+        self._discard_body()
+        task = self.state.release(task_id)
+        if task is None:
+            self._send_json(404, {"error": "Task not found"})
+            return
+        self._send_json(200, {"taskId": task.task_id, "status": task.status})
+
     def _admin_reset(self) -> None:
         self._discard_body()
         self.state.reset()
@@ -495,14 +531,22 @@ class ProviderRequestHandler(BaseHTTPRequestHandler):
             ranges[name] = None
             if value is None:
                 continue
+            if not isinstance(value, list):
+                errors.add(name, f"{name} must be [MIN, MAX] seconds")
+                continue
             try:
-                ranges[name] = validate_latency(name, value if isinstance(value, list) else [])
+                ranges[name] = validate_latency(name, value)
             except ConfigError as error:
                 errors.add(name, str(error))
         if errors:
             self._send_json(400, invalid_request_body(errors))
             return
         self._send_json(200, self.state.configure(shape, ranges["latency"], ranges["videoLatency"]))
+
+
+def _parse_content_length(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isdigit() and len(text) < 19 else None
 
 
 def _field_error(name: str, message: str) -> dict[str, Any]:
@@ -574,6 +618,7 @@ class Simulator:
         if self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()
+        self._server.close_connections()
         self._thread.join(timeout=5)
 
     def __enter__(self) -> Simulator:

@@ -263,6 +263,15 @@ class SimulatorState:
             self.tasks[task.task_id] = task
             return task
 
+    def release(self, task_id: str) -> Task | None:
+        """End a task's pending time now (it still waits for its input fetches)."""
+        with self.lock:
+            task = self.tasks.get(task_id)
+            if task is not None:
+                task.ready_at = min(task.ready_at, time.monotonic())
+                self._resolve_locked(task)
+            return task
+
     def note_fault(self, task: Task, fault: str) -> None:
         with self.lock:
             task.injected_faults.append(fault)

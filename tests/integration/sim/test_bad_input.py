@@ -16,6 +16,7 @@ from .conftest import KEY_A, auth, submit
 pytestmark = pytest.mark.integration
 
 IMAGE_URL = "/api/ai/image/generate"
+POST_HEAD = b"POST /api/ai/image/generate HTTP/1.1\r\nHost: x\r\n"
 
 
 def post_raw(
@@ -169,3 +170,33 @@ def test_wrong_method_and_unknown_path(sim: Simulator, http: requests.Session) -
 
     assert (wrong_method.status_code, wrong_method.json()) == (405, {"error": "Method not allowed"})
     assert (unknown.status_code, unknown.json()) == (404, {"error": "Not found"})
+
+
+def test_big_body_to_an_unknown_path_gets_one_404_and_the_session_keeps_working(
+    sim: Simulator, http: requests.Session
+) -> None:
+    response = http.post(sim.url + "/nowhere", data=b"x" * (2 * 1024 * 1024), headers=auth(), timeout=10)
+
+    assert (response.status_code, response.json()) == (404, {"error": "Not found"})
+    assert_invalid(submit(http, sim, {}))
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n-5\r\nabc\r\n0\r\n\r\n",
+        POST_HEAD + b"Content-Length: -1\r\n\r\n",
+        POST_HEAD + b"Content-Length: 1_0\r\n\r\n0123456789",
+    ],
+    ids=["negative-chunk", "negative-length", "underscore-length"],
+)
+def test_bad_framing_is_a_400_not_a_hang(sim: Simulator, request_bytes: bytes) -> None:
+    with socket.create_connection((sim.host, sim.port), timeout=5) as raw:
+        raw.sendall(request_bytes)
+        reply = b""
+        while block := raw.recv(4096):  # the server closes the connection after a framing error
+            reply += block
+
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 400")
+    assert b'"Invalid request"' in rest

@@ -68,3 +68,17 @@ def test_bad_option_values_exit_with_a_clear_message() -> None:
 
     assert result.returncode == 2
     assert "latency" in result.stderr
+
+
+def test_sigterm_right_after_the_listening_line_stops_cleanly() -> None:
+    args = [sys.executable, "-m", "imagejobs_tools.sim", "--port", "0", "--quiet"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert LISTENING.match(first_line(process))
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0

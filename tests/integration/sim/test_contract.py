@@ -47,7 +47,7 @@ def test_text_to_image_submit_returns_task_id_pending_and_credits(
 def test_quickstart_poll_shows_pending_then_completed_snapshot(
     make_sim: Callable[..., Simulator], http: requests.Session
 ) -> None:
-    sim = make_sim(latency=(0.3, 0.3))
+    sim = make_sim(latency=(600, 600))
     task_id = submit(http, sim, QUICKSTART_TEXT_TO_IMAGE).json()["taskId"]
 
     pending = http.get(f"{sim.url}/api/ai/tasks/{task_id}", headers=auth(), timeout=10).json()
@@ -62,6 +62,7 @@ def test_quickstart_poll_shows_pending_then_completed_snapshot(
     }
     assert ISO.match(pending["createdAt"])
 
+    assert sim.admin.release(task_id) == 1
     done = wait_terminal(http, sim, task_id)
     assert set(done) == {"id", "type", "status", "outputImageUrls", "createdAt", "completedAt",
                          "creditsUsed", "creditRefunded"}  # fmt: skip
@@ -75,7 +76,7 @@ def test_quickstart_poll_shows_pending_then_completed_snapshot(
 def test_reference_shape_pending_and_completed(
     make_sim: Callable[..., Simulator], http: requests.Session
 ) -> None:
-    sim = make_sim(shape="reference", latency=(0.3, 0.3))
+    sim = make_sim(shape="reference", latency=(600, 600))
     task_id = submit(http, sim, QUICKSTART_TEXT_TO_IMAGE).json()["taskId"]
 
     pending = http.get(f"{sim.url}/api/ai/tasks/{task_id}", headers=auth(), timeout=10).json()
@@ -89,6 +90,7 @@ def test_reference_shape_pending_and_completed(
     assert pending["model"] == "gpt-image-2"
     assert pending["prompt"] == QUICKSTART_TEXT_TO_IMAGE["prompt"]
 
+    sim.admin.release(task_id)
     done = wait_terminal(http, sim, task_id)
     assert set(done) == REFERENCE_KEYS
     assert done["status"] == 1
@@ -214,3 +216,24 @@ def test_pending_task_stays_pending_until_its_latency_elapses(
     assert wait_terminal(http, sim, fast)["status"] == 1
     time.sleep(0.05)
     assert http.get(f"{sim.url}/api/ai/tasks/{slow}", headers=auth(), timeout=10).json()["status"] == 0
+
+
+def test_stop_also_ends_kept_alive_connections(
+    make_sim: Callable[..., Simulator], http: requests.Session
+) -> None:
+    sim = make_sim()
+    assert (
+        submit(http, sim, QUICKSTART_TEXT_TO_IMAGE).status_code == 200
+    )  # the session now holds a connection
+
+    sim.stop()
+
+    with pytest.raises(requests.ConnectionError):
+        submit(http, sim, QUICKSTART_TEXT_TO_IMAGE)
+
+
+def test_admin_config_rejects_bad_values_with_the_field(sim: Simulator, http: requests.Session) -> None:
+    response = http.post(f"{sim.url}/_sim/config", json={"shape": "xml", "latency": [3, 1]}, timeout=10)
+
+    assert response.status_code == 400
+    assert set(response.json()["details"]["fieldErrors"]) == {"shape", "latency"}

@@ -182,3 +182,8 @@ def test_config_accepts_a_list_of_keys_with_shared_credits() -> None:
     assert SimulatorConfig().initial_credits() == {"sk_test_local": 1000}
     with pytest.raises(ConfigError, match="shape"):
         SimulatorConfig(shape="other").validated()  # type: ignore[arg-type]
+
+
+def test_failure_codes_must_be_a_list_not_a_string() -> None:
+    with pytest.raises(ConfigError, match="failure_codes"):
+        FaultConfig().updated({"failure_codes": "EMPTY_RESULT"})
