@@ -1,15 +1,181 @@
-"""`imagejobs local`: placeholder until the local stack lands."""
+"""`imagejobs local up|demo`: the whole pipeline on this machine (docs/local-stack.md)."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
+import threading
+from pathlib import Path
 from typing import Any
+
+DEFAULT_STATE_FILE = Path(".imagejobs/local-stack.json")
+
+
+def parse_latency(text: str) -> tuple[float, float]:
+    """`MIN:MAX` seconds (or a single number) for the simulator's generation latency."""
+    parts = text.split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sim-latency: expected MIN:MAX seconds, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or values[0] < 0 or values[1] < values[0]:
+        raise argparse.ArgumentTypeError(f"--sim-latency: expected 0 <= MIN <= MAX, got {text!r}")
+    return values[0], values[1]
+
+
+def parse_parameter(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--parameter: expected Name=Value, got {text!r}")
+    return name, value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected >= 0 seconds, got {text!r}")
+    return value
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("local", help="run the whole pipeline on this machine")
-    parser.set_defaults(func=_run)
+    parser = subparsers.add_parser("local", help="run the whole pipeline on this machine (no AWS, no Docker)")
+    commands = parser.add_subparsers(dest="local_command", required=True, metavar="up|demo")
+
+    def common(sub: argparse.ArgumentParser, latency: str, poll: float) -> None:
+        sub.add_argument("--template", type=Path, default=Path("template.yaml"), help="SAM template")
+        sub.add_argument("--port", type=int, default=0, help="AWS endpoint port (default: a free one)")
+        sub.add_argument("--sim-port", type=int, default=0, help="simulator port (default: a free one)")
+        sub.add_argument(
+            "--sim-latency",
+            type=parse_latency,
+            default=parse_latency(latency),
+            metavar="MIN:MAX",
+            help=f"simulated generation time in seconds (default {latency})",
+        )
+        sub.add_argument(
+            "--poll-interval",
+            type=_non_negative,
+            default=poll,
+            metavar="SECONDS",
+            help=f"PollIntervalSeconds for the wait-loop (default {poll:g})",
+        )
+        sub.add_argument("--provider-url", help="use this provider instead of the in-process simulator")
+        sub.add_argument(
+            "--api-key", default="sk_test_local", help="provider API key put into the stack's secret"
+        )
+        sub.add_argument(
+            "--parameter",
+            type=parse_parameter,
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="override a template parameter (repeatable)",
+        )
+        sub.add_argument("--stack-name", default="imagejobs-local")
+
+    up = commands.add_parser("up", help="start the stack and keep it running until Ctrl-C")
+    common(up, "3:8", 2)
+    up.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE, help="where to write endpoints")
+    up.set_defaults(func=_run_up)
+
+    demo = commands.add_parser("demo", help="start the stack, run a demo batch, check every outcome")
+    common(demo, "1:3", 2)
+    demo.add_argument("--fast", action="store_true", help="poll every second instead of every 2 s")
+    demo.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="where images are saved")
+    demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every job")
+    demo.set_defaults(func=_run_demo)
 
 
-def _run(args: argparse.Namespace) -> int:
-    raise SystemExit("imagejobs local: not implemented yet")
+def build_config(args: argparse.Namespace, **extra: Any) -> Any:
+    from imagejobs_tools.local import LocalStackConfig
+
+    return LocalStackConfig(
+        template_path=args.template,
+        stack_name=args.stack_name,
+        port=args.port,
+        provider_url=args.provider_url,
+        sim_port=args.sim_port,
+        sim_latency=args.sim_latency,
+        api_key=args.api_key,
+        poll_interval_seconds=args.poll_interval,
+        parameter_overrides=dict(args.parameter),
+        **extra,
+    )
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from imagejobs_tools.local import LocalStack, LocalStackError
+
+    console = Console(emoji=False)
+    stop = threading.Event()
+    # SIGTERM (CI, `kill`, a supervisor) stops as cleanly as Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stack = LocalStack(build_config(args, state_file=args.state_file))
+    try:
+        with console.status("starting the local stack…"):
+            stack.start()
+        print_summary(console, stack, args.state_file)
+        while not stop.wait(0.5):
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except LocalStackError as exc:
+        console.print(f"[red]imagejobs local up: {exc}[/red]")
+        return 2
+    finally:
+        console.print("stopping…")
+        stack.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def print_summary(console: Any, stack: Any, state_file: Path | None) -> None:
+    from rich.table import Table
+
+    info = stack.info
+    table = Table(title="imagejobs local stack", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("AWS endpoint", info.endpoint_url)
+    table.add_row("region", info.region)
+    if info.simulator_url:
+        table.add_row("provider simulator", info.simulator_url)
+    for key, value in sorted(info.outputs.items()):
+        table.add_row(key, value)
+    table.add_row("started in", f"{info.timings['totalSeconds']:.1f} s")
+    if state_file is not None:
+        table.add_row("state file", str(state_file))
+    console.print(table)
+    endpoint = info.endpoint_url
+    queue = info.outputs.get("JobsQueueUrl") or next(iter(info.queues.values()), "QUEUE_URL")
+    bucket = info.outputs.get("OutputBucketName", "BUCKET")
+    table_name = info.outputs.get("JobsTableName", "TABLE")
+    aws = f"aws --endpoint-url {endpoint}"
+    body = shlex.quote('{"prompt": "a lighthouse at dawn, watercolor", "aspectRatio": "16:9"}')
+    console.print("\n[bold]Try it with the plain aws CLI[/bold] (any credentials work):")
+    lines = [
+        f"export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION={info.region}",
+        f"{aws} sqs send-message --queue-url {queue} --message-body {body}",
+        f"{aws} dynamodb scan --table-name {table_name}",
+        f"{aws} s3 ls s3://{bucket}/outputs/ --recursive",
+        f"{aws} s3 cp s3://{bucket}/outputs/ ./outputs --recursive",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    console.print("\nCtrl-C stops everything.")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from imagejobs_tools.local.demo import run_demo
+
+    if args.fast:
+        args.poll_interval = 1.0
+    return run_demo(args)

@@ -1,0 +1,235 @@
+"""`imagejobs local demo`: a demo batch through the local stack's public endpoints.
+
+Starts the stack, uploads a generated input image, sends text-to-image jobs at
+several aspect ratios, one image-to-image job and one invalid job, waits for
+every job to reach a terminal state, downloads the images and prints the
+records. Exits 0 only if every job ended as expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer
+
+TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN"}
+INPUT_KEY = "demo-inputs/product.png"
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    job_id: str
+    message: dict[str, Any]
+    expected: str
+    label: str
+
+
+def demo_png(width: int = 64, height: int = 80) -> bytes:
+    """A small gradient PNG (stdlib only): the image-to-image demo's input."""
+    rows = b"".join(
+        b"\x00" + bytes(v for x in range(width) for v in (x * 4 % 256, y * 3 % 256, 160))
+        for y in range(height)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def demo_jobs(run_id: str, bucket: str) -> list[DemoJob]:
+    prompt = "A premium skincare bottle on warm ivory paper, soft editorial side light"
+    jobs = [
+        DemoJob(
+            f"demo-{run_id}-{name}",
+            {"prompt": prompt, "aspectRatio": ratio},
+            "COMPLETED",
+            f"text→image {ratio}",
+        )
+        for name, ratio in (("square", "1:1"), ("wide", "16:9"), ("tall", "9:16"), ("portrait", "4:5"))
+    ]
+    jobs.append(
+        DemoJob(
+            f"demo-{run_id}-edit",
+            {
+                "prompt": "Keep the bottle, replace the background with matte ivory paper",
+                "aspectRatio": "4:5",
+                "inputImageUrls": [f"s3://{bucket}/{INPUT_KEY}"],
+                "metadata": {"source": "imagejobs-demo"},
+            },
+            "COMPLETED",
+            "image→image 4:5",
+        )
+    )
+    jobs.append(DemoJob(f"demo-{run_id}-invalid", {"aspectRatio": "1:1"}, "REJECTED", "invalid (no prompt)"))
+    for job in jobs:
+        job.message["jobId"] = job.job_id
+    return jobs
+
+
+def fetch_record(dynamodb: Any, table: str, job_id: str) -> dict[str, Any] | None:
+    item = dynamodb.get_item(TableName=table, Key={"jobId": {"S": job_id}}, ConsistentRead=True).get("Item")
+    if item is None:
+        return None
+    deserializer = TypeDeserializer()
+    return {key: deserializer.deserialize(value) for key, value in item.items()}
+
+
+def wait_for_jobs(
+    dynamodb: Any, table: str, jobs: list[DemoJob], timeout: float, progress: Any = None
+) -> dict[str, dict[str, Any] | None]:
+    records: dict[str, dict[str, Any] | None] = {job.job_id: None for job in jobs}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job in jobs:
+            record = records[job.job_id]
+            if record is None or record.get("status") not in TERMINAL:
+                records[job.job_id] = fetch_record(dynamodb, table, job.job_id)
+        if progress is not None:
+            progress(records)
+        if all(r is not None and r.get("status") in TERMINAL for r in records.values()):
+            break
+        time.sleep(0.5)
+    return records
+
+
+def download_outputs(s3: Any, record: dict[str, Any], output_dir: Path) -> list[Path]:
+    paths = []
+    for output in record.get("outputs") or []:
+        target = output_dir / record["jobId"] / Path(output["key"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(output["bucket"], output["key"], str(target))
+        paths.append(target)
+    return paths
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from imagejobs_tools.local import LocalStack, LocalStackError
+    from imagejobs_tools.local.command import build_config
+
+    console = Console(emoji=False)
+    config = build_config(
+        args,
+        # Keep the terminal for the demo: handler logs at ERROR only, no EMF metric lines.
+        environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
+    )
+    if "LogLevel" not in config.parameter_overrides:
+        config.parameter_overrides["LogLevel"] = "ERROR"
+    stack = LocalStack(config)
+    try:
+        with console.status("starting the local stack…"):
+            info = stack.start()
+        console.print(
+            f"local stack up in {info.timings['totalSeconds']:.1f} s at {info.endpoint_url}"
+            f" (simulator {info.simulator_url}, poll interval {args.poll_interval:g} s)"
+        )
+        outputs = info.outputs
+        bucket, table, queue = outputs["OutputBucketName"], outputs["JobsTableName"], outputs["JobsQueueUrl"]
+        s3, sqs, dynamodb = stack.client("s3"), stack.client("sqs"), stack.client("dynamodb")
+        s3.put_object(Bucket=bucket, Key=INPUT_KEY, Body=demo_png(), ContentType="image/png")
+        run_id = uuid.uuid4().hex[:6]
+        jobs = demo_jobs(run_id, bucket)
+        sqs.send_message_batch(
+            QueueUrl=queue,
+            Entries=[{"Id": str(i), "MessageBody": json.dumps(job.message)} for i, job in enumerate(jobs)],
+        )
+        console.print(f"sent {len(jobs)} jobs to {queue}")
+        started = time.monotonic()
+        with Live(_progress_table(jobs, {}, 0.0), console=console, refresh_per_second=4) as live:
+            records = wait_for_jobs(
+                dynamodb,
+                table,
+                jobs,
+                args.timeout,
+                lambda current: live.update(_progress_table(jobs, current, time.monotonic() - started)),
+            )
+        console.print()
+        downloaded: dict[str, list[Path]] = {}
+        for job in jobs:
+            record = records[job.job_id]
+            if record and record.get("status") == "COMPLETED":
+                downloaded[job.job_id] = download_outputs(s3, record, args.output_dir)
+        console.print(_records_table(jobs, records, downloaded))
+        failures = [job for job in jobs if (records[job.job_id] or {}).get("status") != job.expected]
+        for job in failures:
+            record = records[job.job_id] or {}
+            console.print(
+                f"[red]{job.job_id}: expected {job.expected}, got {record.get('status', 'no record')}"
+                f" {json.dumps(record.get('error'), default=str) if record.get('error') else ''}[/red]"
+            )
+        if failures:
+            return 1
+        console.print(f"[green]all {len(jobs)} jobs ended as expected; images in {args.output_dir}/[/green]")
+        return 0
+    except LocalStackError as exc:
+        console.print(f"[red]imagejobs local demo: {exc}[/red]")
+        return 2
+    finally:
+        stack.stop()
+
+
+def _progress_table(jobs: list[DemoJob], records: dict[str, dict[str, Any] | None], elapsed: float) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"demo batch ({elapsed:.0f} s)", title_justify="left")
+    for column in ("job", "kind", "status", "polls"):
+        table.add_column(column)
+    for job in jobs:
+        record = records.get(job.job_id) or {}
+        status = record.get("status", "queued")
+        style = "green" if status == job.expected else ("yellow" if status not in TERMINAL else "red")
+        table.add_row(job.job_id, job.label, f"[{style}]{status}[/{style}]", str(record.get("polls", "")))
+    return table
+
+
+def _records_table(
+    jobs: list[DemoJob], records: dict[str, dict[str, Any] | None], downloaded: dict[str, list[Path]]
+) -> Any:
+    from rich.table import Table
+
+    table = Table(title="job records", title_justify="left")
+    table.add_column("jobId", no_wrap=True)
+    for column in ("status", "model", "aspect", "credits", "latency", "outputs"):
+        table.add_column(column)
+    for job in jobs:
+        record = records[job.job_id] or {}
+        request = record.get("request") or {}
+        latency = (record.get("latency") or {}).get("totalSeconds")
+        credits = record.get("creditsUsed")
+        if record.get("creditsRefunded"):
+            credits = f"{credits} (refunded)"
+        files = downloaded.get(job.job_id, [])
+        detail = f"{files[0].parent}/ ({len(files)})" if files else ""
+        if not detail and record.get("error"):
+            error = record["error"]
+            field_errors = error.get("fieldErrors") or {}
+            detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in field_errors.items()) or str(
+                error.get("message")
+            )
+        table.add_row(
+            job.job_id,
+            str(record.get("status", "no record")),
+            str(record.get("model", request.get("model", ""))),
+            str(request.get("aspectRatio", job.message.get("aspectRatio", ""))),
+            "" if credits is None else str(credits),
+            "" if latency is None else f"{float(latency):.1f} s",
+            detail,
+        )
+    return table

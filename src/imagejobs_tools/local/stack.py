@@ -1,0 +1,659 @@
+"""`LocalStack`: the whole pipeline on this machine, built from `template.yaml`.
+
+moto's `ThreadedMotoServer` on 127.0.0.1 serves every AWS API; its
+CloudFormation creates the stack translated from the SAM template; its Step
+Functions interpreter runs the state machine; Lambda invocations are
+dispatched in-process to the real handlers; SQS event sources are emulated
+with Lambda's semantics; the provider simulator runs in-process unless a
+provider URL is given. See docs/local-stack.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import requests
+from botocore.config import Config
+
+from imagejobs_tools.local.dispatch import LambdaDispatcher
+from imagejobs_tools.local.pollers import DEFAULT_CONCURRENCY, SqsMapping, SqsPoller
+from imagejobs_tools.local.template import (
+    RESOLVE_OUTPUT_PREFIX,
+    PreparedTemplate,
+    TemplateError,
+    evaluate_condition,
+    notification_api_config,
+    prepare_template,
+    resolve_deferred,
+    split_unsupported,
+    substitute_references,
+)
+
+LOG = logging.getLogger(__name__)
+
+FAKE_ACCOUNT_ID = "123456789012"
+BOOTSTRAP_BUCKET = "imagejobs-local-bootstrap"
+BOOTSTRAP_KEY = "code/placeholder.zip"
+# Parameters the local stack sets when the template declares them.
+PARAM_PROVIDER_URL = "ProviderBaseUrl"
+PARAM_POLL_INTERVAL = "PollIntervalSeconds"
+PARAM_ALLOW_HOSTS = "UrlAllowHosts"
+# Process-wide things (os.environ, moto's backends and hooks) allow one stack per process.
+_ACTIVE_LOCK = threading.Lock()
+
+
+class LocalStackError(RuntimeError):
+    """The local stack could not start; the message says which step and why."""
+
+
+@dataclass
+class LocalStackConfig:
+    template_path: Path = Path("template.yaml")
+    stack_name: str = "imagejobs-local"
+    region: str = "us-east-1"
+    port: int = 0  # moto server port; 0 = a free one
+    # Provider: an external URL, else the in-process simulator (or none at all, for templates without one).
+    provider_url: str | None = None
+    start_simulator: bool = True
+    sim_port: int = 0
+    sim_latency: tuple[float, float] = (0.05, 0.1)
+    api_key: str = "sk_test_local"
+    api_key_credits: int = 1000
+    poll_interval_seconds: float | None = None
+    parameter_overrides: dict[str, str] = field(default_factory=dict)
+    # Set on top of the functions' environment (local-only knobs, e.g. POWERTOOLS_METRICS_DISABLED).
+    environment_overrides: dict[str, str] = field(default_factory=dict)
+    sqs_concurrency: int = DEFAULT_CONCURRENCY  # pollers per queue when ScalingConfig is absent
+    state_file: Path | None = None  # e.g. .imagejobs/local-stack.json
+
+
+@dataclass
+class StackInfo:
+    """What `start()` created: for printing, tests and the state file."""
+
+    endpoint_url: str
+    region: str
+    simulator_url: str | None
+    outputs: dict[str, str]
+    resources: dict[str, str]  # logical id -> physical id
+    resource_types: dict[str, str]  # logical id -> type
+    functions: dict[str, str]  # logical id -> physical function name
+    queues: dict[str, str]  # logical id -> queue url
+    parameters: dict[str, str]
+    timings: dict[str, float]
+
+    def state_document(self) -> dict[str, Any]:
+        return {
+            "endpointUrl": self.endpoint_url,
+            "region": self.region,
+            "simulatorUrl": self.simulator_url,
+            "outputs": self.outputs,
+        }
+
+
+class LocalStack:
+    """Context manager: `with LocalStack(config) as stack: stack.info.outputs[...]`."""
+
+    def __init__(self, config: LocalStackConfig | None = None) -> None:
+        self.config = config or LocalStackConfig()
+        self.dispatcher = LambdaDispatcher()
+        self.pollers: list[SqsPoller] = []
+        self.simulator: Any = None
+        self._server: Any = None
+        self._info: StackInfo | None = None
+        self._saved_environ: dict[str, str | None] = {}
+        self._saved_moto_config: dict[str, Any] | None = None
+        self._added_sys_path: list[str] = []
+        self._holds_lock = False
+        self._restore_module_listing: Any = None
+        self._session: boto3.Session | None = None
+        self._endpoint: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def info(self) -> StackInfo:
+        if self._info is None:
+            raise LocalStackError("the local stack is not running")
+        return self._info
+
+    @property
+    def endpoint_url(self) -> str:
+        if self._endpoint is None:
+            raise LocalStackError("the local stack is not running")
+        return self._endpoint
+
+    def client(self, service: str) -> Any:
+        """A boto3 client for the local endpoint (what a user of the stack would build)."""
+        if self._session is None:
+            raise LocalStackError("the local stack is not running")
+        return self._session.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.endpoint_url,
+            config=Config(retries={"max_attempts": 2}, read_timeout=120),
+        )
+
+    def start(self) -> StackInfo:
+        if not _ACTIVE_LOCK.acquire(blocking=False):
+            raise LocalStackError("another LocalStack is already running in this process")
+        self._holds_lock = True
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        try:
+            endpoint = self._start_moto()
+            timings["motoServerSeconds"] = time.perf_counter() - started
+            provider_url, simulator_url = self._start_provider()
+            step = time.perf_counter()
+            prepared, parameters = self._prepare(provider_url, endpoint)
+            timings["translateSeconds"] = time.perf_counter() - step
+            step = time.perf_counter()
+            outputs, resources, types = self._create_stack(prepared, parameters)
+            timings["createStackSeconds"] = time.perf_counter() - step
+            step = time.perf_counter()
+            self._fix_state_machines(prepared, outputs, resources)
+            self._remove_moto_event_source_mappings()
+            functions = self._load_functions(prepared, resources)
+            self._set_api_key_secret(resources, types)
+            self._apply_bucket_notifications(prepared, outputs, resources)
+            queues = {lid: pid for lid, pid in resources.items() if types[lid] == "AWS::SQS::Queue"}
+            self._start_pollers(prepared, resources, functions)
+            timings["wiringSeconds"] = time.perf_counter() - step
+            timings["totalSeconds"] = time.perf_counter() - started
+            public_outputs = {
+                key: local_queue_url(value, endpoint)
+                for key, value in outputs.items()
+                if not key.startswith(RESOLVE_OUTPUT_PREFIX)
+            }
+            queues = {lid: local_queue_url(url, endpoint) for lid, url in queues.items()}
+            self._info = StackInfo(
+                endpoint_url=endpoint,
+                region=self.config.region,
+                simulator_url=simulator_url,
+                outputs=public_outputs,
+                resources=resources,
+                resource_types=types,
+                functions=functions,
+                queues=queues,
+                parameters=parameters,
+                timings=timings,
+            )
+            self._write_state_file()
+            LOG.info("local stack up in %.2fs: %s", timings["totalSeconds"], endpoint)
+            return self._info
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop everything started, in reverse order; safe to call twice or after a failed start."""
+        for poller in self.pollers:
+            poller.stop()
+        self.pollers.clear()
+        if self._server is not None:
+            self._stop_running_executions()
+        if self.simulator is not None:
+            self.simulator.stop()
+            self.simulator = None
+        if self._server is not None:
+            self._reset_moto()
+            self._server.stop()
+            # ThreadedMotoServer.stop() shuts the loop down but leaves the socket bound.
+            inner = getattr(self._server, "_server", None)
+            if inner is not None:
+                inner.server_close()
+            self._server = None
+        self.dispatcher.uninstall()
+        if self._restore_module_listing is not None:
+            self._restore_module_listing()
+            self._restore_module_listing = None
+        _forget_cached_parameter_providers()
+        for entry in self._added_sys_path:
+            if entry in sys.path:
+                sys.path.remove(entry)
+        self._added_sys_path.clear()
+        self._restore_environ()
+        if self.config.state_file is not None and self._info is not None:
+            self.config.state_file.unlink(missing_ok=True)
+        self._info = None
+        self._session = None
+        self._endpoint = None
+        if self._holds_lock:
+            self._holds_lock = False
+            _ACTIVE_LOCK.release()
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _set_environ(self, values: dict[str, str], remove: tuple[str, ...] = ()) -> None:
+        for key in (*values, *remove):
+            self._saved_environ.setdefault(key, os.environ.get(key))
+        for key in remove:
+            os.environ.pop(key, None)
+        os.environ.update(values)
+
+    def _restore_environ(self) -> None:
+        for key, value in self._saved_environ.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_environ.clear()
+
+    def _start_moto(self) -> str:
+        from moto.core.config import default_user_config
+        from moto.server import ThreadedMotoServer
+
+        self._restore_module_listing = _cache_moto_module_listing()
+        self._server = ThreadedMotoServer("127.0.0.1", self.config.port, verbose=False)
+        self._server.start()
+        _, port = self._server.get_host_and_port()
+        endpoint = self._endpoint = f"http://127.0.0.1:{port}"
+        # werkzeug logs every request at INFO: far too chatty next to the handlers' own logs.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        # Handlers build plain boto3 clients: point them (and moto's interpreter) at this server.
+        self._set_environ(
+            {
+                "MOTO_PORT": str(port),
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": self.config.region,
+                "AWS_REGION": self.config.region,
+            },
+            remove=("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_SECURITY_TOKEN"),
+        )
+        self._session = boto3.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=self.config.region
+        )
+        self._saved_moto_config = {"stepfunctions": dict(default_user_config.get("stepfunctions", {}))}
+        response = requests.post(
+            f"{endpoint}/moto-api/config", json={"stepfunctions": {"execute_state_machine": True}}, timeout=10
+        )
+        response.raise_for_status()
+        self.dispatcher.install()
+        return endpoint
+
+    def _start_provider(self) -> tuple[str | None, str | None]:
+        if self.config.provider_url:
+            return self.config.provider_url.rstrip("/"), self.config.provider_url.rstrip("/")
+        if not self.config.start_simulator:
+            return None, None
+        from imagejobs_tools.sim import SimulatorConfig, start_simulator
+
+        self.simulator = start_simulator(
+            SimulatorConfig(
+                port=self.config.sim_port,
+                api_keys={self.config.api_key: self.config.api_key_credits},
+                latency=self.config.sim_latency,
+            )
+        )
+        url = str(self.simulator.url).rstrip("/")
+        return url, url
+
+    def _prepare(self, provider_url: str | None, endpoint: str) -> tuple[PreparedTemplate, dict[str, str]]:
+        template_path = self.config.template_path.resolve()
+        if not template_path.is_file():
+            raise LocalStackError(f"template not found: {template_path}")
+        s3 = self.client("s3")
+        s3.create_bucket(Bucket=BOOTSTRAP_BUCKET)
+        s3.put_object(Bucket=BOOTSTRAP_BUCKET, Key=BOOTSTRAP_KEY, Body=_placeholder_zip())
+        declared = _declared_parameters(template_path)
+        parameters: dict[str, str] = {}
+        allow_hosts = [urlsplit(endpoint).netloc]
+        if provider_url:
+            allow_hosts.insert(0, urlsplit(provider_url).netloc)
+            if PARAM_PROVIDER_URL in declared:
+                parameters[PARAM_PROVIDER_URL] = provider_url
+        if PARAM_ALLOW_HOSTS in declared:
+            parameters[PARAM_ALLOW_HOSTS] = ",".join(allow_hosts)
+        if self.config.poll_interval_seconds is not None and PARAM_POLL_INTERVAL in declared:
+            parameters[PARAM_POLL_INTERVAL] = _format_number(self.config.poll_interval_seconds)
+        for name, value in self.config.parameter_overrides.items():
+            if name not in declared:
+                raise LocalStackError(f"parameter override {name!r}: the template declares no such parameter")
+            parameters[name] = str(value)
+        try:
+            prepared = prepare_template(template_path, BOOTSTRAP_BUCKET, BOOTSTRAP_KEY, parameters)
+        except TemplateError as exc:
+            raise LocalStackError(str(exc)) from exc
+        return prepared, parameters
+
+    def _create_stack(
+        self, prepared: PreparedTemplate, parameters: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        cfn = self.client("cloudformation")
+        name = self.config.stack_name
+        external, external_types = self._create_unsupported_resources(prepared, parameters)
+        cfn.create_stack(
+            StackName=name,
+            TemplateBody=json.dumps(prepared.cfn),
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+            Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
+        )
+        stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+        if stack["StackStatus"] != "CREATE_COMPLETE":
+            events = cfn.describe_stack_events(StackName=name)["StackEvents"]
+            failures = [
+                f"{e['LogicalResourceId']}: {e.get('ResourceStatusReason')}"
+                for e in events
+                if "FAILED" in e.get("ResourceStatus", "")
+            ]
+            raise LocalStackError(f"stack {name} is {stack['StackStatus']}: {'; '.join(failures)}")
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        resources: dict[str, str] = {}
+        types: dict[str, str] = {}
+        paginator = cfn.get_paginator("list_stack_resources")
+        for page in paginator.paginate(StackName=name):
+            for summary in page["StackResourceSummaries"]:
+                resources[summary["LogicalResourceId"]] = summary["PhysicalResourceId"]
+                types[summary["LogicalResourceId"]] = summary["ResourceType"]
+        resources.update(external)
+        types.update(external_types)
+        expected = {lid for lid, r in prepared.cfn["Resources"].items() if "Condition" not in r}
+        missing = sorted(expected - set(resources))
+        if missing:
+            raise LocalStackError(f"moto's CloudFormation did not create: {', '.join(missing)}")
+        return outputs, resources, types
+
+    def _create_unsupported_resources(
+        self, prepared: PreparedTemplate, parameters: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Resources moto's CloudFormation cannot create: secrets are made through their API, the rest
+        (alarms, policies: nothing to emulate) are skipped; references to them become literals."""
+        from moto.cloudformation.parsing import get_model_map
+
+        unsupported = split_unsupported(prepared.cfn, set(get_model_map()))
+        physical: dict[str, str] = {}
+        types: dict[str, str] = {}
+        values: dict[str, dict[str, str]] = {}
+        secrets_client = self.client("secretsmanager")
+        for logical_id, resource in unsupported.items():
+            kind = resource.get("Type", "")
+            props = resource.get("Properties") or {}
+            condition = resource.get("Condition")
+            if condition and not evaluate_condition(prepared.cfn, condition, parameters):
+                values[logical_id] = {"Ref": f"local-not-created-{logical_id}"}
+                continue
+            if kind == "AWS::SecretsManager::Secret":
+                secret_name = self._literal(props.get("Name")) or f"{self.config.stack_name}-{logical_id}"
+                secret_value = self._literal(props.get("SecretString")) or secrets.token_urlsafe(24)
+                arn = secrets_client.create_secret(Name=secret_name, SecretString=secret_value)["ARN"]
+                values[logical_id] = {"Ref": arn, "Id": arn}
+                physical[logical_id] = arn
+                types[logical_id] = kind
+            else:
+                LOG.info("local stack: skipping %s (%s): not emulated", logical_id, kind)
+                values[logical_id] = {
+                    "Ref": f"local-unsupported-{logical_id}",
+                    "Arn": f"local-unsupported-{logical_id}",
+                }
+        prepared.cfn = substitute_references(prepared.cfn, values)
+        return physical, types
+
+    def _literal(self, value: Any) -> str | None:
+        """A plain string, or a `Fn::Sub` over pseudo parameters only; None for anything else."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict) and isinstance(value.get("Fn::Sub"), str):
+            text = value["Fn::Sub"]
+            for pseudo, literal in (
+                ("AWS::StackName", self.config.stack_name),
+                ("AWS::Region", self.config.region),
+                ("AWS::AccountId", FAKE_ACCOUNT_ID),
+                ("AWS::Partition", "aws"),
+            ):
+                text = text.replace("${" + pseudo + "}", literal)
+            return None if "${" in text else text
+        return None
+
+    def _fix_state_machines(
+        self, prepared: PreparedTemplate, outputs: dict[str, str], resources: dict[str, str]
+    ) -> None:
+        """Re-create each state machine through the Step Functions API with its substitutions applied.
+
+        CloudFormation's copy lives in moto's non-executing backend and ignores
+        DefinitionSubstitutions. The API copy gets the same name, hence the same
+        ARN, so environment variables that reference it stay valid.
+        """
+        sfn = self.client("stepfunctions")
+        for logical_id, keys in prepared.state_machines.items():
+            definition = outputs[keys.definition_key]
+            for placeholder, output_key in keys.substitution_keys.items():
+                definition = definition.replace("${" + placeholder + "}", outputs[output_key])
+            arn = resources[logical_id]
+            name = arn.rsplit(":", 1)[-1]
+            role = outputs.get(
+                keys.role_key or "", f"arn:aws:iam::{FAKE_ACCOUNT_ID}:role/local-stepfunctions"
+            )
+            kind = outputs.get(keys.type_key or "", "STANDARD")
+            created = sfn.create_state_machine(name=name, definition=definition, roleArn=role, type=kind)
+            if created["stateMachineArn"] != arn:
+                raise LocalStackError(f"{logical_id}: re-created ARN {created['stateMachineArn']} != {arn}")
+
+    def _remove_moto_event_source_mappings(self) -> None:
+        """moto's SQS mapping runs functions inside SendMessage and drops failures; the pollers replace it."""
+        lambda_client = self.client("lambda")
+        for mapping in lambda_client.list_event_source_mappings().get("EventSourceMappings", []):
+            # Disable first: moto's queue keeps its own reference, which a delete leaves behind.
+            lambda_client.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+            lambda_client.delete_event_source_mapping(UUID=mapping["UUID"])
+
+    def _load_functions(self, prepared: PreparedTemplate, resources: dict[str, str]) -> dict[str, str]:
+        lambda_client = self.client("lambda")
+        configurations = {}
+        for logical_id in prepared.functions:
+            configurations[logical_id] = lambda_client.get_function_configuration(
+                FunctionName=resources[logical_id]
+            )
+        union = _union_environment(
+            {
+                lid: {k: str(v) for k, v in c.get("Environment", {}).get("Variables", {}).items()}
+                for lid, c in configurations.items()
+            }
+        )
+        # All functions share one process: the union (identical values by construction) stays set.
+        # X-Ray has no daemon here: Powertools Tracer would only complain about missing segments.
+        self._set_environ({**union, "POWERTOOLS_TRACE_DISABLED": "true", **self.config.environment_overrides})
+        for layer_dir in prepared.layer_dirs:
+            entry = str(layer_dir)
+            if entry not in sys.path:
+                sys.path.append(entry)
+                self._added_sys_path.append(entry)
+        functions = {}
+        for logical_id, source in prepared.functions.items():
+            configuration = configurations[logical_id]
+            self.dispatcher.register(
+                configuration["FunctionName"],
+                configuration["FunctionArn"],
+                source,
+                memory_mb=int(configuration.get("MemorySize", 128)),
+                timeout_seconds=int(configuration.get("Timeout", 3)),
+                environ_extra={},
+            )
+            functions[logical_id] = configuration["FunctionName"]
+        return functions
+
+    def _apply_bucket_notifications(
+        self, prepared: PreparedTemplate, outputs: dict[str, str], resources: dict[str, str]
+    ) -> None:
+        """S3 → SQS/Lambda notifications from the template, through the S3 API (moto's CFN drops them).
+
+        moto delivers them as AWS does (an s3:TestEvent first); S3 → SQS then reaches
+        functions through the pollers, S3 → Lambda through the dispatcher.
+        """
+        s3 = self.client("s3")
+        for logical_id, deferred in prepared.bucket_notifications.items():
+            config = notification_api_config(resolve_deferred(deferred, outputs))
+            s3.put_bucket_notification_configuration(
+                Bucket=resources[logical_id], NotificationConfiguration=config
+            )
+
+    def _set_api_key_secret(self, resources: dict[str, str], types: dict[str, str]) -> None:
+        secrets = [lid for lid, kind in types.items() if kind == "AWS::SecretsManager::Secret"]
+        if not secrets or not (self.simulator is not None or self.config.provider_url):
+            return
+        named = [lid for lid in secrets if "apikey" in lid.lower().replace("_", "")]
+        targets = named or (secrets if len(secrets) == 1 else [])
+        client = self.client("secretsmanager")
+        for logical_id in targets:
+            client.put_secret_value(SecretId=resources[logical_id], SecretString=self.config.api_key)
+
+    def _start_pollers(
+        self, prepared: PreparedTemplate, resources: dict[str, str], functions: dict[str, str]
+    ) -> None:
+        sqs = self.client("sqs")
+        for source in prepared.sqs_sources:
+            if not source.enabled:
+                continue
+            queue_url = resources[source.queue_logical_id]
+            queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+                "Attributes"
+            ]["QueueArn"]
+            function_name = functions.get(source.function_logical_id)
+            if function_name is None:
+                raise LocalStackError(
+                    f"{source.function_logical_id}: SQS source for a function with no handler"
+                )
+            timeout = self.dispatcher.functions[function_name].timeout_seconds
+            lambda_client = self._session.client(  # type: ignore[union-attr]
+                "lambda",
+                endpoint_url=self.endpoint_url,
+                config=Config(
+                    retries={"max_attempts": 0}, read_timeout=timeout + 60, max_pool_connections=20
+                ),
+            )
+            mapping = SqsMapping(
+                queue_url=queue_url,
+                queue_arn=queue_arn,
+                function_name=function_name,
+                batch_size=source.batch_size,
+                max_batching_window_seconds=source.max_batching_window_seconds,
+                report_batch_item_failures=source.report_batch_item_failures,
+                concurrency=source.maximum_concurrency or self.config.sqs_concurrency,
+            )
+            poller = SqsPoller(mapping, self.client("sqs"), lambda_client, self.config.region)
+            poller.start()
+            self.pollers.append(poller)
+
+    def _write_state_file(self) -> None:
+        path = self.config.state_file
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.info.state_document(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    def _stop_running_executions(self) -> None:
+        try:
+            sfn = self.client("stepfunctions")
+            for machine in sfn.list_state_machines().get("stateMachines", []):
+                running = sfn.list_executions(
+                    stateMachineArn=machine["stateMachineArn"], statusFilter="RUNNING"
+                )
+                for execution in running.get("executions", []):
+                    sfn.stop_execution(executionArn=execution["executionArn"], error="LocalStackStopped")
+        except Exception:  # best effort: the server is going away anyway
+            LOG.debug("could not stop running executions", exc_info=True)
+
+    def _reset_moto(self) -> None:
+        """Free moto's (process-global) backends and restore its config for whoever runs next."""
+        try:
+            endpoint = self.endpoint_url
+            if self._saved_moto_config is not None:
+                requests.post(f"{endpoint}/moto-api/config", json=self._saved_moto_config, timeout=10)
+            requests.post(f"{endpoint}/moto-api/reset", timeout=30)
+        except Exception:
+            LOG.debug("could not reset moto", exc_info=True)
+
+
+_AWS_QUEUE_URL = re.compile(r"^https://sqs\.[a-z0-9-]+\.amazonaws\.com/(\d{12}/[^/]+)$")
+
+
+def local_queue_url(value: str, endpoint: str) -> str:
+    """moto's CloudFormation returns AWS-looking queue URLs; show users ones that point at the stack."""
+    match = _AWS_QUEUE_URL.match(value)
+    return f"{endpoint}/{match.group(1)}" if match else value
+
+
+def _cache_moto_module_listing() -> Any:
+    """moto's server lists its package directory (listdir + ~150 isdir) for every request, under one
+    global lock: with a few dozen concurrent requests that lock is where most threads wait.
+    The listing never changes while the process runs, so compute it once. Returns the undo."""
+    from moto import backends
+
+    original = backends.list_of_moto_modules
+    modules = tuple(original())
+    backends.list_of_moto_modules = lambda: modules
+
+    def restore() -> None:
+        backends.list_of_moto_modules = original
+
+    return restore
+
+
+def _forget_cached_parameter_providers() -> None:
+    """Powertools Parameters caches default providers whose boto3 clients point at this stack's port."""
+    try:
+        from aws_lambda_powertools.utilities.parameters import base
+    except ImportError:
+        return
+    base.DEFAULT_PROVIDERS.clear()
+
+
+def _union_environment(per_function: dict[str, dict[str, str]]) -> dict[str, str]:
+    """One process runs every function: their variables must agree (they do when set in Globals)."""
+    union: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    conflicts = []
+    for logical_id, variables in sorted(per_function.items()):
+        for key, value in variables.items():
+            if key in union and union[key] != value:
+                conflicts.append(f"{key} ({owner[key]}={union[key]!r}, {logical_id}={value!r})")
+            else:
+                union.setdefault(key, value)
+                owner.setdefault(key, logical_id)
+    if conflicts:
+        raise LocalStackError(
+            "functions disagree on environment variables (the local stack runs them in one process): "
+            + "; ".join(conflicts)
+        )
+    return union
+
+
+def _declared_parameters(template_path: Path) -> set[str]:
+    from imagejobs_tools.local.template import load_sam_template
+
+    return set((load_sam_template(template_path).get("Parameters") or {}).keys())
+
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _placeholder_zip() -> bytes:
+    """The code moto stores for every function: never run (invocations are dispatched in-process)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("README.txt", "imagejobs local stack: handlers run in-process from the checkout\n")
+    return buffer.getvalue()

@@ -1,0 +1,46 @@
+"""Argument parsing of `imagejobs local` (no stack started)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from imagejobs_tools.cli import build_parser
+from imagejobs_tools.local.command import parse_latency, parse_parameter
+from imagejobs_tools.local.demo import demo_jobs, demo_png
+
+pytestmark = pytest.mark.integration
+
+
+def test_latency_forms() -> None:
+    assert parse_latency("3:8") == (3.0, 8.0)
+    assert parse_latency("0.5") == (0.5, 0.5)
+    for bad in ("8:3", "x", "1:2:3", "-1:2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--sim-latency"):
+            parse_latency(bad)
+
+
+def test_parameter_form() -> None:
+    assert parse_parameter("LogLevel=DEBUG") == ("LogLevel", "DEBUG")
+    assert parse_parameter("UrlAllowHosts=") == ("UrlAllowHosts", "")
+    with pytest.raises(argparse.ArgumentTypeError, match="Name=Value"):
+        parse_parameter("LogLevel")
+
+
+def test_up_defaults() -> None:
+    args = build_parser().parse_args(["local", "up"])
+    assert (args.poll_interval, args.sim_latency, args.port, args.sim_port) == (2, (3.0, 8.0), 0, 0)
+    demo = build_parser().parse_args(["local", "demo", "--fast"])
+    assert demo.sim_latency == (1.0, 3.0) and demo.fast
+
+
+def test_demo_batch_shape() -> None:
+    jobs = demo_jobs("abc", "bucket")
+    ratios = {job.message.get("aspectRatio") for job in jobs if job.expected == "COMPLETED"}
+    assert {"1:1", "16:9", "9:16", "4:5"} <= ratios
+    assert any(job.message.get("inputImageUrls") == ["s3://bucket/demo-inputs/product.png"] for job in jobs)
+    assert [job.expected for job in jobs if "prompt" not in job.message] == ["REJECTED"]
+    assert len({job.job_id for job in jobs}) == len(jobs)
+    png = demo_png(8, 4)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" in png

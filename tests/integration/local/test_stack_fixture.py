@@ -1,0 +1,185 @@
+"""The local stack over the fixture template: dispatch, SQS semantics, Step Functions via the dispatcher."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+
+import pytest
+
+from imagejobs_tools.local import LocalStack
+from tests.integration.local.conftest import get_item, queue_depth, send, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("localstack")]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def finished_execution(stack: LocalStack, name: str) -> dict:
+    """Wait for the execution named `name` to exist and leave RUNNING."""
+    sfn = stack.client("stepfunctions")
+    arn = stack.info.outputs["StateMachineArn"].replace(":stateMachine:", ":execution:") + f":{name}"
+
+    def done() -> dict | None:
+        try:
+            execution = sfn.describe_execution(executionArn=arn)
+        except sfn.exceptions.ExecutionDoesNotExist:
+            return None
+        return execution if execution["status"] != "RUNNING" else None
+
+    return wait_for(done)
+
+
+def test_invoke_hook_is_installed_and_dispatches_to_the_handler(fixture_stack: LocalStack) -> None:
+    # Smoke test of moto's private hook: if a moto upgrade moves it, this fails first.
+    from moto.awslambda.models import LambdaFunction
+
+    assert LambdaFunction._invoke_lambda.__module__ == "imagejobs_tools.local.dispatch"
+    task = fixture_stack.info.functions["TaskFunction"]
+    item_id = unique("direct")
+    response = fixture_stack.client("lambda").invoke(
+        FunctionName=task, Payload=json.dumps({"id": item_id, "wait": 0}).encode()
+    )
+    assert "FunctionError" not in response
+    assert json.loads(response["Payload"].read()) == {"id": item_id, "wait": 0, "done": True}
+    item = get_item(fixture_stack, item_id)
+    assert item is not None and item["status"] == "DONE"
+    assert 0 < int(item["remainingMs"]) <= 10_000  # the template's Timeout for TaskFunction
+
+
+def test_handler_exception_becomes_a_lambda_error_payload(fixture_stack: LocalStack) -> None:
+    task = fixture_stack.info.functions["TaskFunction"]
+    response = fixture_stack.client("lambda").invoke(
+        FunctionName=task, Payload=json.dumps({"id": "x", "taskError": "boom"}).encode()
+    )
+    assert response["FunctionError"] == "Handled"
+    payload = json.loads(response["Payload"].read())
+    assert payload["errorType"] == "TaskError"
+    assert payload["errorMessage"] == "boom"
+    assert isinstance(payload["stackTrace"], list) and payload["stackTrace"]
+
+
+def test_handlers_load_once_under_distinct_module_names(fixture_stack: LocalStack) -> None:
+    intake = sys.modules["imagejobs_fn_intake"]
+    task = sys.modules["imagejobs_fn_task"]
+    assert intake is not task
+    assert intake.__file__ and intake.__file__.endswith("functions/intake/app.py")
+    # Imported with its own function's environment set.
+    assert fixture_stack.info.functions["IntakeFunction"] == intake.LOADED_AS
+
+
+def test_message_flows_through_queue_function_and_state_machine(fixture_stack: LocalStack) -> None:
+    item_id = unique("ok")
+    send(fixture_stack, {"id": item_id, "mode": "ok"})
+    item = wait_for(lambda: (i := get_item(fixture_stack, item_id)) and i["status"] == "DONE" and i)
+    assert item["functionName"] == fixture_stack.info.functions["IntakeFunction"]
+    assert item["greeting"] == "hello"  # a template parameter default, through Globals
+    body = (
+        fixture_stack.client("s3")
+        .get_object(Bucket=fixture_stack.info.outputs["OutputBucketName"], Key=f"outputs/{item_id}.txt")[
+            "Body"
+        ]
+        .read()
+    )
+    assert body == b"done"
+    sfn = fixture_stack.client("stepfunctions")
+    arn = (
+        fixture_stack.info.outputs["StateMachineArn"].replace(":stateMachine:", ":execution:") + f":{item_id}"
+    )
+    execution = wait_for(lambda: (e := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and e)
+    assert execution["status"] == "SUCCEEDED"
+    assert json.loads(execution["output"])["done"] is True
+    events = [e["type"] for e in sfn.get_execution_history(executionArn=arn)["events"]]
+    assert "WaitStateEntered" in events and "TaskSucceeded" in events
+
+
+def test_task_error_type_reaches_the_state_machine_catch(fixture_stack: LocalStack) -> None:
+    item_id = unique("taskerr")
+    send(fixture_stack, {"id": item_id, "mode": "ok", "taskError": "provider exploded"})
+    sfn = fixture_stack.client("stepfunctions")
+    arn = (
+        fixture_stack.info.outputs["StateMachineArn"].replace(":stateMachine:", ":execution:") + f":{item_id}"
+    )
+    wait_for(lambda: get_item(fixture_stack, item_id))
+    execution = wait_for(lambda: (e := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and e)
+    assert execution["status"] == "FAILED"
+    assert execution["error"] == "TaskFailed"  # the Fail state reached through Catch
+    history = sfn.get_execution_history(executionArn=arn)["events"]
+    failed = [e["taskFailedEventDetails"] for e in history if e["type"] == "TaskFailed"]
+    assert failed and failed[0]["error"] == "TaskError"
+
+
+def test_batch_item_failure_is_redelivered_and_the_rest_deleted(fixture_stack: LocalStack) -> None:
+    ok_id, flaky_id = unique("ok"), unique("flaky")
+    send(fixture_stack, {"id": ok_id, "mode": "ok"}, {"id": flaky_id, "mode": "fail_once"})
+    ok_item = wait_for(lambda: get_item(fixture_stack, ok_id))
+    assert ok_item["receiveCount"] == "1"  # deleted after its first success: never seen again
+    # Reported as a batch item failure: comes back after the queue's visibility timeout (2 s).
+    flaky_item = wait_for(lambda: get_item(fixture_stack, flaky_id), timeout=20)
+    assert flaky_item["receiveCount"] == "2"
+    wait_for(lambda: queue_depth(fixture_stack, "ItemsQueueUrl") == 0)
+    assert get_item(fixture_stack, ok_id)["receiveCount"] == "1"
+    assert queue_depth(fixture_stack, "ItemsDeadLetterQueueUrl") == 0
+
+
+def test_function_error_never_deletes_and_the_queue_redrives_to_the_dlq(fixture_stack: LocalStack) -> None:
+    poison_id = unique("poison")
+    send(fixture_stack, {"id": poison_id, "mode": "raise"})
+    sqs = fixture_stack.client("sqs")
+    dlq = fixture_stack.info.outputs["ItemsDeadLetterQueueUrl"]
+
+    def dead_letters() -> list[dict]:
+        return sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+            "Messages", []
+        )
+
+    messages = wait_for(dead_letters, timeout=30)
+    assert [json.loads(m["Body"])["id"] for m in messages] == [poison_id]
+    assert get_item(fixture_stack, poison_id) is None
+    for message in messages:
+        sqs.delete_message(QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_scaling_config_bounds_concurrent_invocations(fixture_stack: LocalStack) -> None:
+    intake = fixture_stack.info.functions["IntakeFunction"]
+    (poller,) = [p for p in fixture_stack.pollers if p.mapping.function_name == intake]
+    assert poller.mapping.batch_size == 5
+    assert poller.mapping.report_batch_item_failures is True
+    ids = [unique("slow") for _ in range(20)]  # at least 4 batches of <= 5 for 2 pollers
+    send(fixture_stack, *({"id": i, "mode": "slow"} for i in ids[:10]))
+    send(fixture_stack, *({"id": i, "mode": "slow"} for i in ids[10:]))
+    items = [wait_for(lambda i=i: get_item(fixture_stack, i)) for i in ids]
+    # ScalingConfig.MaximumConcurrency is 2 in the fixture template: reached, never exceeded.
+    assert max(int(item["peak"]) for item in items) == 2
+
+
+def test_outputs_point_at_the_local_endpoint(fixture_stack: LocalStack) -> None:
+    info = fixture_stack.info
+    assert info.outputs["ItemsQueueUrl"].startswith(info.endpoint_url + "/123456789012/")
+    assert not any(key.startswith("ZzLocal") for key in info.outputs)
+    secret = fixture_stack.client("secretsmanager").get_secret_value(SecretId=info.resources["ApiKeySecret"])
+    assert secret["SecretString"] == "placeholder"  # no provider configured: left as the template says
+
+
+def test_s3_upload_reaches_the_function_as_an_s3_event(fixture_stack: LocalStack) -> None:
+    bucket = fixture_stack.info.outputs["OutputBucketName"]
+    s3 = fixture_stack.client("s3")
+    key = f"inputs/{unique('batch')}/job file.json"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"{}")
+    s3.put_object(Bucket=bucket, Key="elsewhere/ignored.json", Body=b"{}")  # outside the prefix filter
+    item = wait_for(lambda: get_item(fixture_stack, key))
+    assert item["status"] == "UPLOADED"
+    assert item["event"].startswith("ObjectCreated:")
+    assert get_item(fixture_stack, "elsewhere/ignored.json") is None
+
+
+def test_step_functions_reuses_one_lambda_client(fixture_stack: LocalStack) -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    first = lambda_eval_utils.boto_client_for(region="us-east-1", service="lambda")
+    second = lambda_eval_utils.boto_client_for(region="us-east-1", service="lambda")
+    assert first is second
+    assert first.meta.endpoint_url == fixture_stack.info.endpoint_url.replace("127.0.0.1", "localhost")
