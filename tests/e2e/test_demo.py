@@ -28,13 +28,16 @@ def test_demo_completes_every_job_and_saves_the_images(tmp_path: Path) -> None:
         env={**os.environ, "COLUMNS": "200"},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "all 6 jobs ended as expected" in result.stdout
+    # 6 jobs sent to SQS, 1 from a photo upload, 3 from a JSONL batch (whose 4th line is bad).
+    assert "all 10 jobs ended as expected" in result.stdout
     assert "REJECTED" in result.stdout and "prompt" in result.stdout
+    assert "4 lines, 3 enqueued, 1 bad (line 4 prompt: is required)" in result.stdout
     images = sorted((tmp_path / "out").glob("*/*"))
-    assert len(images) == 5  # four text-to-image jobs and one image-to-image job
+    # four text-to-image, one image-to-image, one photo upload, three batch lines
+    assert len(images) == 9
     sizes = set()
     for path in images:
         with Image.open(path) as image:
             image.load()
             sizes.add(image.size)
-    assert len(sizes) == 4  # 1:1, 16:9, 9:16 and 4:5 (twice)
+    assert len(sizes) == 5  # 1:1, 16:9, 9:16, 4:5 and 3:2

@@ -25,7 +25,13 @@ SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:imagejobs-pro
 
 # Resource types moto's CloudFormation skips (with a warning) rather than creates: the local stack
 # must not depend on them. Anything else unsupported would silently vanish locally.
-SKIPPED_BY_MOTO = {"AWS::SecretsManager::Secret", "AWS::CloudWatch::Alarm", "AWS::S3::BucketPolicy"}
+# (The uploads queue policy only matters to S3 on AWS; moto delivers notifications without it.)
+SKIPPED_BY_MOTO = {
+    "AWS::SecretsManager::Secret",
+    "AWS::CloudWatch::Alarm",
+    "AWS::S3::BucketPolicy",
+    "AWS::SQS::QueuePolicy",
+}
 
 
 def _zip() -> bytes:
@@ -80,13 +86,16 @@ def test_stack_creates_with_every_output(moto_stack: dict[str, Any], translated_
 def test_created_functions_point_at_the_created_resources(moto_stack: dict[str, Any]) -> None:
     outputs = {output["OutputKey"]: output["OutputValue"] for output in moto_stack["stack"]["Outputs"]}
     functions = boto3.client("lambda", region_name=REGION).list_functions()["Functions"]
-    assert len(functions) == 4
+    assert len(functions) == 5
     for function in functions:
         variables = function["Environment"]["Variables"]
         assert variables["JOBS_TABLE"] == outputs["JobsTableName"]
         assert variables["OUTPUT_BUCKET"] == outputs["OutputBucketName"]
         assert variables["STATE_MACHINE_ARN"] == outputs["StateMachineArn"]
         assert variables["PROVIDER_API_KEY_SECRET"] == SECRET_ARN
+        assert variables["JOBS_QUEUE_URL"] == outputs["JobsQueueUrl"]
+        assert variables["INPUTS_PREFIX"] == outputs["InputsPrefix"] == "inputs/"
+        assert variables["BATCHES_PREFIX"] == outputs["BatchesPrefix"] == "batches/"
     sqs = boto3.client("sqs", region_name=REGION)
     attributes = sqs.get_queue_attributes(QueueUrl=outputs["JobsQueueUrl"], AttributeNames=["All"])[
         "Attributes"
@@ -96,4 +105,19 @@ def test_created_functions_point_at_the_created_resources(moto_stack: dict[str, 
         QueueUrl=outputs["JobsDeadLetterQueueUrl"], AttributeNames=["QueueArn"]
     )
     assert redrive["deadLetterTargetArn"] == dlq_arn["Attributes"]["QueueArn"]
+    assert int(redrive["maxReceiveCount"]) == 5
+
+
+def test_uploads_queue_redrives_to_its_own_dead_letter_queue(moto_stack: dict[str, Any]) -> None:
+    outputs = {output["OutputKey"]: output["OutputValue"] for output in moto_stack["stack"]["Outputs"]}
+    sqs = boto3.client("sqs", region_name=REGION)
+    attributes = sqs.get_queue_attributes(QueueUrl=outputs["UploadsQueueUrl"], AttributeNames=["All"])[
+        "Attributes"
+    ]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    jobs_dlq = sqs.get_queue_attributes(
+        QueueUrl=outputs["JobsDeadLetterQueueUrl"], AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    assert "UploadsDeadLetterQueue" in redrive["deadLetterTargetArn"]
+    assert redrive["deadLetterTargetArn"] != jobs_dlq
     assert int(redrive["maxReceiveCount"]) == 5

@@ -60,7 +60,13 @@ def test_sam_build_puts_domain_package_and_dependencies_in_the_layer(tmp_path: P
     # arm64 functions need aarch64 binaries in the layer.
     binaries = [path.name for path in layer.rglob("*.so")]
     assert binaries and all("aarch64" in name for name in binaries), binaries
-    for function in ("IntakeFunction", "PollFunction", "StoreOutputsFunction", "FinalizeFunction"):
+    for function in (
+        "IntakeFunction",
+        "PollFunction",
+        "StoreOutputsFunction",
+        "FinalizeFunction",
+        "S3IntakeFunction",
+    ):
         assert (build_dir / function / "app.py").is_file(), f"{function} built without its handler"
     size = sum(path.stat().st_size for path in layer.rglob("*") if path.is_file())
     assert size < 250 * 1024 * 1024  # Lambda's unzipped limit for functions + layers

@@ -103,6 +103,7 @@ def test_no_function_can_delete_or_scan_records_or_outputs(translated_template: 
         "PollFunctionRole",
         "StoreOutputsFunctionRole",
         "FinalizeFunctionRole",
+        "S3IntakeFunctionRole",
     ):
         actions = _actions_of(translated_template, role)
         assert actions, f"{role} has no inline permissions"
@@ -170,10 +171,19 @@ def test_output_bucket_is_private_encrypted_and_cleans_up_multipart(translated_t
     )
 
 
+def _mapping_of(template: Template, function: str) -> dict[str, Any]:
+    [mapping] = [
+        m
+        for m in resources_of_type(template, "AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["FunctionName"] == {"Ref": function}
+    ]
+    return mapping
+
+
 def test_sqs_event_reports_batch_item_failures_with_bounded_concurrency(
     translated_template: Template,
 ) -> None:
-    [mapping] = resources_of_type(translated_template, "AWS::Lambda::EventSourceMapping").values()
+    mapping = _mapping_of(translated_template, "IntakeFunction")
     properties = mapping["Properties"]
     assert properties["FunctionName"] == {"Ref": "IntakeFunction"}
     assert properties["EventSourceArn"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
@@ -183,7 +193,7 @@ def test_sqs_event_reports_batch_item_failures_with_bounded_concurrency(
 
 
 def test_queue_visibility_timeout_covers_six_intake_timeouts(translated_template: Template) -> None:
-    [mapping] = resources_of_type(translated_template, "AWS::Lambda::EventSourceMapping").values()
+    mapping = _mapping_of(translated_template, "IntakeFunction")
     window = mapping["Properties"].get("MaximumBatchingWindowInSeconds", 0)
     intake_timeout = _function(translated_template, "IntakeFunction")["Timeout"]
     visibility = translated_template["Resources"]["JobsQueue"]["Properties"]["VisibilityTimeout"]
@@ -265,7 +275,7 @@ def test_code_locations_are_the_function_folders(sam_template: Template) -> None
     for name, resource in sam_template["Resources"].items():
         if resource["Type"] == "AWS::Serverless::Function":
             code_uri = resource["Properties"]["CodeUri"]
-            assert re.fullmatch(r"functions/[a-z_]+/", code_uri), name
+            assert re.fullmatch(r"functions/[a-z0-9_]+/", code_uri), name
             assert (REPO_ROOT / code_uri).is_dir(), f"{name}: {code_uri} does not exist"
     layer = sam_template["Resources"]["SharedLayer"]
     assert layer["Properties"]["ContentUri"] == "layers/shared/"
@@ -347,3 +357,107 @@ def test_api_key_secret_is_created_only_without_an_existing_arn(sam_template: Te
     assert with_secret["Outputs"]["ApiKeySecretArn"]["Value"] == {
         "Fn::If": ["CreateApiKeySecret", {"Ref": "ApiKeySecret"}, {"Ref": "ApiKeySecretArn"}]
     }
+
+
+# ---------------------------------------------------------------- S3 upload triggers (docs/uploads.md)
+
+
+def test_uploads_reach_s3_intake_through_a_queue_with_retries(translated_template: Template) -> None:
+    properties = _mapping_of(translated_template, "S3IntakeFunction")["Properties"]
+    assert properties["EventSourceArn"] == {"Fn::GetAtt": ["UploadsQueue", "Arn"]}
+    assert properties["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    resources = translated_template["Resources"]
+    queue = resources["UploadsQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["UploadsDeadLetterQueue", "Arn"]}
+    assert queue["SqsManagedSseEnabled"] is True
+    timeout = _function(translated_template, "S3IntakeFunction")["Timeout"]
+    parameter = translated_template["Parameters"][queue["VisibilityTimeout"]["Ref"]]
+    assert int(parameter["Default"]) >= 6 * timeout
+    alarms = resources_of_type(translated_template, "AWS::CloudWatch::Alarm").values()
+    assert any(
+        a["Properties"]["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["UploadsDeadLetterQueue", "QueueName"]}
+        for a in alarms
+    )
+
+
+def test_bucket_notifies_only_the_trigger_prefixes(translated_template: Template) -> None:
+    bucket = translated_template["Resources"]["OutputBucket"]
+    assert bucket["DependsOn"] == "UploadsQueuePolicy"  # S3 validates the destination when applied
+    configurations = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    for configuration in configurations:
+        assert configuration["Queue"] == {"Fn::GetAtt": ["UploadsQueue", "Arn"]}
+        assert configuration["Event"] == "s3:ObjectCreated:*"
+    filters = [
+        {rule["Name"]: rule["Value"] for rule in c["Filter"]["S3Key"]["Rules"]} for c in configurations
+    ]
+    assert {"prefix": {"Ref": "InputsPrefix"}} in filters
+    assert {"prefix": {"Ref": "BatchesPrefix"}, "suffix": ".jsonl"} in filters
+    assert len(filters) == 2  # nothing under OutputPrefix (or anywhere else) notifies
+    defaults = {name: translated_template["Parameters"][name]["Default"] for name in
+                ("InputsPrefix", "BatchesPrefix", "OutputPrefix", "RecipesPrefix")}  # fmt: skip
+    for trigger in ("InputsPrefix", "BatchesPrefix"):
+        for other, value in defaults.items():
+            if other != trigger:
+                assert not value.startswith(defaults[trigger]) and not defaults[trigger].startswith(value)
+    # Batch reports are written as <batch>.jsonl.report.json: they never match the .jsonl suffix.
+    assert not "x.jsonl.report.json".endswith(".jsonl")
+
+
+def test_uploads_queue_accepts_s3_from_this_account_only(translated_template: Template) -> None:
+    policy = translated_template["Resources"]["UploadsQueuePolicy"]["Properties"]
+    assert policy["Queues"] == [{"Ref": "UploadsQueue"}]
+    [statement] = as_list(policy["PolicyDocument"]["Statement"])
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    assert statement["Resource"] == {"Fn::GetAtt": ["UploadsQueue", "Arn"]}
+    assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+
+
+def test_s3_intake_gets_only_what_it_needs(translated_template: Template) -> None:
+    actions = _actions_of(translated_template, "S3IntakeFunctionRole")
+    assert actions == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+        "sqs:SendMessage",
+        "s3:GetObject",
+        "s3:GetObjectVersion",
+        "s3:ListBucket",
+        "s3:PutObject",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+    }
+    statements = _statements_of(translated_template, "S3IntakeFunctionRole")
+    send = next(s for s in statements if s["Action"] == "sqs:SendMessage")
+    assert send["Resource"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
+    receive = next(s for s in statements if "sqs:ReceiveMessage" in as_list(s["Action"]))
+    assert receive["Resource"] == {"Fn::GetAtt": ["UploadsQueue", "Arn"]}
+    # Reports only: never outputs, never the uploads themselves.
+    put = next(s for s in statements if s["Action"] == "s3:PutObject")
+    assert put["Resource"] == {"Fn::Sub": "${OutputBucket.Arn}/${BatchesPrefix}*.report.json"}
+    read = next(s for s in statements if "s3:GetObject" in as_list(s["Action"]))
+    assert "${OutputPrefix}" not in json.dumps(read["Resource"])
+    role = translated_template["Resources"]["S3IntakeFunction"]["Properties"]["Role"]
+    assert role == {"Fn::GetAtt": ["S3IntakeFunctionRole", "Arn"]}
+
+
+def test_upload_variables_are_in_every_function_environment(translated_template: Template) -> None:
+    expected = {
+        "INPUTS_PREFIX": {"Ref": "InputsPrefix"},
+        "BATCHES_PREFIX": {"Ref": "BatchesPrefix"},
+        "RECIPES_PREFIX": {"Ref": "RecipesPrefix"},
+        "MAX_UPLOAD_BYTES": {"Ref": "MaxUploadBytes"},
+        "JOBS_QUEUE_URL": {"Ref": "JobsQueue"},
+    }
+    for name, function in resources_of_type(translated_template, "AWS::Lambda::Function").items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        for variable, value in expected.items():
+            assert variables[variable] == value, f"{name}: {variable}"
+
+
+def test_upload_outputs(translated_template: Template) -> None:
+    outputs = translated_template["Outputs"]
+    assert outputs["InputsPrefix"]["Value"] == {"Ref": "InputsPrefix"}
+    assert outputs["BatchesPrefix"]["Value"] == {"Ref": "BatchesPrefix"}
+    assert outputs["UploadsQueueUrl"]["Value"] == {"Ref": "UploadsQueue"}

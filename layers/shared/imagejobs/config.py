@@ -75,6 +75,12 @@ class Settings:
     max_output_bytes: int = 512 * 1024 * 1024
     url_allow_hosts: tuple[str, ...] = ()
     presign_ttl_seconds: int = 3600
+    # S3 upload triggers (docs/uploads.md); only S3IntakeFunction needs JOBS_QUEUE_URL.
+    inputs_prefix: str = "inputs/"
+    batches_prefix: str = "batches/"
+    recipes_prefix: str = "recipes/"
+    max_upload_bytes: int = 50 * 1024 * 1024
+    jobs_queue_url: str = ""
     service_name: str = "imagejobs"
     metrics_namespace: str = "ImageJobs"
     log_level: str = "INFO"
@@ -103,10 +109,35 @@ class Settings:
             max_output_bytes=_number(env, "MAX_OUTPUT_BYTES", 512 * 1024 * 1024, int, 1),
             url_allow_hosts=_allow_hosts(env, "URL_ALLOW_HOSTS"),
             presign_ttl_seconds=_number(env, "PRESIGN_TTL_SECONDS", 3600, int, 1),
+            inputs_prefix=_prefix(env, "INPUTS_PREFIX", "inputs/"),
+            batches_prefix=_prefix(env, "BATCHES_PREFIX", "batches/"),
+            recipes_prefix=_prefix(env, "RECIPES_PREFIX", "recipes/"),
+            max_upload_bytes=_number(env, "MAX_UPLOAD_BYTES", 50 * 1024 * 1024, int, 1),
+            jobs_queue_url=env.get("JOBS_QUEUE_URL", "").strip(),
             service_name=env.get("POWERTOOLS_SERVICE_NAME", "").strip() or "imagejobs",
             metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", "").strip() or "ImageJobs",
             log_level=log_level,
         )
+
+    def __post_init__(self) -> None:
+        # No recursion: outputs (and the prefixes read as configuration) must never lie under a
+        # prefix whose uploads start work, nor may the two trigger prefixes overlap.
+        named = {
+            "OUTPUT_PREFIX": self.output_prefix,
+            "INPUTS_PREFIX": self.inputs_prefix,
+            "BATCHES_PREFIX": self.batches_prefix,
+            "RECIPES_PREFIX": self.recipes_prefix,
+        }
+        for trigger in ("INPUTS_PREFIX", "BATCHES_PREFIX"):
+            for other, value in named.items():
+                if (
+                    other != trigger
+                    and value
+                    and (value.startswith(named[trigger]) or named[trigger].startswith(value))
+                ):
+                    raise ConfigError(
+                        other, f"{value!r} overlaps {trigger} {named[trigger]!r} (uploads there start jobs)"
+                    )
 
     def max_wait_seconds(self, kind: str) -> int:
         return self.max_wait_video_seconds if kind == "video" else self.max_wait_image_seconds

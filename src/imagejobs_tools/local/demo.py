@@ -1,9 +1,12 @@
 """`imagejobs local demo`: a demo batch through the local stack's public endpoints.
 
 Starts the stack, uploads a generated input image, sends text-to-image jobs at
-several aspect ratios, one image-to-image job and one invalid job, waits for
-every job to reach a terminal state, downloads the images and prints the
-records. Exits 0 only if every job ended as expected.
+several aspect ratios, one image-to-image job and one invalid job; then uploads
+a photo under the inputs prefix (prompt in `x-amz-meta-prompt`) and a small
+JSONL batch (three jobs and one bad line) under the batches prefix (S3 triggers,
+docs/uploads.md). Waits for every job to reach a terminal state, downloads the
+images, prints the records and the batch report. Exits 0 only if every job
+ended as expected and the report names the bad line.
 """
 
 from __future__ import annotations
@@ -30,6 +33,63 @@ class DemoJob:
     message: dict[str, Any]
     expected: str
     label: str
+    via: str = "sqs"  # "sqs" (sent to the jobs queue) or "s3" (made by an upload)
+
+
+PHOTO_PROMPT = "The same bottle on matte ivory paper, soft editorial side light"
+BATCH_BAD_LINE = 4  # the demo batch's invalid line (no prompt), which the report must name
+
+
+def demo_batch(run_id: str) -> tuple[list[DemoJob], bytes]:
+    """Three jobs with their own ids and one invalid line, as the JSONL a team would upload."""
+    jobs = [
+        DemoJob(
+            f"demo-{run_id}-batch-{n}",
+            {"jobId": f"demo-{run_id}-batch-{n}", "prompt": prompt, "aspectRatio": ratio},
+            "COMPLETED",
+            f"JSONL line {n} {ratio}",
+            via="s3",
+        )
+        for n, (prompt, ratio) in enumerate(
+            [
+                ("A ceramic mug on linen, morning light", "1:1"),
+                ("A glass perfume bottle on slate, rim light", "4:5"),
+                ("A wooden desk lamp, studio backdrop", "3:2"),
+            ],
+            start=1,
+        )
+    ]
+    lines = [json.dumps(job.message) for job in jobs]
+    lines.insert(BATCH_BAD_LINE - 1, json.dumps({"jobId": f"demo-{run_id}-batch-bad", "aspectRatio": "1:1"}))
+    return jobs, ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def find_upload_job(dynamodb: Any, table: str, uri: str, timeout: float) -> str | None:
+    """The job id S3IntakeFunction derived for an upload (records keep the s3:// input URI)."""
+    deadline = time.monotonic() + timeout
+    deserializer = TypeDeserializer()
+    while time.monotonic() < deadline:
+        for page in dynamodb.get_paginator("scan").paginate(TableName=table):
+            for item in page["Items"]:
+                record = {key: deserializer.deserialize(value) for key, value in item.items()}
+                if uri in ((record.get("request") or {}).get("inputImageUrls") or []):
+                    return str(record["jobId"])
+        time.sleep(0.5)
+    return None
+
+
+def fetch_report(s3: Any, bucket: str, key: str, timeout: float) -> dict[str, Any] | None:
+    """The batch report once it says COMPLETE."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            report = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            if report.get("status") == "COMPLETE":
+                return dict(report)
+        except s3.exceptions.NoSuchKey:
+            pass
+        time.sleep(0.5)
+    return None
 
 
 def demo_png(width: int = 64, height: int = 80) -> bytes:
@@ -151,6 +211,27 @@ def run_demo(args: argparse.Namespace) -> int:
             Entries=[{"Id": str(i), "MessageBody": json.dumps(job.message)} for i, job in enumerate(jobs)],
         )
         console.print(f"sent {len(jobs)} jobs to {queue}")
+        # S3 triggers: a photo whose prompt is its metadata, and a small JSONL batch.
+        photo_key = f"{outputs.get('InputsPrefix', 'inputs/')}demo {run_id}/bottle é.png"
+        s3.put_object(
+            Bucket=bucket,
+            Key=photo_key,
+            Body=demo_png(),
+            ContentType="image/png",
+            Metadata={"prompt": PHOTO_PROMPT, "aspect-ratio": "4:5"},
+        )
+        batch_jobs, batch_body = demo_batch(run_id)
+        batch_key = f"{outputs.get('BatchesPrefix', 'batches/')}demo-{run_id}.jsonl"
+        s3.put_object(Bucket=bucket, Key=batch_key, Body=batch_body, ContentType="application/x-ndjson")
+        console.print(f"uploaded s3://{bucket}/{photo_key} and s3://{bucket}/{batch_key} (4 lines, 1 bad)")
+        photo_uri = f"s3://{bucket}/{photo_key}"
+        with console.status("waiting for the upload's job…"):
+            photo_job_id = find_upload_job(dynamodb, table, photo_uri, timeout=60)
+        if photo_job_id is None:
+            console.print(f"[red]no job was made for {photo_uri}[/red]")
+            return 1
+        jobs.append(DemoJob(photo_job_id, {"aspectRatio": "4:5"}, "COMPLETED", "photo upload 4:5", via="s3"))
+        jobs.extend(batch_jobs)
         started = time.monotonic()
         with Live(_progress_table(jobs, {}, 0.0), console=console, refresh_per_second=4) as live:
             records = wait_for_jobs(
@@ -167,6 +248,8 @@ def run_demo(args: argparse.Namespace) -> int:
             if record and record.get("status") == "COMPLETED":
                 downloaded[job.job_id] = download_outputs(s3, record, args.output_dir)
         console.print(_records_table(jobs, records, downloaded))
+        report = fetch_report(s3, bucket, batch_key + ".report.json", timeout=30)
+        report_ok = _print_report(console, batch_key, report)
         failures = [job for job in jobs if (records[job.job_id] or {}).get("status") != job.expected]
         for job in failures:
             record = records[job.job_id] or {}
@@ -174,7 +257,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 f"[red]{job.job_id}: expected {job.expected}, got {record.get('status', 'no record')}"
                 f" {json.dumps(record.get('error'), default=str) if record.get('error') else ''}[/red]"
             )
-        if failures:
+        if failures or not report_ok:
             return 1
         console.print(f"[green]all {len(jobs)} jobs ended as expected; images in {args.output_dir}/[/green]")
         return 0
@@ -233,3 +316,19 @@ def _records_table(
             detail,
         )
     return table
+
+
+def _print_report(console: Any, batch_key: str, report: dict[str, Any] | None) -> bool:
+    """Print the batch report; True when it has the three jobs and names the bad line."""
+    if report is None:
+        console.print(f"[red]no COMPLETE report for {batch_key}[/red]")
+        return False
+    bad = "; ".join(f"line {e['line']} {e['field']}: {e['reason']}" for e in report.get("badLines", []))
+    console.print(
+        f"batch report {batch_key}.report.json: {report['lines']} lines, "
+        f"{report['enqueued']} enqueued, {report['badLineCount']} bad ({bad})"
+    )
+    ok = report["enqueued"] == 3 and [e["line"] for e in report.get("badLines", [])] == [BATCH_BAD_LINE]
+    if not ok:
+        console.print("[red]the batch report does not match the demo batch[/red]")
+    return ok

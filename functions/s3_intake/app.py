@@ -1,0 +1,55 @@
+"""S3IntakeFunction: S3 ObjectCreated events (via the uploads queue) → image jobs and JSONL batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from imagejobs.observability import logger, metrics, tracer
+from imagejobs.runtime import Runtime
+from imagejobs.uploads import handle_upload_message
+
+runtime = Runtime()
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+class RetryLater(Exception):
+    """Marks the SQS record as a batch item failure: SQS redelivers it (a batch resumes at its checkpoint)."""
+
+
+@tracer.capture_method
+def record_handler(record: SQSRecord, context: Any) -> str:
+    def time_left() -> float:
+        try:
+            return float(context.get_remaining_time_in_millis()) / 1000.0
+        except (AttributeError, TypeError, ValueError):
+            return float("inf")
+
+    outcomes = handle_upload_message(
+        record.body,
+        s3=runtime.s3,
+        sqs=runtime.sqs,
+        store=runtime.store,
+        settings=runtime.settings,
+        time_left=time_left,
+    )
+    retry = [o for o in outcomes if not o.ack]
+    if retry:
+        raise RetryLater("; ".join(f"{o.key}: {o.reason}" for o in retry))
+    return "; ".join(f"{o.kind} {o.key}: {o.reason}" for o in outcomes) or "s3:TestEvent"
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return dict(
+        process_partial_response(
+            event=event,
+            record_handler=lambda record: record_handler(record, context),
+            processor=processor,
+            context=context,
+        )
+    )

@@ -1,0 +1,182 @@
+"""JSONL batches: streamed, one job per good line, bad lines reported beside the batch, enqueued once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from imagejobs.jobs import parse_job
+from imagejobs.uploads import MAX_LINE_BYTES, S3ObjectRef, iter_capped_lines, process_batch
+
+from tests.unit.uploads.conftest import BUCKET, Aws, s3_event
+from tests.unit.uploads.test_images import deliver
+
+# line number -> (bad line, the field the report must name)
+BAD_LINES: dict[int, tuple[str, str]] = {
+    7: ('{"aspectRatio": "1:1"}', "prompt"),
+    100: ('{"prompt": "x", "aspectRatio": "7:3"}', "aspectRatio"),
+    101: ("{not json", "body"),
+    250: ('["a", "list"]', "body"),
+    333: ('{"prompt": "x", "colour": "red"}', "colour"),
+    480: ('{"prompt": "x", "jobId": "has spaces!"}', "jobId"),
+    512: ('{"prompt": "x", "outputPrefix": "../up"}', "outputPrefix"),
+    640: ('{"prompt": "x", "outputPrefix": "inputs/loop/"}', "outputPrefix"),
+    777: ('{"prompt": "x", "inputImageUrls": ["http://169.254.169.254/latest"]}', "inputImageUrls"),
+    999: ('{"prompt": "   "}', "prompt"),
+}
+
+
+def batch_lines(total: int = 1000) -> list[str]:
+    lines = []
+    for number in range(1, total + 1):
+        if number in BAD_LINES:
+            lines.append(BAD_LINES[number][0])
+        else:
+            lines.append(json.dumps({"prompt": f"catalog item {number}", "aspectRatio": "1:1"}))
+    return lines
+
+
+def upload(aws: Aws, key: str, lines: list[str], newline: str = "\n") -> str:
+    return aws.put(key, (newline.join(lines) + newline).encode("utf-8"))
+
+
+class RecordingS3:
+    """Passes calls to moto's client, recording the size of every read of a streamed object body."""
+
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+        self.reads: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    def get_object(self, **kwargs: Any) -> dict[str, Any]:
+        response = dict(self._s3.get_object(**kwargs))
+        body = response["Body"]
+        original = body.read
+
+        def read(amt: int | None = None) -> bytes:
+            self.reads.append(-1 if amt is None else amt)
+            return bytes(original(amt))
+
+        body.read = read
+        return response
+
+
+def test_thousand_lines_with_ten_bad_ones_make_990_jobs_and_a_report_naming_the_ten(aws: Aws) -> None:
+    key = "batches/2026/catalog.jsonl"
+    etag = upload(aws, key, batch_lines())
+    s3, sqs = RecordingS3(aws.s3), aws.sqs
+    outcome = process_batch(
+        S3ObjectRef(BUCKET, key, etag),
+        s3=s3, sqs=sqs, settings=aws.settings, now=aws.clock, chunk_bytes=4096,
+    )  # fmt: skip
+    assert outcome.ack and outcome.reason == "processed"
+    messages = aws.messages()
+    assert len(messages) == 990
+    assert len({m["jobId"] for m in messages}) == 990
+    prefix = outcome.report["jobIdPrefix"]  # type: ignore[index]
+    assert {m["jobId"] for m in messages} == {f"{prefix}{n}" for n in range(1, 1001) if n not in BAD_LINES}
+    for message in messages[:5]:
+        parse_job(message, "unused", settings=aws.settings)  # the intake accepts every enqueued message
+    # Streamed: the body was read in bounded chunks, sent 10 at a time.
+    assert s3.reads and max(s3.reads) <= 4096
+    assert max(sqs.batches) <= 10 and sum(sqs.batches) == 990
+    report = aws.report(key)
+    assert report["status"] == "COMPLETE"
+    assert (report["lines"], report["enqueued"], report["badLineCount"]) == (1000, 990, 10)
+    assert report["source"] == {"bucket": BUCKET, "key": key, "etag": etag, "versionId": None}
+    named = {entry["line"]: entry["field"] for entry in report["badLines"]}
+    assert named == {line: field for line, (_, field) in BAD_LINES.items()}
+    assert all(entry["reason"] for entry in report["badLines"])
+
+
+def test_redelivered_batch_event_enqueues_nothing_twice(aws: Aws) -> None:
+    key = "batches/again.jsonl"
+    etag = upload(aws, key, batch_lines(30))
+    deliver(aws, s3_event(key, etag=etag))
+    first = aws.messages()
+    assert len(first) == 29  # line 7 is bad
+    [outcome] = deliver(aws, s3_event(key, etag=etag))
+    assert outcome.reason == "already processed"
+    assert aws.messages() == []
+
+
+def test_a_changed_batch_is_a_new_batch(aws: Aws) -> None:
+    key = "batches/changed.jsonl"
+    deliver(aws, s3_event(key, etag=upload(aws, key, batch_lines(3))))
+    first = {m["jobId"] for m in aws.messages()}
+    deliver(aws, s3_event(key, etag=upload(aws, key, batch_lines(4))))
+    second = {m["jobId"] for m in aws.messages()}
+    assert len(first) == 3 and len(second) == 4 and not first & second
+
+
+def test_lines_may_name_their_own_job_ids_once(aws: Aws) -> None:
+    key = "batches/ids.jsonl"
+    lines = [
+        json.dumps({"jobId": "mine-1", "prompt": "a"}),
+        "",
+        json.dumps({"jobId": "mine-1", "prompt": "b"}),
+        json.dumps({"prompt": "c"}),
+    ]
+    deliver(aws, s3_event(key, etag=upload(aws, key, lines, newline="\r\n")))
+    messages = aws.messages()
+    assert [m["prompt"] for m in messages] == ["a", "c"]
+    assert messages[0]["jobId"] == "mine-1" and messages[1]["jobId"].endswith("-4")
+    report = aws.report(key)
+    assert report["blankLines"] == 1
+    [bad] = report["badLines"]
+    assert bad["line"] == 3 and bad["field"] == "jobId" and "earlier line" in bad["reason"]
+
+
+def test_large_messages_are_split_under_the_sqs_batch_size_limit(aws: Aws) -> None:
+    key = "batches/large.jsonl"
+    # An unknown model has the generic 100,000-character prompt cap: ~90 KB per message.
+    lines = [json.dumps({"prompt": f"{n} " + "x" * 90_000, "model": "acme/big"}) for n in range(6)]
+    sqs = aws.sqs
+    process_batch(
+        S3ObjectRef(BUCKET, key, upload(aws, key, lines)),
+        s3=aws.s3, sqs=sqs, settings=aws.settings, now=aws.clock,
+    )  # fmt: skip
+    assert len(aws.messages()) == 6
+    assert len(sqs.batches) >= 3 and max(sqs.batches) <= 2
+
+
+def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint(aws: Aws) -> None:
+    key = "batches/resume.jsonl"
+    ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(250)))
+    first = process_batch(
+        ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock,
+        time_left=lambda: 1.0, checkpoint_every=100,
+    )  # fmt: skip
+    assert first.action == "retry"
+    partial = aws.report(key)
+    # Checkpoints fall where nothing is buffered: at or just after line 101.
+    assert partial["status"] == "IN_PROGRESS" and 101 <= partial["nextLine"] <= 111
+    second = process_batch(
+        ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock, checkpoint_every=100
+    )
+    assert second.ack
+    ids = [m["jobId"] for m in aws.messages()]
+    assert len(ids) == len(set(ids)) == 250 - sum(1 for n in BAD_LINES if n <= 250)
+    report = aws.report(key)
+    assert report["status"] == "COMPLETE" and report["badLineCount"] == 4  # lines 7, 100, 101, 250
+    assert [entry["line"] for entry in report["badLines"]] == [7, 100, 101, 250]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_capped_lines_split_any_chunking_and_never_buffer_long_lines(chunk: int) -> None:
+    data = b'{"a":1}\r\n\n' + b"y" * 50 + b"\nlast"
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    lines = list(iter_capped_lines(chunks, max_line_bytes=20))
+    assert lines == [(1, b'{"a":1}', 8), (2, b"", 0), (3, None, 50), (4, b"last", 4)]
+
+
+def test_overlong_line_is_reported_not_enqueued(aws: Aws) -> None:
+    key = "batches/overlong.jsonl"
+    lines = [json.dumps({"prompt": "ok"}), json.dumps({"prompt": "z" * (MAX_LINE_BYTES + 10)})]
+    deliver(aws, s3_event(key, etag=upload(aws, key, lines)))
+    assert len(aws.messages()) == 1
+    [bad] = aws.report(key)["badLines"]
+    assert bad["line"] == 2 and bad["field"] == "body" and "limit" in bad["reason"]

@@ -1,0 +1,129 @@
+"""S3IntakeFunction's handler (partial batch responses) and the template's notification filters in moto."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from samtranslator.yaml_helper import yaml_parse
+
+from tests.conftest import REPO_ROOT, FakeLambdaContext
+from tests.unit.domain.fakes import create_jobs_table
+from tests.unit.uploads.conftest import BUCKET, REGION, png_bytes, s3_event
+
+
+def sqs_event(*bodies: str) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "messageId": f"m{index}",
+                "receiptHandle": f"r{index}",
+                "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:uploads",
+                "awsRegion": REGION,
+            }
+            for index, body in enumerate(bodies)
+        ]
+    }
+
+
+@pytest.fixture
+def handler_env(
+    function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, load_handler: Callable[[str], ModuleType]
+) -> Iterator[tuple[ModuleType, Any, str]]:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET)
+        sqs = boto3.client("sqs", region_name=REGION)
+        queue_url = sqs.create_queue(QueueName="jobs")["QueueUrl"]
+        create_jobs_table(boto3.resource("dynamodb", region_name=REGION), function_env["JOBS_TABLE"])
+        monkeypatch.setenv("JOBS_QUEUE_URL", queue_url)
+        monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+        yield load_handler("s3_intake"), s3, queue_url
+
+
+def test_handler_acks_test_events_and_uploads_and_retries_only_the_broken_record(
+    handler_env: tuple[ModuleType, Any, str],
+) -> None:
+    module, s3, queue_url = handler_env
+    etag = s3.put_object(Bucket=BUCKET, Key="inputs/h.png", Body=png_bytes(), Metadata={"prompt": "p"})[
+        "ETag"
+    ]
+    test_event = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": BUCKET})
+    event = sqs_event(test_event, s3_event("inputs/h.png", etag=etag), "not json at all")
+    response = module.lambda_handler(event, FakeLambdaContext())
+    assert response == {"batchItemFailures": [{"itemIdentifier": "m2"}]}
+    sqs = boto3.client("sqs", region_name=REGION)
+    [message] = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+    assert json.loads(message["Body"])["inputImageUrls"] == [f"s3://{BUCKET}/inputs/h.png"]
+
+
+def _template_notifications() -> dict[str, Any]:
+    """The OutputBucket's NotificationConfiguration from template.yaml, in the S3 API's shape."""
+    template = yaml_parse((REPO_ROOT / "template.yaml").read_text(encoding="utf-8"))
+    defaults = {name: p.get("Default") for name, p in template["Parameters"].items()}
+    config = template["Resources"]["OutputBucket"]["Properties"]["NotificationConfiguration"]
+
+    def value(node: Any) -> Any:
+        return defaults[node["Ref"]] if isinstance(node, dict) and "Ref" in node else node
+
+    return {
+        "QueueConfigurations": [
+            {
+                "QueueArn": f"arn:aws:sqs:{REGION}:123456789012:uploads",
+                "Events": [entry["Event"]],
+                "Filter": {
+                    "Key": {
+                        "FilterRules": [
+                            {"Name": rule["Name"], "Value": value(rule["Value"])}
+                            for rule in entry["Filter"]["S3Key"]["Rules"]
+                        ]
+                    }
+                },
+            }
+            for entry in config["QueueConfigurations"]
+        ]
+    }
+
+
+def test_outputs_and_reports_trigger_nothing_uploads_and_batches_do() -> None:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        sqs = boto3.client("sqs", region_name=REGION)
+        queue_url = sqs.create_queue(QueueName="uploads")["QueueUrl"]
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_notification_configuration(
+            Bucket=BUCKET, NotificationConfiguration=_template_notifications()
+        )
+
+        def drain() -> list[str]:
+            keys = []
+            while messages := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages"):
+                for message in messages:
+                    body = json.loads(message["Body"])
+                    keys += [r["s3"]["object"]["key"] for r in body.get("Records", [])]
+                    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            return keys
+
+        drain()  # the s3:TestEvent sent when the configuration is applied
+        for key in (
+            "outputs/job-1/0.png",  # what StoreOutputsFunction writes (OutputPrefix)
+            "team-a/outputs/job-2/0.png",  # a job's own outputPrefix
+            "batches/b.jsonl.report.json",  # the batch report, beside the batch
+            "recipes/product.json",
+            "batches/notes.txt",
+        ):
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+        assert drain() == []
+        s3.put_object(Bucket=BUCKET, Key="inputs/a.png", Body=png_bytes())
+        s3.put_object(Bucket=BUCKET, Key="batches/b.jsonl", Body=b"{}\n")
+        assert sorted(k.replace("%2F", "/") for k in drain()) == ["batches/b.jsonl", "inputs/a.png"]
