@@ -28,11 +28,14 @@ from imagejobs.observability import (
     logger,
     redact,
 )
-from imagejobs.provider import OutcomeUnknown, ProviderError, ProviderRejected, Submission
+from imagejobs.provider import OutcomeUnknown, ProviderError, ProviderRejected, RateLimited, Submission
 from imagejobs.secrets import SecretNotConfigured
 from imagejobs.store import JobStore
 
 Action = Literal["ack", "retry"]
+# A duplicate delivery that finds the job claimed by another worker looks again this soon: the claim
+# normally ends in well under a second, and the queue's own visibility timeout is many minutes.
+CLAIM_CONTENTION_RETRY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class IntakeOutcome:
     job_id: str | None = None
     status: str | None = None  # the record's status when the message was handled
     task_id: str | None = None
+    # For a retry: when to look again. None keeps the queue's visibility timeout (provider trouble
+    # backs off for long); a claim held by another worker or a 429's Retry-After asks for sooner.
+    retry_after_seconds: float | None = None
 
     @property
     def ack(self) -> bool:
@@ -56,7 +62,7 @@ def execution_arn(state_machine_arn: str, name: str) -> str:
 def execution_input(
     job_id: str, task_id: str, kind: str, settings: Settings, submitted_at: float
 ) -> dict[str, Any]:
-    return {
+    payload: dict[str, Any] = {
         "jobId": job_id,
         "taskId": task_id,
         "kind": kind,
@@ -64,6 +70,13 @@ def execution_input(
         "deadline": round(submitted_at + settings.max_wait_seconds(kind), 3),
         "polls": 0,
     }
+    # EXPRESS executions stop at 5 minutes: the poll step hands over to a fresh execution after
+    # this long (statemachine/job.asl.json, HandOver). Optional until Settings carries it.
+    handover_after = getattr(settings, "handover_after_seconds", 0) or 0
+    if handover_after > 0:
+        payload["handoverAfterSeconds"] = handover_after
+        payload["segmentStartedAt"] = round(submitted_at, 3)
+    return payload
 
 
 def start_execution(sfn: Any, settings: Settings, job_id: str, payload: Mapping[str, Any]) -> str:
@@ -113,7 +126,12 @@ def _partial_request(body: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]
     for name in ("jobId", "model", "prompt", "aspectRatio"):
         value = document.get(name)
         if isinstance(value, str):
-            kept[name] = value[:2000]
+            clipped = value[:2000]
+            try:
+                clipped.encode("utf-8")
+            except UnicodeEncodeError:  # an unpaired surrogate: DynamoDB cannot store it
+                continue
+            kept[name] = clipped
     return kept
 
 
@@ -167,11 +185,23 @@ def handle_job_message(
             lease = float(record.get("leaseExpiresAt") or 0)
             if lease > now():
                 logger.info("another worker is submitting this job; retry later", extra={"lease": lease})
-                return IntakeOutcome("retry", "another worker holds the submit claim", job_id, status)
+                return IntakeOutcome(
+                    "retry",
+                    "another worker holds the submit claim",
+                    job_id,
+                    status,
+                    retry_after_seconds=CLAIM_CONTENTION_RETRY_SECONDS,
+                )
             reason = "an earlier submit attempt did not finish within its lease; it may have been charged"
             marked = store.mark_submit_unknown(job_id, reason, now=now())
             if marked.applied:
                 count(SUBMIT_UNKNOWN)
+            elif marked.status not in records.TERMINAL:
+                # The earlier attempt ended meanwhile (e.g. released its claim): acking now would lose
+                # the job, so let SQS redeliver and decide again from the fresh record.
+                logger.info("stale claim ended meanwhile; retry later", extra={"status": marked.status})
+                reason = f"record became {marked.status} meanwhile"
+                return IntakeOutcome("retry", reason, job_id, marked.status)
             logger.error("stale submit claim; job marked SUBMIT_UNKNOWN", extra={"applied": marked.applied})
             return IntakeOutcome("ack", "stale claim: SUBMIT_UNKNOWN", job_id, marked.status)
         logger.info("job already RECEIVED (earlier attempt released its claim); continuing")
@@ -189,7 +219,13 @@ def handle_job_message(
             return IntakeOutcome("ack", f"job already {claim.status}", job_id, claim.status)
         if claim.status == records.SUBMITTED and claim.record:
             return _restart(claim.record, sfn=sfn, settings=settings)
-        return IntakeOutcome("retry", f"claim not acquired ({claim.reason})", job_id, claim.status)
+        return IntakeOutcome(
+            "retry",
+            f"claim not acquired ({claim.reason})",
+            job_id,
+            claim.status,
+            retry_after_seconds=CLAIM_CONTENTION_RETRY_SECONDS,
+        )
 
     # 4. Submit (exactly once per claim).
     try:
@@ -227,7 +263,14 @@ def handle_job_message(
         error = {"code": type(failure).__name__, "message": redact(detail)}
         store.release_claim(job_id, error, now=now())
         logger.warning("submit failed before charging; claim released for retry", extra={"error": error})
-        return IntakeOutcome("retry", f"provider error: {type(failure).__name__}", job_id, records.RECEIVED)
+        retry_after = failure.retry_after if isinstance(failure, RateLimited) else None
+        return IntakeOutcome(
+            "retry",
+            f"provider error: {type(failure).__name__}",
+            job_id,
+            records.RECEIVED,
+            retry_after_seconds=retry_after,
+        )
     except Exception as exc:
         # Not a classified provider error: the request may have gone out. Never resubmit.
         result = store.mark_submit_unknown(

@@ -9,7 +9,12 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from imagejobs.config import Settings
-from imagejobs.intake import IntakeOutcome, execution_arn, handle_job_message
+from imagejobs.intake import (
+    CLAIM_CONTENTION_RETRY_SECONDS,
+    IntakeOutcome,
+    execution_arn,
+    handle_job_message,
+)
 from imagejobs.provider import (
     InsufficientCredits,
     OutcomeUnknown,
@@ -166,6 +171,8 @@ def test_young_submit_claim_means_retry_later(env: Env) -> None:
     env.clock.advance(30)
     outcome = env.handle({"jobId": "job-1", "prompt": "p"})
     assert (outcome.action, outcome.status) == ("retry", "SUBMITTING")
+    # Looked at again soon, not after the queue's many-minute visibility timeout.
+    assert outcome.retry_after_seconds == CLAIM_CONTENTION_RETRY_SECONDS
     assert env.provider.submissions == []
 
 
@@ -228,6 +235,8 @@ def test_transient_or_fixable_errors_release_the_claim_and_retry(env: Env, error
     record = env.record("job-1")
     assert record["status"] == "RECEIVED"
     assert record["lastSubmitError"]["code"] == type(error).__name__
+    # Only a 429 names its own delay; other trouble keeps the queue's long visibility timeout.
+    assert outcome.retry_after_seconds == (2.0 if isinstance(error, RateLimited) else None)
     # SQS redelivers; this time the provider accepts.
     env.provider.submit_error = None
     again = env.handle({"jobId": "job-1", "prompt": "p"})

@@ -152,6 +152,33 @@ def test_intake_all_failed_batch_still_returns_the_partial_response(
     }
 
 
+def test_intake_duplicate_of_a_claimed_job_is_offered_again_soon(
+    handler: Callable[..., ModuleType],
+    aws: Aws,
+    lambda_context: FakeLambdaContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sqs = boto3.client("sqs")
+    queue_url = sqs.create_queue(QueueName="imagejobs-JobsQueue-EXAMPLE")["QueueUrl"]
+    monkeypatch.setenv("JOBS_QUEUE_URL", queue_url)
+    sqs.send_message(QueueUrl=queue_url, MessageBody=event("sqs_job.json")["Records"][0]["body"])
+    received = sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=1200)["Messages"][0]
+    batch = copy.deepcopy(event("sqs_job.json"))
+    batch["Records"][0].update(receiptHandle=received["ReceiptHandle"], messageId=received["MessageId"])
+    # Another worker holds the submit claim for this job.
+    aws.store.create_received(DEMO_JOB, {"jobId": DEMO_JOB, "kind": "image", "prompt": "cat"})
+    aws.store.claim_for_submit(DEMO_JOB, 600)
+    # The real delay is 10 s; 0 lets the test see the message come back without waiting.
+    monkeypatch.setattr("imagejobs.intake.CLAIM_CONTENTION_RETRY_SECONDS", 0.0)
+
+    response = handler("intake", FakeProvider()).lambda_handler(batch, lambda_context)
+
+    assert response == {"batchItemFailures": [{"itemIdentifier": received["MessageId"]}]}
+    # Without the shortened visibility the message would stay hidden for 1200 s.
+    again = sqs.receive_message(QueueUrl=queue_url).get("Messages", [])
+    assert [m["MessageId"] for m in again] == [received["MessageId"]]
+
+
 def test_poll_sample_event(handler: Callable[..., ModuleType], lambda_context: FakeLambdaContext) -> None:
     provider = FakeProvider(snapshots=[snapshot("tsk_01J9EXAMPLE0000000000000000")])
     out = handler("poll", provider).lambda_handler(event("poll.json"), lambda_context)
