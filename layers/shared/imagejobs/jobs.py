@@ -137,16 +137,17 @@ def _decode(payload: str | bytes | Mapping[str, Any], limits: JobLimits) -> Mapp
     if isinstance(payload, Mapping):
         document: Any = payload
         try:
-            size = len(json.dumps(payload, default=str).encode("utf-8"))
+            size = len(json.dumps(payload, default=str, allow_nan=False).encode("utf-8"))
         except (TypeError, ValueError, RecursionError):
             raise JobValidationError({"body": ["is not serialisable as JSON"]}) from None
     else:
-        raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        # surrogatepass: a str holding a lone surrogate fails UTF-8 decoding below instead of crashing here.
+        raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
         size = len(raw)
         if size > limits.max_body_bytes:
             raise JobValidationError({"body": [f"is {size} bytes; the limit is {limits.max_body_bytes}"]})
         try:
-            document = json.loads(raw.decode("utf-8"))
+            document = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
         except UnicodeDecodeError:
             raise JobValidationError({"body": ["is not UTF-8 text"]}) from None
         except RecursionError:
@@ -159,7 +160,17 @@ def _decode(payload: str | bytes | Mapping[str, Any], limits: JobLimits) -> Mapp
         raise JobValidationError({"body": [f"must be a JSON object, got {type(document).__name__}"]})
     if _depth(document, limits.max_depth) > limits.max_depth:
         raise JobValidationError({"body": [f"is nested deeper than {limits.max_depth} levels"]})
+    try:
+        # JSON escapes can spell unpaired surrogates ("\\ud800"): valid JSON, but not storable text.
+        json.dumps(document, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        reason = "contains invalid Unicode (an unpaired surrogate such as \\ud800)"
+        raise JobValidationError({"body": [reason]}) from None
     return document
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check_s3_uri(uri: str, input_bucket: str | None) -> str | None:

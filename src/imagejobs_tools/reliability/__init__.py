@@ -1,0 +1,12 @@
+"""Reliability suites (issue 6): duplicates, provider faults, crashes, account trouble, bad input, security.
+
+`python -m imagejobs_tools.reliability SUITE [--size N | --smoke] [--json]`; docs/reliability.md
+has the figures and the command behind each.
+"""
+
+from __future__ import annotations
+
+from imagejobs_tools.reliability.report import SuiteReport
+from imagejobs_tools.reliability.suites import FULL_SIZES, SMOKE_SIZES, SUITES, run_suite
+
+__all__ = ["FULL_SIZES", "SMOKE_SIZES", "SUITES", "SuiteReport", "run_suite"]
