@@ -6,9 +6,13 @@ signatures live there) and bearer tokens / API keys are masked in free text.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -19,7 +23,58 @@ NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "ImageJobs"
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-tracer = Tracer(service=SERVICE)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LazyTracer:
+    """Powertools Tracer, built on first use rather than at import.
+
+    Building a Tracer imports the X-Ray SDK, whose recorder creates two botocore
+    clients for its sampler (~100-250 ms, over half of every handler's import time);
+    deferring it keeps module import (and the local stack, tests, tooling that only
+    import handlers) fast. Decorators wrap now and delegate on the first call.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._tracer: Tracer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def tracer(self) -> Tracer:
+        if self._tracer is None:
+            with self._lock:
+                if self._tracer is None:
+                    self._tracer = Tracer(service=self.service)
+        return self._tracer
+
+    def _lazy(self, decorate: str, function: F, options: dict[str, Any]) -> F:
+        decorated: Callable[..., Any] | None = None
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            nonlocal decorated
+            if decorated is None:
+                decorated = getattr(self.tracer, decorate)(function, **options)
+            return decorated(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    def capture_lambda_handler(self, handler: F | None = None, **options: Any) -> Any:
+        if handler is None:
+            return functools.partial(self.capture_lambda_handler, **options)
+        return self._lazy("capture_lambda_handler", handler, options)
+
+    def capture_method(self, method: F | None = None, **options: Any) -> Any:
+        if method is None:
+            return functools.partial(self.capture_method, **options)
+        return self._lazy("capture_method", method, options)
+
+    def __getattr__(self, name: str) -> Any:  # put_annotation, provider, ...
+        return getattr(self.tracer, name)
+
+
+tracer = LazyTracer(SERVICE)
 
 # Metric names (namespace ImageJobs).
 JOBS_SUBMITTED = "JobsSubmitted"

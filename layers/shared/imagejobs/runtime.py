@@ -8,7 +8,6 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-import boto3
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -17,6 +16,13 @@ from imagejobs.copier import OutputCopier
 from imagejobs.provider import ProviderClient
 from imagejobs.secrets import ApiKeySource
 from imagejobs.store import JobStore
+
+
+def _boto3() -> Any:
+    """boto3, imported on first use: its import (~150 ms) would otherwise dominate cold-start imports."""
+    import boto3
+
+    return boto3
 
 
 class Runtime:
@@ -29,7 +35,7 @@ class Runtime:
 
     @cached_property
     def table(self) -> Any:
-        return boto3.resource("dynamodb").Table(self.settings.jobs_table)
+        return _boto3().resource("dynamodb").Table(self.settings.jobs_table)
 
     @cached_property
     def store(self) -> JobStore:
@@ -37,15 +43,19 @@ class Runtime:
 
     @cached_property
     def s3(self) -> Any:
-        return boto3.client("s3")
+        return _boto3().client("s3")
+
+    @cached_property
+    def sqs(self) -> Any:
+        return _boto3().client("sqs")
 
     @cached_property
     def sfn(self) -> Any:
-        return boto3.client("stepfunctions")
+        return _boto3().client("stepfunctions")
 
     @cached_property
     def provider(self) -> ProviderClient:
-        api_key = ApiKeySource(self.settings.provider_api_key_secret, boto3.client("secretsmanager"))
+        api_key = ApiKeySource(self.settings.provider_api_key_secret, _boto3().client("secretsmanager"))
         return ProviderClient(self.settings.provider_base_url, api_key)
 
     @cached_property

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools.utilities import parameters
-
 
 class SecretNotConfigured(RuntimeError):
     """The API key secret exists but holds no usable key."""
@@ -33,6 +31,9 @@ def parse_api_key(secret_name: str, raw: str | bytes | None) -> str:
 
 def get_api_key(secret_name: str, max_age: int = 300) -> str:
     """Fetch the API key with Powertools' default (cached) secrets provider."""
+    # Imported here: Powertools Parameters imports boto3 (~150 ms), which only the first key fetch needs.
+    from aws_lambda_powertools.utilities import parameters
+
     return parse_api_key(secret_name, parameters.get_secret(secret_name, max_age=max_age))
 
 
@@ -47,10 +48,12 @@ class ApiKeySource:
         self.secret_name = secret_name
         self.max_age = max_age
         self._client = secrets_client
-        self._provider: parameters.SecretsProvider | None = None
+        self._provider: Any = None  # a Powertools SecretsProvider, built on first use
 
     def __call__(self) -> str:
         if self._provider is None:
+            from aws_lambda_powertools.utilities import parameters
+
             self._provider = parameters.SecretsProvider(boto3_client=self._client)
         raw = self._provider.get(self.secret_name, max_age=self.max_age)
         return parse_api_key(self.secret_name, raw if isinstance(raw, str | bytes) else None)

@@ -85,8 +85,33 @@ def poll_step(state: Mapping[str, Any], provider: Any, now: float | None = None)
         finished = _epoch(snapshot.completed_at) or _epoch(snapshot.updated_at)
         if finished is not None:
             seconds(DETECTION_DELAY_SECONDS, moment - finished)
+    extra = _handover(state, poll, moment, pending and not poll["deadlineExceeded"])
     logger.info("polled", extra={"status": poll["status"], "polls": int(state.get("polls") or 0) + 1})
-    return {**state, "polls": int(state.get("polls") or 0) + 1, "poll": poll}
+    return {**state, **extra, "polls": int(state.get("polls") or 0) + 1, "poll": poll}
+
+
+def _handover(state: Mapping[str, Any], poll: dict[str, Any], moment: float, pending: bool) -> dict[str, Any]:
+    """EXPRESS executions stop at 5 minutes: with ``handoverAfterSeconds`` in the state, report
+    ``poll.handoverDue`` once this execution has run that long, with the next execution's name
+    (``<jobId>-<n>``); the state machine then starts it with the state and this one succeeds.
+
+    ``segmentStartedAt`` (epoch seconds) is when this execution began; a handed-over execution
+    gets none, so its first poll sets it (one poll interval before now).
+    """
+    limit = float(state.get("handoverAfterSeconds") or 0)
+    if limit <= 0:
+        return {}
+    started = state.get("segmentStartedAt")
+    if not isinstance(started, int | float):
+        started = round(moment - float(state.get("pollIntervalSeconds") or 0), 3)
+    handovers = int(state.get("handovers") or 0)
+    due = bool(pending and moment - float(started) >= limit)
+    poll["handoverDue"] = due
+    if due:
+        poll["handovers"] = handovers + 1
+        poll["nextExecutionName"] = f"{str(state['jobId'])[:72]}-{handovers + 1}"
+        logger.info("handing over to a fresh execution", extra={"execution": poll["nextExecutionName"]})
+    return {"segmentStartedAt": started}
 
 
 def _latency(record: Mapping[str, Any], now: float) -> dict[str, Any]:

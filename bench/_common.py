@@ -1,0 +1,477 @@
+"""Shared helpers for the benchmarks in bench/ (docs/performance.md).
+
+Every benchmark prints a small table and then ONE line ``BENCH_JSON {...}`` that
+tests/bench parses. Nothing here asserts timings: benchmarks report, tests check
+that the figures are present and well-formed.
+
+The local-stack hooks below (per-invocation timings, AWS request counts, a
+sampling profiler, RSS/CPU sampling) wrap the stack from the outside, because
+src/imagejobs_tools/local is owned elsewhere; see docs/performance.md for what
+should move into the stack itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+JSON_PREFIX = "BENCH_JSON "
+TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN"}
+
+for _entry in (REPO / "src", REPO / "layers" / "shared"):
+    if str(_entry) not in sys.path:
+        sys.path.append(str(_entry))
+
+
+# -- arguments and output -----------------------------------------------------------------
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--smoke", action="store_true", help="tiny size for the test suite (figures meaningless)")
+    return p
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        # Other work on this (shared) machine skews wall-clock figures: keep the load with them.
+        "loadAverage1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def emit(name: str, rows: Sequence[tuple[str, Any, str]], figures: dict[str, Any], smoke: bool) -> None:
+    """Print a table (metric, value, target/note) and the one JSON line with every figure."""
+    width = max((len(r[0]) for r in rows), default=10)
+    print(f"\n{name}{' (smoke size: figures are not meaningful)' if smoke else ''}")
+    print(f"{'metric'.ljust(width)}  {'value':>14}  target / note")
+    for metric, value, note in rows:
+        shown = (
+            f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
+        )
+        print(f"{metric.ljust(width)}  {shown!s:>14}  {note}")
+    document = {"benchmark": name, "smoke": smoke, "machine": machine(), "figures": figures}
+    print(JSON_PREFIX + json.dumps(document, sort_keys=True, default=str), flush=True)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear-interpolated percentile (p in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "min": round(min(values), 4),
+        "p50": round(percentile(values, 50), 4),
+        "p95": round(percentile(values, 95), 4),
+        "max": round(max(values), 4),
+        "mean": round(statistics.fmean(values), 4),
+    }
+
+
+# -- process resources --------------------------------------------------------------------
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Current resident set size (VmRSS) in MB; 0 where /proc is missing."""
+    return _status_kb(pid, "VmRSS") / 1024.0
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident set size (VmHWM) in MB."""
+    return _status_kb(pid, "VmHWM") / 1024.0
+
+
+def _status_kb(pid: int | str, field_name: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class ResourceSampler:
+    """Samples this process's RSS, CPU time and thread count every ``interval`` seconds."""
+
+    interval: float = 0.25
+    peak_rss_mb: float = 0.0
+    peak_threads: int = 0
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _cpu_start: float = 0.0
+    _wall_start: float = 0.0
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    def __enter__(self) -> ResourceSampler:
+        times = os.times()
+        self._cpu_start = times.user + times.system
+        self._wall_start = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="bench-resource-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._sample()
+        times = os.times()
+        self.cpu_seconds = times.user + times.system - self._cpu_start
+        self.wall_seconds = time.perf_counter() - self._wall_start
+
+    def _sample(self) -> None:
+        self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(), peak_rss_mb())
+        self.peak_threads = max(self.peak_threads, threading.active_count())
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+
+class StackProfiler:
+    """A sampling profiler over every thread (cProfile only sees one): counts, every ``interval``,
+    which component each busy thread is in, by the innermost frame's top-level package.
+
+    Threads blocked in socket/select/lock waits are counted as ``idle:*`` so the busy
+    shares say where CPU goes.
+    """
+
+    BUCKETS = (
+        ("moto/stepfunctions", "moto Step Functions interpreter"),
+        ("moto/dynamodb", "moto DynamoDB"),
+        ("moto/sqs", "moto SQS"),
+        ("moto/s3", "moto S3"),
+        ("moto/awslambda", "moto Lambda"),
+        ("moto/core", "moto core (routing, responses)"),
+        ("moto/", "moto other"),
+        ("werkzeug", "werkzeug HTTP server"),
+        ("botocore", "botocore (clients, signing, parsing)"),
+        ("boto3", "boto3"),
+        ("urllib3", "urllib3/http.client"),
+        ("http/", "urllib3/http.client"),
+        ("requests", "requests"),
+        ("imagejobs_tools/sim", "provider simulator"),
+        ("imagejobs_tools/local", "local stack glue"),
+        ("aws_lambda_powertools", "Powertools"),
+        ("imagejobs/", "imagejobs domain"),
+        ("functions/", "imagejobs handlers"),
+        ("json/", "json"),
+        ("xml/", "xml"),
+        ("jinja2", "moto templates (jinja2)"),
+        ("logging/", "logging"),
+        ("socketserver", "werkzeug HTTP server"),
+        ("ssl", "ssl"),
+    )
+    IDLE = {
+        "wait", "select", "poll", "do_poll", "accept", "recv_into", "readinto", "readline",
+        "_wait_for_tstate_lock", "sleep", "get", "handle_one_request",
+    }  # fmt: skip
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.functions: collections.Counter[str] = collections.Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> StackProfiler:
+        self._thread = threading.Thread(target=self._run, name="bench-profiler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _bucket(self, frame: Any) -> str | None:
+        # Walk outward from the innermost frame to the first one we can name.
+        probe = frame
+        while probe is not None:
+            path = probe.f_code.co_filename.replace("\\", "/")
+            for needle, label in self.BUCKETS:
+                if needle in path:
+                    return label
+            probe = probe.f_back
+        return "other"
+
+    def _run(self) -> None:
+        skip = {threading.get_ident(), threading.main_thread().ident}  # the benchmark's own waiting
+        while not self._stop.wait(self.interval):
+            self.samples += 1
+            for ident, frame in sys._current_frames().items():
+                if ident in skip:
+                    continue
+                name = frame.f_code.co_name
+                if name in self.IDLE:
+                    continue  # blocked, not using CPU
+                bucket = self._bucket(frame)
+                if bucket:
+                    self.counts[bucket] += 1
+                    self.functions[f"{frame.f_code.co_filename.rsplit('/', 2)[-2:]!s}:{name}"] += 1
+
+    def shares(self, top: int = 12) -> list[tuple[str, float]]:
+        total = sum(self.counts.values()) or 1
+        return [(label, round(100.0 * n / total, 1)) for label, n in self.counts.most_common(top)]
+
+
+# -- the local stack, instrumented from outside -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Invocation:
+    function: str  # logical id, e.g. PollFunction
+    started: float  # time.time()
+    seconds: float
+    job_id: str | None
+    errored: bool
+
+
+@dataclass
+class InvocationLog:
+    """Per-function in-process Lambda invocations: wall durations (seconds) and per-job events."""
+
+    durations: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    events: list[Invocation] = field(default_factory=list)
+    memory_mb: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, event: Invocation) -> None:
+        with self.lock:
+            self.durations[event.function].append(event.seconds)
+            self.events.append(event)
+
+    def by_job(self, function: str) -> dict[str, list[Invocation]]:
+        grouped: dict[str, list[Invocation]] = collections.defaultdict(list)
+        with self.lock:
+            for event in self.events:
+                if event.function == function and event.job_id:
+                    grouped[event.job_id].append(event)
+        return grouped
+
+
+@dataclass
+class RequestLog:
+    """AWS API calls made by in-process code (handlers, pollers, interpreter), by service.operation."""
+
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    excluded: set[int] = field(default_factory=set)  # id() of the benchmark's own clients
+
+    def add(self, key: str) -> None:
+        with self.lock:
+            self.counts[key] += 1
+
+
+def instrument_dispatcher(stack: Any, log: InvocationLog) -> None:
+    """Time every in-process invocation (wraps LambdaDispatcher.invoke on this instance)."""
+    dispatcher = stack.dispatcher
+    original = dispatcher.invoke
+    for loaded in dispatcher.functions.values():
+        log.memory_mb[loaded.source.logical_id] = loaded.memory_mb
+    names = {name: loaded.source.logical_id for name, loaded in dispatcher.functions.items()}
+
+    def timed_invoke(function_name: str, event: Any) -> Any:
+        wall = time.time()
+        started = time.perf_counter()
+        errored = True
+        try:
+            result = original(function_name, event)
+            errored = bool(result[1])
+            return result
+        finally:
+            log.add(
+                Invocation(
+                    names.get(function_name, function_name),
+                    wall,
+                    time.perf_counter() - started,
+                    _job_id(event),
+                    errored,
+                )
+            )
+
+    dispatcher.invoke = timed_invoke
+
+
+def _job_id(event: Any) -> str | None:
+    if isinstance(event, str | bytes):
+        try:
+            event = json.loads(event)
+        except ValueError:
+            return None
+    value = event.get("jobId") if isinstance(event, dict) else None
+    return value if isinstance(value, str) else None
+
+
+@contextmanager
+def count_aws_requests(log: RequestLog) -> Iterator[None]:
+    """Count every botocore API call in this process (BaseClient._make_api_call wrapped)."""
+    from botocore.client import BaseClient
+
+    original = BaseClient._make_api_call
+
+    def counting(self: Any, operation_name: str, api_params: Any) -> Any:
+        if id(self) not in log.excluded:
+            log.add(f"{self.meta.service_model.service_name}.{operation_name}")
+        return original(self, operation_name, api_params)
+
+    BaseClient._make_api_call = counting  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        BaseClient._make_api_call = original  # type: ignore[method-assign]
+
+
+def cache_moto_module_list() -> None:
+    """moto's server lists and stats its own package directory on every request, under its app lock,
+    to tell service names from hosts (~1 ms each, serialised). The list never changes: cache it."""
+    import functools
+
+    from moto import backends
+
+    if not hasattr(backends.list_of_moto_modules, "cache_info"):
+        original = backends.list_of_moto_modules
+        backends.list_of_moto_modules = functools.cache(lambda: tuple(original()))  # type: ignore[assignment]
+
+
+def keep_alive_moto_server() -> None:
+    """werkzeug's dev server speaks HTTP/1.0 by default: a new TCP connection, thread and
+    getaddrinfo for every AWS call. HTTP/1.1 lets boto3's pooled connections be reused."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    WSGIRequestHandler.protocol_version = "HTTP/1.1"
+
+
+def jobs_with(log: InvocationLog, function: str, ids: set[str], ok_only: bool = True) -> int:
+    """How many of ``ids`` have had ``function`` finish (without a function error): a cheap
+    completion check that does not load the stack with table scans."""
+    with log.lock:
+        done = {e.job_id for e in log.events if e.function == function and not (ok_only and e.errored)}
+    return len(done & ids)
+
+
+@contextmanager
+def local_stack(
+    *,
+    poll_interval: int,
+    sim_latency: tuple[float, float],
+    parameters: dict[str, str] | None = None,
+    credits: int = 10_000_000,
+) -> Iterator[Any]:
+    """The real template on the local stack, in this process, with handler logs at ERROR."""
+    from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
+
+    config = LocalStackConfig(
+        template_path=REPO / "template.yaml",
+        sim_latency=sim_latency,
+        poll_interval_seconds=poll_interval,
+        api_key_credits=credits,
+        parameter_overrides={"LogLevel": "ERROR", **(parameters or {})},
+        environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
+    )
+    cache_moto_module_list()
+    keep_alive_moto_server()
+    # moto's interpreter logs every false `IsPresent` (and every caught Task error) at ERROR with
+    # the component's repr: noise, and CPU, on every pending poll.
+    logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
+    with LocalStack(config) as stack:
+        yield stack
+
+
+def send_jobs(stack: Any, bodies: Iterable[dict[str, Any]], log: RequestLog | None = None) -> float:
+    """SendMessageBatch in tens; returns the time.time() of the first send."""
+    sqs = stack.client("sqs")
+    if log is not None:
+        log.excluded.add(id(sqs))
+    queue = stack.info.outputs["JobsQueueUrl"]
+    batch: list[dict[str, Any]] = []
+    first = time.time()
+    for body in bodies:
+        batch.append({"Id": str(len(batch)), "MessageBody": json.dumps(body)})
+        if len(batch) == 10:
+            sqs.send_message_batch(QueueUrl=queue, Entries=batch)
+            batch = []
+    if batch:
+        sqs.send_message_batch(QueueUrl=queue, Entries=batch)
+    return first
+
+
+def scan_records(stack: Any, log: RequestLog | None = None) -> list[dict[str, Any]]:
+    """Every job record (plain JSON types)."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    client = stack.client("dynamodb")
+    if log is not None:
+        log.excluded.add(id(client))
+    deserializer = TypeDeserializer()
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"TableName": stack.info.outputs["JobsTableName"]}
+    while True:
+        page = client.scan(**kwargs)
+        for item in page.get("Items", []):
+            items.append({k: _plain(deserializer.deserialize(v)) for k, v in item.items()})
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _plain(value: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def parse_iso(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

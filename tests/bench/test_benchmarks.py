@@ -1,0 +1,140 @@
+"""Every benchmark's `--smoke` size runs here, so none of them rots.
+
+Each runs as a subprocess (the local-stack ones need a process of their own: moto's
+backends and hooks are process-global) and must print its table and one
+`BENCH_JSON {...}` line whose figures are present and well-formed. Timings are
+never asserted: on a shared 2-core machine they are not a test's business.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench"
+JSON_PREFIX = "BENCH_JSON "
+
+
+def run_smoke(script: str, timeout: float = 240) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stderr[-4000:]}"
+    lines = [line for line in done.stdout.splitlines() if line.startswith(JSON_PREFIX)]
+    assert len(lines) == 1, f"{script} must print exactly one {JSON_PREFIX!r} line:\n{done.stdout[-2000:]}"
+    document: dict[str, Any] = json.loads(lines[0][len(JSON_PREFIX) :])
+    assert document["benchmark"] == script.removesuffix(".py")
+    assert document["smoke"] is True
+    assert document["machine"]["cpus"] >= 1 and document["machine"]["date"]
+    # The human-readable table comes first.
+    assert "metric" in done.stdout.split(JSON_PREFIX)[0]
+    figures: dict[str, Any] = document["figures"]
+    return figures
+
+
+def number(value: Any, *, minimum: float = 0.0) -> float:
+    assert isinstance(value, int | float) and not isinstance(value, bool), f"not a number: {value!r}"
+    assert math.isfinite(value) and value >= minimum, f"out of range: {value!r}"
+    return float(value)
+
+
+def distribution(stats: dict[str, Any], n: int) -> None:
+    assert stats["n"] == n
+    for key in ("min", "p50", "p95", "max", "mean"):
+        number(stats[key], minimum=-1.0)  # clock skew between two timestamps may be a hair negative
+    assert stats["min"] <= stats["p50"] <= stats["p95"] <= stats["max"]
+
+
+PERFORMANCE_BENCHMARKS = {"cold_start.py", "copy_output.py", "cost.py", "detection_delay.py", "throughput.py"}
+
+
+def test_every_performance_benchmark_exists_and_is_documented() -> None:
+    # bench/ also holds other issues' benchmarks (e.g. reliability.py, tested with its suite).
+    scripts = {p.name for p in BENCH.glob("*.py") if not p.name.startswith("_")}
+    assert scripts >= PERFORMANCE_BENCHMARKS
+    doc = (REPO / "docs" / "performance.md").read_text(encoding="utf-8")
+    for script in PERFORMANCE_BENCHMARKS:
+        assert f"bench/{script}" in doc, f"docs/performance.md does not show how to run bench/{script}"
+
+
+def test_cold_start_smoke() -> None:
+    figures = run_smoke("cold_start.py")
+    functions = {p.parent.name for p in (REPO / "functions").glob("*/app.py")}
+    assert set(figures["handlers"]) == functions
+    for handler in figures["handlers"].values():
+        assert number(handler["medianMs"]) > 0
+        assert len(handler["runsMs"]) == figures["runs"] == 1
+        number(handler["deferredToFirstUseMs"])
+        assert handler["heaviest"] and all(isinstance(h, str) for h in handler["heaviest"])
+    assert figures["layer"]["status"].startswith("skipped")
+
+
+def test_copy_output_smoke() -> None:
+    figures = run_smoke("copy_output.py")
+    for mode in ("streamed", "naive"):
+        result = figures[mode]
+        assert result["mode"] == mode
+        # The copy really happened: every byte is in S3.
+        assert result["bytes"] == result["storedBytes"] == figures["bytes"]
+        number(result["mbPerSecond"], minimum=0.001)
+        number(result["rssGrowthMB"])
+        assert result["peakRssMB"] >= result["baselineRssMB"] > 0
+
+
+@pytest.mark.xdist_group("localstack")
+def test_detection_delay_smoke() -> None:
+    figures = run_smoke("detection_delay.py")
+    assert figures["completed"] == figures["jobs"] == 4
+    distribution(figures["delaySeconds"], 4)
+    distribution(figures["pollPhaseSeconds"], 4)
+    distribution(figures["storePhaseSeconds"], 4)
+    assert figures["pollCycleSeconds"]["n"] >= 1
+    number(figures["peakRssMB"], minimum=1)
+
+
+@pytest.mark.xdist_group("localstack")
+def test_throughput_smoke() -> None:
+    figures = run_smoke("throughput.py")
+    assert figures["statuses"] == {"COMPLETED": 10}
+    number(figures["elapsedSeconds"], minimum=0.001)
+    number(figures["jobsPerSecond"], minimum=0.001)
+    distribution(figures["jobTotalSeconds"], 10)
+    assert figures["invocations"]["StoreOutputsFunction"] == 10
+    assert figures["invocations"]["PollFunction"] >= 10
+    assert figures["invocations"]["IntakeFunction"] >= 1
+    assert figures["profileShares"] and abs(sum(figures["profileShares"].values()) - 100) < 5
+    number(figures["peakRssMB"], minimum=1)
+
+
+@pytest.mark.xdist_group("localstack")
+def test_cost_smoke() -> None:
+    figures = run_smoke("cost.py")
+    assert figures["completed"] == figures["jobs"] == 3
+    polls = figures["pollsPerJob"]
+    assert polls >= 1
+    # Wait, Poll, Choice per poll, then StoreOutputs and JobCompleted (no retries on a clean run).
+    assert figures["transitionsPerJob"] == pytest.approx(3 * polls + 2)
+    assert figures["awsRequests"]["dynamodb.PutItem"] >= 3
+    assert figures["s3PutsPerJob"] >= 1
+    for design in ("imagejobs", "jobPollerSample"):
+        for kind in ("STANDARD", "EXPRESS"):
+            costs = figures["usdPer1000"][design][kind]
+            assert costs and all(number(v) >= 0 for v in costs.values())
+            assert figures["totalsUsdPer1000"][
+                f"{'imagejobs' if design == 'imagejobs' else 'Job Poller sample'} {kind}"
+            ] == pytest.approx(sum(costs.values()), abs=1e-3)
+    # STANDARD pays per transition: 3 per poll at $0.025 per 1,000.
+    standard_sfn = figures["usdPer1000"]["imagejobs"]["STANDARD"]["stepFunctions"]
+    assert standard_sfn == pytest.approx(figures["transitionsPerJob"] * 0.025, rel=1e-3)

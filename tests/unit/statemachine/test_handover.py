@@ -1,0 +1,137 @@
+"""EXPRESS executions stop after 5 minutes: the poll step asks for a handover before that, and the
+state machine starts a fresh execution `<jobId>-<n>` carrying the job's state, then succeeds."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from imagejobs.provider import TaskSnapshot, TaskStatus
+from imagejobs.workflow import poll_step
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+    state_task_service_sfn as sfn_service,
+)
+
+from .conftest import FUNCTION_PLACEHOLDERS, StateMachineHarness
+from .test_job_state_machine import install, poll_result
+
+POLL = FUNCTION_PLACEHOLDERS["PollFunctionArn"]
+STORE = FUNCTION_PLACEHOLDERS["StoreOutputsFunctionArn"]
+
+
+@pytest.fixture(autouse=True)
+def moto_start_execution_parameter_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto 5.2.5's `states:startExecution` integration hands the ASL's parameter names
+    (StateMachineArn, Name, Input, as AWS requires) to botocore unchanged, whose model spells
+    them stateMachineArn/name/input (KeyError 'StateMachineArn'). Rename them, as AWS does."""
+    original = sfn_service.StateTaskServiceSfn._normalise_parameters
+    renames = {"StateMachineArn": "stateMachineArn", "Name": "name", "Input": "input"}
+
+    def normalise(self: Any, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        original(self, parameters, *args, **kwargs)
+        for pascal, camel in renames.items():
+            if pascal in parameters:
+                parameters[camel] = parameters.pop(pascal)
+
+    monkeypatch.setattr(sfn_service.StateTaskServiceSfn, "_normalise_parameters", normalise)
+
+
+def handover_input() -> dict[str, Any]:
+    return {
+        "jobId": "long-job",
+        "taskId": "tsk_long",
+        "kind": "image",
+        "pollIntervalSeconds": 0,
+        "deadline": 4102444800.0,
+        "polls": 0,
+        "handoverAfterSeconds": 240,
+    }
+
+
+def test_long_job_hands_over_to_a_fresh_execution_and_completes_there(
+    state_machine: StateMachineHarness,
+) -> None:
+    # Poll 1 pending; poll 2 says the execution is near its limit; the fresh execution's first
+    # poll (poll 3 overall) finds the task completed.
+    due = {**poll_result("PENDING"), "handoverDue": True, "handovers": 1, "nextExecutionName": "long-job-1"}
+    steps = iter([poll_result("PENDING"), due, poll_result("COMPLETED")])
+
+    def poll(state: dict[str, Any]) -> dict[str, Any]:
+        return {**state, "polls": state["polls"] + 1, "poll": next(steps)}
+
+    install(state_machine, poll)
+
+    first = state_machine.run(handover_input())
+
+    assert first.status == "SUCCEEDED"
+    assert first.entered_states[-2:] == ["HandOver", "HandedOver"]
+    assert "StoreOutputs" not in first.entered_states
+    assert first.output is not None
+    assert first.output["poll"]["nextExecutionName"] == "long-job-1"
+    successor_arn = state_machine.state_machine_arn.replace(":stateMachine:", ":execution:") + ":long-job-1"
+
+    client = state_machine.client
+    deadline = time.monotonic() + 30
+    while (described := client.describe_execution(executionArn=successor_arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, "handed-over execution still RUNNING"
+        time.sleep(0.01)
+    assert described["status"] == "SUCCEEDED"
+
+    polls = state_machine.fakes.events_for(POLL)
+    assert [event["polls"] for event in polls] == [0, 1, 2]  # the count carries over
+    carried = polls[2]
+    assert carried["jobId"] == "long-job"
+    assert carried["taskId"] == "tsk_long"
+    assert carried["deadline"] == 4102444800.0
+    assert carried["handoverAfterSeconds"] == 240
+    assert carried["handovers"] == 1
+    assert carried["previousExecution"].endswith(":long-job")  # the chain, newest to oldest
+    assert "poll" not in carried  # the summary is not carried over: a fresh loop starts
+    [stored] = state_machine.fakes.events_for(STORE)
+    assert stored["jobId"] == "long-job"
+    assert stored["poll"]["status"] == "COMPLETED"
+
+
+class OnePollProvider:
+    def __init__(self, status: TaskStatus) -> None:
+        self.status = status
+
+    def get_task(self, task_id: str) -> TaskSnapshot:
+        return TaskSnapshot(
+            task_id=task_id, kind="image", status=self.status, output_urls=(), error_code=None,
+            error_message=None, credits_used=3, credits_refunded=None, created_at=None,
+            completed_at=None, updated_at=None, raw={},
+        )  # fmt: skip
+
+
+def test_poll_step_reports_handover_due_once_the_execution_has_run_its_limit() -> None:
+    state = {**handover_input(), "pollIntervalSeconds": 2, "segmentStartedAt": 1000.0, "handovers": 2}
+    pending = OnePollProvider(TaskStatus.PENDING)
+
+    early = poll_step(state, pending, now=1000.0 + 239)
+    late = poll_step(state, pending, now=1000.0 + 240)
+
+    assert early["poll"]["handoverDue"] is False
+    assert "nextExecutionName" not in early["poll"]
+    assert late["poll"]["handoverDue"] is True
+    assert late["poll"]["handovers"] == 3
+    assert late["poll"]["nextExecutionName"] == "long-job-3"
+    # A finished task is stored, never handed over.
+    assert poll_step(state, OnePollProvider(TaskStatus.COMPLETED), now=2000.0)["poll"]["handoverDue"] is False
+
+
+def test_a_handed_over_execution_starts_its_own_clock_on_its_first_poll() -> None:
+    state = {**handover_input(), "pollIntervalSeconds": 2}  # no segmentStartedAt: a successor
+    first = poll_step(state, OnePollProvider(TaskStatus.PENDING), now=5000.0)
+    assert first["segmentStartedAt"] == 4998.0
+    assert first["poll"]["handoverDue"] is False
+    later = poll_step(first, OnePollProvider(TaskStatus.PENDING), now=4998.0 + 240)
+    assert later["poll"]["handoverDue"] is True
+
+
+def test_without_a_limit_the_poll_summary_is_unchanged() -> None:
+    state = {key: value for key, value in handover_input().items() if key != "handoverAfterSeconds"}
+    out = poll_step(state, OnePollProvider(TaskStatus.PENDING), now=5000.0)
+    assert "handoverDue" not in out["poll"]
+    assert "segmentStartedAt" not in out
