@@ -4,10 +4,10 @@ Every benchmark prints a small table and then ONE line ``BENCH_JSON {...}`` that
 tests/bench parses. Nothing here asserts timings: benchmarks report, tests check
 that the figures are present and well-formed.
 
-The local-stack hooks below (per-invocation timings, AWS request counts, a
-sampling profiler, RSS/CPU sampling) wrap the stack from the outside, because
-src/imagejobs_tools/local is owned elsewhere; see docs/performance.md for what
-should move into the stack itself.
+Per-invocation timings and AWS call counts come from the local stack's own hooks
+(`LambdaDispatcher.add_observer`, `imagejobs_tools.local.observe`); the stack also applies its
+server tuning itself (`imagejobs_tools.local.server_tuning`). The sampling profiler and the
+RSS/CPU sampler are benchmark-only.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import logging
 import math
 import os
 import platform
@@ -38,6 +37,8 @@ for _entry in (REPO / "src", REPO / "layers" / "shared"):
     if str(_entry) not in sys.path:
         sys.path.append(str(_entry))
 
+from imagejobs_tools.local.dispatch import InvocationRecord  # noqa: E402
+from imagejobs_tools.local.observe import AwsCallCounts, count_aws_calls  # noqa: E402
 
 # -- arguments and output -----------------------------------------------------------------
 
@@ -250,7 +251,7 @@ class StackProfiler:
         return [(label, round(100.0 * n / total, 1)) for label, n in self.counts.most_common(top)]
 
 
-# -- the local stack, instrumented from outside -------------------------------------------
+# -- the local stack's instrumentation hooks ----------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -285,96 +286,34 @@ class InvocationLog:
         return grouped
 
 
-@dataclass
-class RequestLog:
-    """AWS API calls made by in-process code (handlers, pollers, interpreter), by service.operation."""
-
-    counts: collections.Counter[str] = field(default_factory=collections.Counter)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    excluded: set[int] = field(default_factory=set)  # id() of the benchmark's own clients
-
-    def add(self, key: str) -> None:
-        with self.lock:
-            self.counts[key] += 1
+# The stack's own call counter: handlers build plain boto3 clients, so botocore is wrapped
+# process-wide for the block (imagejobs_tools.local.observe).
+RequestLog = AwsCallCounts
+count_aws_requests = count_aws_calls
 
 
 def instrument_dispatcher(stack: Any, log: InvocationLog) -> None:
-    """Time every in-process invocation (wraps LambdaDispatcher.invoke on this instance)."""
-    dispatcher = stack.dispatcher
-    original = dispatcher.invoke
-    for loaded in dispatcher.functions.values():
+    """Time every in-process invocation (the dispatcher's observer hook, removed when the stack stops)."""
+    for loaded in stack.dispatcher.functions.values():
         log.memory_mb[loaded.source.logical_id] = loaded.memory_mb
-    names = {name: loaded.source.logical_id for name, loaded in dispatcher.functions.items()}
 
-    def timed_invoke(function_name: str, event: Any) -> Any:
-        wall = time.time()
-        started = time.perf_counter()
-        errored = True
-        try:
-            result = original(function_name, event)
-            errored = bool(result[1])
-            return result
-        finally:
-            log.add(
-                Invocation(
-                    names.get(function_name, function_name),
-                    wall,
-                    time.perf_counter() - started,
-                    _job_id(event),
-                    errored,
-                )
+    def record(done: InvocationRecord) -> None:
+        log.add(
+            Invocation(
+                done.logical_id or done.function_name,
+                done.started,
+                done.seconds,
+                _job_id(done.event),
+                done.errored,
             )
+        )
 
-    dispatcher.invoke = timed_invoke
+    stack.dispatcher.add_observer(record)
 
 
 def _job_id(event: Any) -> str | None:
-    if isinstance(event, str | bytes):
-        try:
-            event = json.loads(event)
-        except ValueError:
-            return None
     value = event.get("jobId") if isinstance(event, dict) else None
     return value if isinstance(value, str) else None
-
-
-@contextmanager
-def count_aws_requests(log: RequestLog) -> Iterator[None]:
-    """Count every botocore API call in this process (BaseClient._make_api_call wrapped)."""
-    from botocore.client import BaseClient
-
-    original = BaseClient._make_api_call
-
-    def counting(self: Any, operation_name: str, api_params: Any) -> Any:
-        if id(self) not in log.excluded:
-            log.add(f"{self.meta.service_model.service_name}.{operation_name}")
-        return original(self, operation_name, api_params)
-
-    BaseClient._make_api_call = counting  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        BaseClient._make_api_call = original  # type: ignore[method-assign]
-
-
-def cache_moto_module_list() -> None:
-    """moto's server lists and stats its own package directory on every request, under its app lock,
-    to tell service names from hosts (~1 ms each, serialised). The list never changes: cache it."""
-    import functools
-
-    from moto import backends
-
-    if not hasattr(backends.list_of_moto_modules, "cache_info"):
-        original = backends.list_of_moto_modules
-        backends.list_of_moto_modules = functools.cache(lambda: tuple(original()))  # type: ignore[assignment]
-
-
-def keep_alive_moto_server() -> None:
-    """werkzeug's dev server speaks HTTP/1.0 by default: a new TCP connection, thread and
-    getaddrinfo for every AWS call. HTTP/1.1 lets boto3's pooled connections be reused."""
-    from werkzeug.serving import WSGIRequestHandler
-
-    WSGIRequestHandler.protocol_version = "HTTP/1.1"
 
 
 def jobs_with(log: InvocationLog, function: str, ids: set[str], ok_only: bool = True) -> int:
@@ -404,11 +343,6 @@ def local_stack(
         parameter_overrides={"LogLevel": "ERROR", **(parameters or {})},
         environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
     )
-    cache_moto_module_list()
-    keep_alive_moto_server()
-    # moto's interpreter logs every false `IsPresent` (and every caught Task error) at ERROR with
-    # the component's repr: noise, and CPU, on every pending poll.
-    logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
     with LocalStack(config) as stack:
         yield stack
 

@@ -12,7 +12,6 @@ from imagejobs.runtime import Runtime
 from imagejobs.uploads import handle_upload_message
 
 runtime = Runtime()
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 class RetryLater(Exception):
@@ -45,6 +44,9 @@ def record_handler(record: SQSRecord, context: Any) -> str:
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # One processor per invocation: it keeps the batch's successes/failures on itself, so a shared one
+    # mixes up concurrent invocations in one process (the local stack) and can ack a failed message.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     return dict(
         process_partial_response(
             event=event,

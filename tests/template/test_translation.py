@@ -291,8 +291,51 @@ def test_state_machine_substitutes_exactly_the_definition_placeholders(translate
     assert properties["StateMachineType"] == {"Ref": "WorkflowType"}
     assert properties["TracingConfiguration"] == {"Enabled": True}
     logging = properties["LoggingConfiguration"]
-    assert logging["Level"] == {"Fn::If": ["IsExpressWorkflow", "ALL", "ERROR"]}
+    # ERROR for EXPRESS too: ALL events cost a quarter of an EXPRESS job (docs/performance.md).
+    assert logging["Level"] == "ERROR"
     assert logging["IncludeExecutionData"] is False
+
+
+def test_handover_variable_is_240_for_express_0_for_standard_unless_set(
+    sam_template: Template, translated_template: Template
+) -> None:
+    parameter = sam_template["Parameters"]["HandoverAfterSeconds"]
+    assert parameter["Default"] == "auto"
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert all(pattern.fullmatch(v) for v in ("auto", "0", "2", "240", "299"))
+    # Settings refuses 300 and more (the EXPRESS limit): the parameter must refuse them first.
+    assert not any(pattern.fullmatch(v) for v in ("300", "1000", "-1", "2.5", ""))
+    conditions = translated_template["Conditions"]
+    assert conditions["IsExpressWorkflow"] == {"Fn::Equals": [{"Ref": "WorkflowType"}, "EXPRESS"]}
+    assert conditions["HasAutoHandover"] == {"Fn::Equals": [{"Ref": "HandoverAfterSeconds"}, "auto"]}
+    variable = _function(translated_template, "IntakeFunction")["Environment"]["Variables"][
+        "HANDOVER_AFTER_SECONDS"
+    ]
+    assert variable == {
+        "Fn::If": [
+            "HasAutoHandover",
+            {"Fn::If": ["IsExpressWorkflow", "240", "0"]},
+            {"Ref": "HandoverAfterSeconds"},
+        ]
+    }
+
+
+def test_state_machine_may_start_only_executions_of_itself(translated_template: Template) -> None:
+    """The HandOver state starts `<jobId>-<n>` of this same state machine (STANDARD and EXPRESS)."""
+    definition = json.loads((REPO_ROOT / "statemachine" / "job.asl.json").read_text(encoding="utf-8"))
+    resources = {state.get("Resource") for state in definition["States"].values()}
+    assert "arn:aws:states:::states:startExecution" in resources
+    env_arn = _function(translated_template, "PollFunction")["Environment"]["Variables"]["STATE_MACHINE_ARN"]
+    starts = [
+        statement
+        for statement in _statements_of(translated_template, "JobStateMachineRole")
+        if "states:StartExecution" in as_list(statement["Action"])
+    ]
+    assert [s["Resource"] for s in starts] == [env_arn]
+    assert as_list(starts[0]["Action"]) == ["states:StartExecution"]
+    assert "Condition" not in translated_template["Resources"]["JobStateMachineRole"]
+    actions = _actions_of(translated_template, "JobStateMachineRole")
+    assert not {a for a in actions if a.startswith("states:")} - {"states:StartExecution"}
 
 
 def test_jobs_table_key_index_and_protection(translated_template: Template) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,21 @@ def _allow_hosts(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(hosts)
 
 
+# Step Functions stops an EXPRESS execution at 300 s; a hand-over must start before that.
+EXPRESS_LIMIT_SECONDS = 300.0
+
+
+def _handover_after(environ: Mapping[str, str], name: str) -> float:
+    value = _number(environ, name, 0.0, float, 0)
+    if not math.isfinite(value) or value >= EXPRESS_LIMIT_SECONDS:
+        raise ConfigError(
+            name,
+            f"must be below {EXPRESS_LIMIT_SECONDS:g} (the EXPRESS execution limit) or 0 to turn "
+            f"hand-overs off, got {environ.get(name, '').strip()!r}",
+        )
+    return value
+
+
 def _prefix(environ: Mapping[str, str], name: str, default: str) -> str:
     value = environ.get(name, "").strip() or default
     if value.startswith("/") or ".." in value.split("/"):
@@ -75,6 +91,9 @@ class Settings:
     max_output_bytes: int = 512 * 1024 * 1024
     url_allow_hosts: tuple[str, ...] = ()
     presign_ttl_seconds: int = 3600
+    # EXPRESS executions stop at 5 minutes: a job's execution hands over to a fresh one after this
+    # many seconds (statemachine/job.asl.json, HandOver). 0 = never (STANDARD).
+    handover_after_seconds: float = 0.0
     # S3 upload triggers (docs/uploads.md); only S3IntakeFunction needs JOBS_QUEUE_URL.
     inputs_prefix: str = "inputs/"
     batches_prefix: str = "batches/"
@@ -109,6 +128,7 @@ class Settings:
             max_output_bytes=_number(env, "MAX_OUTPUT_BYTES", 512 * 1024 * 1024, int, 1),
             url_allow_hosts=_allow_hosts(env, "URL_ALLOW_HOSTS"),
             presign_ttl_seconds=_number(env, "PRESIGN_TTL_SECONDS", 3600, int, 1),
+            handover_after_seconds=_handover_after(env, "HANDOVER_AFTER_SECONDS"),
             inputs_prefix=_prefix(env, "INPUTS_PREFIX", "inputs/"),
             batches_prefix=_prefix(env, "BATCHES_PREFIX", "batches/"),
             recipes_prefix=_prefix(env, "RECIPES_PREFIX", "recipes/"),

@@ -71,8 +71,8 @@ def execution_input(
         "polls": 0,
     }
     # EXPRESS executions stop at 5 minutes: the poll step hands over to a fresh execution after
-    # this long (statemachine/job.asl.json, HandOver). Optional until Settings carries it.
-    handover_after = getattr(settings, "handover_after_seconds", 0) or 0
+    # this long (statemachine/job.asl.json, HandOver); 0 = off.
+    handover_after = settings.handover_after_seconds
     if handover_after > 0:
         payload["handoverAfterSeconds"] = handover_after
         payload["segmentStartedAt"] = round(submitted_at, 3)

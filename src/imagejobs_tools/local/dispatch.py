@@ -34,6 +34,21 @@ Handler = Callable[[Any, Any], Any]
 InvokeResult = tuple[str, bool, str]
 
 
+@dataclass(frozen=True)
+class InvocationRecord:
+    """One finished in-process invocation, as observers see it (benchmarks, tooling)."""
+
+    function_name: str  # physical name
+    logical_id: str  # template logical id, e.g. PollFunction ("" for an unknown function)
+    started: float  # time.time() when the handler was called
+    seconds: float  # wall duration
+    event: Any  # the parsed event the handler got
+    errored: bool
+
+
+InvocationObserver = Callable[[InvocationRecord], None]
+
+
 class DispatchError(RuntimeError):
     """A function cannot be dispatched (unknown name, handler not loadable)."""
 
@@ -97,6 +112,7 @@ class LambdaDispatcher:
         self._original_entrypoint: Any = None
         self.invocations = 0  # total calls dispatched (for figures/tests)
         self._count_lock = threading.Lock()
+        self._observers: tuple[InvocationObserver, ...] = ()
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -158,14 +174,52 @@ class LambdaDispatcher:
     def functions(self) -> dict[str, LoadedFunction]:
         return dict(self._functions)
 
+    # -- observing -------------------------------------------------------------------------
+
+    def add_observer(self, observer: InvocationObserver) -> Callable[[], None]:
+        """Call `observer` after every invocation (on the invoking thread; keep it cheap and
+        exception-free). Returns the callable that removes it."""
+        with self._count_lock:
+            self._observers = (*self._observers, observer)
+
+        def remove() -> None:
+            with self._count_lock:
+                self._observers = tuple(o for o in self._observers if o is not observer)
+
+        return remove
+
     # -- dispatching -----------------------------------------------------------------------
 
     def invoke(self, function_name: str, event: Any) -> InvokeResult:
         """Run one invocation; mirrors `_invoke_lambda`'s `(payload_json, errored, logs)`."""
+        observers = self._observers
+        if not observers:
+            return self._invoke(function_name, event)[0]
+        wall = time.time()
+        started = time.perf_counter()
+        result, parsed = self._invoke(function_name, event)
+        function = self._functions.get(function_name)
+        record = InvocationRecord(
+            function_name=function_name,
+            logical_id=function.source.logical_id if function is not None else "",
+            started=wall,
+            seconds=time.perf_counter() - started,
+            event=parsed,
+            errored=result[1],
+        )
+        for observer in observers:
+            try:
+                observer(record)
+            except Exception:  # an observer must never change what the caller gets
+                LOG.exception("invocation observer %r failed", observer)
+        return result
+
+    def _invoke(self, function_name: str, event: Any) -> tuple[InvokeResult, Any]:
+        """The invocation's result and the parsed event."""
         function = self._functions.get(function_name)
         if function is None:
             error = DispatchError(f"function {function_name!r} is not part of the local stack")
-            return json.dumps(lambda_error_payload(error)), True, ""
+            return (json.dumps(lambda_error_payload(error)), True, ""), event
         if event is None or event == "":
             event = {}
         elif isinstance(event, (str, bytes)):
@@ -182,15 +236,15 @@ class LambdaDispatcher:
             result = function.handler(event, context)
         except Exception as exc:
             LOG.warning("%s raised %s: %s", function.source.logical_id, type(exc).__name__, exc)
-            return json.dumps(lambda_error_payload(exc)), True, ""
+            return (json.dumps(lambda_error_payload(exc)), True, ""), event
         try:
-            return json.dumps(result), False, ""
+            return (json.dumps(result), False, ""), event
         except (TypeError, ValueError) as exc:
             marshal = {
                 "errorMessage": f"Unable to marshal response: {exc}",
                 "errorType": "Runtime.MarshalError",
             }
-            return json.dumps(marshal), True, ""
+            return (json.dumps(marshal), True, ""), event
 
     # -- moto hooks ------------------------------------------------------------------------
 
@@ -237,6 +291,7 @@ class LambdaDispatcher:
         self._replaced_modules.clear()
         self._modules.clear()
         self._functions.clear()
+        self._observers = ()
 
 
 def _cached_entrypoint() -> Callable[[Any], Any]:

@@ -29,6 +29,7 @@ import boto3
 import requests
 from botocore.config import Config
 
+from imagejobs_tools.local import moto_fixes, server_tuning
 from imagejobs_tools.local.dispatch import LambdaDispatcher
 from imagejobs_tools.local.pollers import DEFAULT_CONCURRENCY, SqsMapping, SqsPoller
 from imagejobs_tools.local.template import (
@@ -119,7 +120,8 @@ class LocalStack:
         self._saved_moto_config: dict[str, Any] | None = None
         self._added_sys_path: list[str] = []
         self._holds_lock = False
-        self._restore_module_listing: Any = None
+        self._undo_server_tuning: Any = None
+        self._undo_moto_fixes: Any = None
         self._session: boto3.Session | None = None
         self._endpoint: str | None = None
 
@@ -224,9 +226,12 @@ class LocalStack:
                 inner.server_close()
             self._server = None
         self.dispatcher.uninstall()
-        if self._restore_module_listing is not None:
-            self._restore_module_listing()
-            self._restore_module_listing = None
+        if self._undo_server_tuning is not None:
+            self._undo_server_tuning()
+            self._undo_server_tuning = None
+        if self._undo_moto_fixes is not None:
+            self._undo_moto_fixes()
+            self._undo_moto_fixes = None
         _forget_cached_parameter_providers()
         for entry in self._added_sys_path:
             if entry in sys.path:
@@ -263,7 +268,9 @@ class LocalStack:
         from moto.core.config import default_user_config
         from moto.server import ThreadedMotoServer
 
-        self._restore_module_listing = _cache_moto_module_listing()
+        # Cheaper requests (module listing cached, HTTP/1.1 keep-alive, quiet interpreter logs).
+        self._undo_server_tuning = server_tuning.install()
+        self._undo_moto_fixes = moto_fixes.install()  # moto bugs the stack hits (moto_fixes.py)
         self._server = ThreadedMotoServer("127.0.0.1", self.config.port, verbose=False)
         self._server.start()
         _, port = self._server.get_host_and_port()
@@ -594,22 +601,6 @@ def local_queue_url(value: str, endpoint: str) -> str:
     """moto's CloudFormation returns AWS-looking queue URLs; show users ones that point at the stack."""
     match = _AWS_QUEUE_URL.match(value)
     return f"{endpoint}/{match.group(1)}" if match else value
-
-
-def _cache_moto_module_listing() -> Any:
-    """moto's server lists its package directory (listdir + ~150 isdir) for every request, under one
-    global lock: with a few dozen concurrent requests that lock is where most threads wait.
-    The listing never changes while the process runs, so compute it once. Returns the undo."""
-    from moto import backends
-
-    original = backends.list_of_moto_modules
-    modules = tuple(original())
-    backends.list_of_moto_modules = lambda: modules
-
-    def restore() -> None:
-        backends.list_of_moto_modules = original
-
-    return restore
 
 
 def _forget_cached_parameter_providers() -> None:

@@ -4,14 +4,14 @@ state machine starts a fresh execution `<jobId>-<n>` carrying the job's state, t
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from imagejobs.provider import TaskSnapshot, TaskStatus
 from imagejobs.workflow import poll_step
-from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
-    state_task_service_sfn as sfn_service,
-)
+
+from imagejobs_tools.local import moto_fixes
 
 from .conftest import FUNCTION_PLACEHOLDERS, StateMachineHarness
 from .test_job_state_machine import install, poll_result
@@ -21,20 +21,14 @@ STORE = FUNCTION_PLACEHOLDERS["StoreOutputsFunctionArn"]
 
 
 @pytest.fixture(autouse=True)
-def moto_start_execution_parameter_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto 5.2.5's `states:startExecution` integration hands the ASL's parameter names
-    (StateMachineArn, Name, Input, as AWS requires) to botocore unchanged, whose model spells
-    them stateMachineArn/name/input (KeyError 'StateMachineArn'). Rename them, as AWS does."""
-    original = sfn_service.StateTaskServiceSfn._normalise_parameters
-    renames = {"StateMachineArn": "stateMachineArn", "Name": "name", "Input": "input"}
-
-    def normalise(self: Any, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        original(self, parameters, *args, **kwargs)
-        for pascal, camel in renames.items():
-            if pascal in parameters:
-                parameters[camel] = parameters.pop(pascal)
-
-    monkeypatch.setattr(sfn_service.StateTaskServiceSfn, "_normalise_parameters", normalise)
+def moto_start_execution_parameter_names() -> Iterator[None]:
+    """moto 5.2.5's `states:startExecution` hands AWS's parameter names to botocore unchanged:
+    the local stack's fix (imagejobs_tools.local.moto_fixes) renames them, as AWS does."""
+    undo = moto_fixes.install()
+    try:
+        yield
+    finally:
+        undo()
 
 
 def handover_input() -> dict[str, Any]:

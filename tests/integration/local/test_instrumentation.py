@@ -1,0 +1,131 @@
+"""The local stack's server tuning (applied on start, undone on stop) and its observation hooks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+
+import pytest
+import requests
+
+from imagejobs_tools.local import LocalStack
+from imagejobs_tools.local.dispatch import InvocationRecord
+from imagejobs_tools.local.observe import AwsCallCounts, count_aws_calls
+from tests.integration.local.conftest import fixture_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("localstack")]
+
+
+def test_server_tuning_is_applied_while_running_and_undone_on_stop() -> None:
+    from moto import backends
+
+    original_listing = backends.list_of_moto_modules
+    from moto.moto_server import threaded_moto_server
+
+    original_handler = threaded_moto_server.MotoRequestHandler
+    interpreter_log = logging.getLogger("moto.stepfunctions.parser")
+    original_level = interpreter_log.level
+
+    stack = LocalStack(fixture_config())
+    stack.start()
+    try:
+        assert backends.list_of_moto_modules is not original_listing
+        assert set(backends.list_of_moto_modules()) == set(original_listing())
+        assert interpreter_log.level == logging.CRITICAL
+        assert threaded_moto_server.MotoRequestHandler is not original_handler
+        # Keep-alive: one TCP connection serves several requests, bodies included (a body left
+        # unread would be parsed as the next request line).
+        with requests.Session() as session:
+            peers = set()
+            for index in range(3):
+                response = session.post(
+                    f"{stack.info.endpoint_url}/moto-api/config",
+                    json={"stepfunctions": {"execute_state_machine": True}, "padding": "x" * index * 5000},
+                    timeout=10,
+                    stream=True,
+                )
+                assert response.ok, response.text
+                assert response.headers.get("Connection", "").lower() != "close"
+                peers.add(response.raw.connection.sock.getsockname())
+                response.content  # noqa: B018 (read it, so the connection returns to the pool)
+            assert len(peers) == 1
+        # A client that asks to close gets its connection closed.
+        closing = requests.get(
+            f"{stack.info.endpoint_url}/moto-api/config", headers={"Connection": "close"}, timeout=10
+        )
+        assert closing.headers.get("Connection", "").lower() == "close"
+    finally:
+        stack.stop()
+
+    assert backends.list_of_moto_modules is original_listing
+    assert threaded_moto_server.MotoRequestHandler is original_handler
+    assert interpreter_log.level == original_level
+
+
+@pytest.fixture(scope="module")
+def stack() -> object:
+    with LocalStack(fixture_config()) as running:
+        yield running
+
+
+def test_observer_sees_every_invocation_until_removed(stack: LocalStack) -> None:
+    seen: list[InvocationRecord] = []
+    lock = threading.Lock()
+
+    def observe(record: InvocationRecord) -> None:
+        with lock:
+            seen.append(record)
+
+    task = stack.info.functions["TaskFunction"]
+    lambda_client = stack.client("lambda")
+    item_id = f"observed-{uuid.uuid4().hex[:8]}"
+    remove = stack.dispatcher.add_observer(observe)
+    try:
+        lambda_client.invoke(FunctionName=task, Payload=json.dumps({"id": item_id, "wait": 0}).encode())
+        lambda_client.invoke(FunctionName=task, Payload=json.dumps({"id": "x", "taskError": "boom"}).encode())
+    finally:
+        remove()
+    lambda_client.invoke(FunctionName=task, Payload=json.dumps({"id": "after", "wait": 0}).encode())
+
+    mine = [r for r in seen if r.function_name == task]
+    assert [r.event.get("id") for r in mine] == [item_id, "x"]
+    assert [r.errored for r in mine] == [False, True]
+    assert all(r.logical_id == "TaskFunction" and r.seconds >= 0 for r in mine)
+
+
+def test_a_failing_observer_does_not_change_the_result(stack: LocalStack) -> None:
+    def broken(record: InvocationRecord) -> None:
+        raise RuntimeError("observer bug")
+
+    remove = stack.dispatcher.add_observer(broken)
+    try:
+        response = stack.client("lambda").invoke(
+            FunctionName=stack.info.functions["TaskFunction"],
+            Payload=json.dumps({"id": "still-ok", "wait": 0}).encode(),
+        )
+    finally:
+        remove()
+    assert "FunctionError" not in response
+    assert json.loads(response["Payload"].read())["done"] is True
+
+
+def test_aws_calls_are_counted_by_operation_and_the_hook_is_undone(stack: LocalStack) -> None:
+    from botocore.client import BaseClient
+
+    original = BaseClient.__dict__["_make_api_call"]
+    sqs = stack.client("sqs")
+    mine = stack.client("dynamodb")
+    counts = AwsCallCounts()
+    counts.exclude(mine)
+    with count_aws_calls(counts):
+        sqs.get_queue_attributes(QueueUrl=stack.info.outputs["ItemsQueueUrl"], AttributeNames=["All"])
+        sqs.get_queue_attributes(QueueUrl=stack.info.outputs["ItemsQueueUrl"], AttributeNames=["All"])
+        mine.list_tables()
+    sqs.list_queues()
+
+    assert counts.counts["sqs.GetQueueAttributes"] >= 2  # pollers' own calls are counted too
+    assert counts.counts["sqs.ListQueues"] == 0
+    assert counts.counts["dynamodb.ListTables"] == 0
+    assert BaseClient.__dict__["_make_api_call"] is original

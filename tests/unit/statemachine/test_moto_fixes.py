@@ -1,0 +1,69 @@
+"""Smoke test of the local stack's moto fixes: moto's private API moves between releases."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import (
+    StateTaskServiceSfn,
+)
+
+from imagejobs_tools.local import moto_fixes
+
+
+def start_execution_task() -> Any:
+    """The Task state's service object for `arn:aws:states:::states:startExecution`, without an ASL."""
+    task = StateTaskServiceSfn.__new__(StateTaskServiceSfn)
+    task.resource = SimpleNamespace(api_name="states", api_action="startExecution")
+    return task
+
+
+def asl_parameters() -> dict[str, Any]:
+    return {
+        "StateMachineArn": "arn:aws:states:us-east-1:1:stateMachine:m",
+        "Name": "job-1",
+        "Input": {"a": 1},
+    }
+
+
+def test_the_patched_moto_api_is_where_the_fix_expects_it() -> None:
+    moto_fixes.check()
+    assert StateTaskServiceSfn.__name__ == moto_fixes.SFN_SERVICE_CLASS
+
+
+def test_install_renames_start_execution_parameters_and_undo_restores_moto() -> None:
+    before = StateTaskServiceSfn.__dict__[moto_fixes.PATCHED_METHOD]
+    undo = moto_fixes.install()
+    try:
+        parameters = asl_parameters()
+        start_execution_task()._normalise_parameters(parameters)
+        # botocore's names; Input serialised by moto's own normalisation, which still runs first.
+        assert parameters == {
+            "stateMachineArn": "arn:aws:states:us-east-1:1:stateMachine:m",
+            "name": "job-1",
+            "input": '{"a":1}',
+        }
+        # A second install does not wrap twice; its undo leaves the first one in place.
+        patched = StateTaskServiceSfn.__dict__[moto_fixes.PATCHED_METHOD]
+        moto_fixes.install()()
+        assert StateTaskServiceSfn.__dict__[moto_fixes.PATCHED_METHOD] is patched
+    finally:
+        undo()
+    assert StateTaskServiceSfn.__dict__[moto_fixes.PATCHED_METHOD] is before
+    unpatched = asl_parameters()
+    start_execution_task()._normalise_parameters(unpatched)
+    assert "StateMachineArn" in unpatched  # moto's own behaviour is back
+
+
+def test_check_names_what_moved(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(moto_fixes, "PATCHED_METHOD", "_gone_in_a_later_moto")
+    with pytest.raises(moto_fixes.MotoFixError, match="_gone_in_a_later_moto"):
+        moto_fixes.check()
+
+
+def test_camel_case_parameters_only_touches_top_level_pascal_case_keys() -> None:
+    parameters: dict[str, Any] = {"Name": "n", "traceHeader": "t", "Input": {"Nested": 1}}
+    moto_fixes.camel_case_parameters(parameters)
+    assert parameters == {"name": "n", "traceHeader": "t", "input": {"Nested": 1}}
