@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from _common import (
+    REPO,
     InvocationLog,
     RequestLog,
     count_aws_requests,
@@ -123,6 +125,24 @@ def model(
     return {"STANDARD": scale(standard), "EXPRESS": scale(express)}
 
 
+def state_machine_log_level(template: Path = REPO / "template.yaml") -> str:
+    """The JobStateMachine's logging level as template.yaml declares it (OFF when it has none)."""
+    from samtranslator.yaml_helper import yaml_parse
+
+    properties = yaml_parse(template.read_text())["Resources"]["JobStateMachine"]["Properties"]
+    return str((properties.get("Logging") or {}).get("Level", "OFF"))
+
+
+def logged_events(history: list[dict[str, Any]], level: str) -> int:
+    if level == "ALL":
+        return len(history)
+    if level == "ERROR":
+        return sum(e["type"].endswith(("Failed", "TimedOut", "Aborted")) for e in history)
+    if level == "FATAL":
+        return sum(e["type"] in ("ExecutionFailed", "ExecutionTimedOut", "ExecutionAborted") for e in history)
+    return 0
+
+
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--jobs", type=int, help="jobs (default 50, smoke 3)")
@@ -165,7 +185,10 @@ def main() -> None:
 
     counted = dict(requests.counts)
     per_job_transitions = statistics.fmean(transitions(h) for h in histories)
-    per_job_events = statistics.fmean(len(h) for h in histories)
+    log_level = state_machine_log_level()
+    # EXPRESS bills CloudWatch Logs for the events its logging level lets through (ALL: every
+    # history event; ERROR: failures only; FATAL: execution-level failures only).
+    per_job_events = statistics.fmean(logged_events(h, log_level) for h in histories)
     per_job_seconds = statistics.fmean(duration_seconds(h) for h in histories)
     polls = statistics.fmean(float(r.get("polls") or 0) for r in records)
     item_bytes = statistics.fmean(len(repr(r).encode()) for r in records)
@@ -218,7 +241,7 @@ def main() -> None:
     sample = model(
         transitions_per_job=sample_transitions,
         express_seconds=per_job_seconds,
-        history_events=per_job_events + 2,
+        history_events=per_job_events + (2 if log_level == "ALL" else 0),
         lambda_gb_seconds=submit_gb_s + status_gb_s,
         lambda_calls=1 + polls + 1,
         wru=0.0,
@@ -270,7 +293,8 @@ def main() -> None:
             "pollIntervalSeconds": POLL_INTERVAL,
             "pollsPerJob": round(polls, 3),
             "transitionsPerJob": round(per_job_transitions, 3),
-            "historyEventsPerJob": round(per_job_events, 2),
+            "expressLogLevel": log_level,
+            "loggedHistoryEventsPerJob": round(per_job_events, 2),
             "executionSecondsPerJob": round(per_job_seconds, 3),
             "lambda": per_function,
             "awsRequests": counted,
