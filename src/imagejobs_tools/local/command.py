@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,8 @@ def _run_up(args: argparse.Namespace) -> int:
 
     from imagejobs_tools.local import LocalStack, LocalStackError
 
-    console = Console(emoji=False)
+    # Not a terminal (CI, a pipe): rich would wrap the tables at 80 columns and truncate job ids.
+    console = Console(emoji=False, width=None if sys.stdout.isatty() else 160)
     stop = threading.Event()
     # SIGTERM (CI, `kill`, a supervisor) stops as cleanly as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

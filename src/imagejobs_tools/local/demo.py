@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import struct
+import sys
 import time
 import uuid
 import zlib
@@ -184,7 +185,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from imagejobs_tools.local import LocalStack, LocalStackError
     from imagejobs_tools.local.command import build_config
 
-    console = Console(emoji=False)
+    # Not a terminal (CI, a pipe): rich would wrap the tables at 80 columns and truncate job ids.
+    console = Console(emoji=False, width=None if sys.stdout.isatty() else 160)
     config = build_config(
         args,
         # Keep the terminal for the demo: handler logs at ERROR only, no EMF metric lines.
