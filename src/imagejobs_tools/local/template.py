@@ -428,3 +428,16 @@ def notification_api_config(cfn_config: dict[str, Any]) -> dict[str, Any]:
     if cfn_config.get("EventBridgeConfiguration") is not None:
         api["EventBridgeConfiguration"] = {}
     return api
+
+
+REPO_TEMPLATE = Path(__file__).resolve().parents[3] / "template.yaml"
+# CreateTable takes these JobsTable properties as CloudFormation spells them; PITR and SSE are
+# separate API calls (or differently spelled) and change nothing a test or suite observes.
+_CREATE_TABLE_PROPERTIES = ("KeySchema", "AttributeDefinitions", "GlobalSecondaryIndexes", "BillingMode")
+
+
+def jobs_table_definition(template_path: Path = REPO_TEMPLATE) -> dict[str, Any]:
+    """CreateTable arguments (all but TableName) for the jobs table as template.yaml declares it, so
+    suites and tests that make the table outside the local stack never keep a second copy of it."""
+    properties = load_sam_template(template_path)["Resources"]["JobsTable"]["Properties"]
+    return copy.deepcopy({name: properties[name] for name in _CREATE_TABLE_PROPERTIES if name in properties})

@@ -146,24 +146,9 @@ def build_body(case: Case, bucket: str = BUCKET) -> str | bytes:
 
 def create_jobs_table(dynamodb: Any, name: str = TABLE) -> None:
     """The table as template.yaml declares it (key jobId, GSI ByStatus)."""
-    dynamodb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "jobId", "KeyType": "HASH"}],
-        AttributeDefinitions=[
-            {"AttributeName": name_, "AttributeType": "S"} for name_ in ("jobId", "status", "updatedAt")
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "ByStatus",
-                "KeySchema": [
-                    {"AttributeName": "status", "KeyType": "HASH"},
-                    {"AttributeName": "updatedAt", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    from imagejobs_tools.local.template import jobs_table_definition
+
+    dynamodb.create_table(TableName=name, **jobs_table_definition())
 
 
 @dataclass

@@ -8,29 +8,12 @@ from typing import Any
 
 from imagejobs.provider import Submission, TaskSnapshot, TaskStatus
 
+from imagejobs_tools.local.template import jobs_table_definition
+
 
 def create_jobs_table(dynamodb: Any, name: str = "imagejobs-jobs") -> Any:
     """The table as the template declares it: key jobId, GSI ByStatus (status, updatedAt)."""
-    return dynamodb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "jobId", "KeyType": "HASH"}],
-        AttributeDefinitions=[
-            {"AttributeName": "jobId", "AttributeType": "S"},
-            {"AttributeName": "status", "AttributeType": "S"},
-            {"AttributeName": "updatedAt", "AttributeType": "S"},
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "ByStatus",
-                "KeySchema": [
-                    {"AttributeName": "status", "KeyType": "HASH"},
-                    {"AttributeName": "updatedAt", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    return dynamodb.create_table(TableName=name, **jobs_table_definition())
 
 
 @dataclass

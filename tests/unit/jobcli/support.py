@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from imagejobs_tools.local.template import jobs_table_definition
+
 QUEUE_NAME = "imagejobs-jobs"
 TABLE_NAME = "imagejobs-jobs"
 BUCKET_NAME = "imagejobs-outputs"
@@ -39,26 +41,11 @@ def create_stack_resources(
     """The queue, the jobs table with its ByStatus GSI, and the output bucket (`dynamodb`: a client)."""
     queue_name, table_name, bucket_name = QUEUE_NAME + suffix, TABLE_NAME + suffix, BUCKET_NAME + suffix
     queue_url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
-    dynamodb.create_table(
-        TableName=table_name,
-        KeySchema=[{"AttributeName": "jobId", "KeyType": "HASH"}],
-        AttributeDefinitions=[
-            {"AttributeName": "jobId", "AttributeType": "S"},
-            {"AttributeName": "status", "AttributeType": "S"},
-            {"AttributeName": "updatedAt", "AttributeType": "S"},
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "ByStatus",
-                "KeySchema": [
-                    {"AttributeName": "status", "KeyType": "HASH"},
-                    {"AttributeName": "updatedAt", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": projection},
-            }
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    definition = jobs_table_definition()
+    # Some tests run `list` against an index that projects less than ALL.
+    (index,) = definition["GlobalSecondaryIndexes"]
+    index["Projection"] = {"ProjectionType": projection}
+    dynamodb.create_table(TableName=table_name, **definition)
     s3.create_bucket(Bucket=bucket_name)
     return StackResources(queue_url, table_name, bucket_name)
 
