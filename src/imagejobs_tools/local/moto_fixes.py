@@ -6,6 +6,12 @@
   (`stateMachineArn`, ...): the call fails with KeyError 'StateMachineArn'. AWS maps the names
   itself, so the EXPRESS hand-over (statemachine/job.asl.json, HandOver) needs this locally.
 
+- moto 5.2.5's SQS `Queue.pending_message_groups` iterates the live set of in-flight messages
+  while other server threads add to it: under load ReceiveMessage then fails with HTTP 500
+  "Set changed size during iteration", and the messages that receive had picked count one extra
+  receive toward maxReceiveCount. The fix iterates over a snapshot (`tuple(set)` copies in C,
+  under the GIL, without running Python code).
+
 The hook is private moto API (moto is pinned): `check()` says clearly when it has moved.
 """
 
@@ -53,11 +59,47 @@ def _service_class() -> Any:
 def check() -> None:
     """Raise MotoFixError if a fix can no longer be applied to the installed moto."""
     _service_class()
+    _sqs_queue_class()
+
+
+def _sqs_queue_class() -> Any:
+    from moto.sqs import models
+
+    queue = getattr(models, "Queue", None)
+    if not isinstance(getattr(queue, "pending_message_groups", None), property) or not hasattr(
+        queue, "pending_messages"
+    ):
+        raise MotoFixError(
+            "moto moved moto.sqs.models.Queue.pending_message_groups (the SQS race fix needs it)"
+        )
+    return queue
+
+
+def _sqs_pending_message_groups() -> Callable[[], None]:
+    queue = _sqs_queue_class()
+    with _LOCK:
+        own = queue.__dict__["pending_message_groups"]
+        if getattr(own.fget, _MARKER, False):
+            return lambda: None
+
+        def pending_message_groups(self: Any) -> set[str]:
+            return {m.group_id for m in tuple(self._pending_messages) if m.group_id is not None}
+
+        setattr(pending_message_groups, _MARKER, True)
+        fixed = property(pending_message_groups)
+        queue.pending_message_groups = fixed
+
+    def restore() -> None:
+        with _LOCK:
+            if queue.__dict__.get("pending_message_groups") is fixed:
+                queue.pending_message_groups = own
+
+    return restore
 
 
 def install() -> Callable[[], None]:
     """Apply every fix; the returned callable removes them again (call it once)."""
-    undo = [_sfn_parameter_names()]
+    undo = [_sfn_parameter_names(), _sqs_pending_message_groups()]
 
     def restore() -> None:
         for step in reversed(undo):

@@ -67,3 +67,36 @@ def test_camel_case_parameters_only_touches_top_level_pascal_case_keys() -> None
     parameters: dict[str, Any] = {"Name": "n", "traceHeader": "t", "Input": {"Nested": 1}}
     moto_fixes.camel_case_parameters(parameters)
     assert parameters == {"name": "n", "traceHeader": "t", "input": {"Nested": 1}}
+
+
+def test_sqs_pending_message_groups_survives_the_set_changing_under_it_and_undo_restores_moto() -> None:
+    from moto.sqs.models import Queue
+
+    original = Queue.__dict__["pending_message_groups"]
+    queue = Queue.__new__(Queue)
+
+    class Message:
+        """Reading group_id lets "another thread" put a message in flight, mid-iteration."""
+
+        def __init__(self, group: str | None) -> None:
+            self.group = group
+
+        @property
+        def group_id(self) -> str | None:
+            queue._pending_messages.add(Message(None))
+            return self.group
+
+    def in_flight() -> set[Message]:
+        return {Message("a"), Message("b"), Message(None)}
+
+    queue._pending_messages = in_flight()
+    with pytest.raises(RuntimeError, match="changed size during iteration"):
+        _ = queue.pending_message_groups  # moto as released
+
+    undo = moto_fixes.install()
+    try:
+        queue._pending_messages = in_flight()
+        assert queue.pending_message_groups == {"a", "b"}
+    finally:
+        undo()
+    assert Queue.__dict__["pending_message_groups"] is original
