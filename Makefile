@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: venv demo up test lint typecheck unit integration e2e template bench clean
+.PHONY: venv demo up test lint typecheck unit bench reliability clean
 
 venv: $(STAMP)
 
@@ -43,8 +43,14 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
+# Full-size figures (minutes each; docs/performance.md and docs/reliability.md). The test suite
+# runs every benchmark at --smoke size instead.
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in cold_start copy_output cost detection_delay throughput; do \
+		echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+
+reliability: $(STAMP)
+	$(BIN)/python -m imagejobs_tools.reliability all
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
