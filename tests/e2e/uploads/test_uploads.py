@@ -42,9 +42,10 @@ def records_for_upload(stack: RunningStack, uri: str) -> list[dict[str, Any]]:
     return records_where(stack, lambda r: uri in ((r.get("request") or {}).get("inputImageUrls") or []))
 
 
-def uploads_queue_idle(stack: RunningStack) -> bool:
+def queue_idle(stack: RunningStack, queue_output: str = "UploadsQueueUrl") -> bool:
+    """No message waiting or in flight on the queue named by that stack output."""
     attributes = stack.client("sqs").get_queue_attributes(
-        QueueUrl=stack.outputs["UploadsQueueUrl"],
+        QueueUrl=stack.outputs[queue_output],
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return (
@@ -131,8 +132,8 @@ def test_the_same_s3_event_delivered_twice_makes_no_extra_job(stack: RunningStac
             QueueUrl=stack.outputs["UploadsQueueUrl"], MessageBody=s3_event_body(bucket, key, etag)
         )
     record = stack.wait_terminal(record["jobId"])
-    wait_for(lambda: uploads_queue_idle(stack), timeout=30, what="the redelivered events handled")
-    wait_for(lambda: uploads_queue_idle(stack) and _jobs_queue_idle(stack), timeout=30, what="queues idle")
+    wait_for(lambda: queue_idle(stack), timeout=30, what="the redelivered events handled")
+    wait_for(lambda: queue_idle(stack) and queue_idle(stack, "JobsQueueUrl"), timeout=30, what="queues idle")
     assert record["status"] == "COMPLETED"
     assert [r["jobId"] for r in records_for_upload(stack, uri)] == [record["jobId"]]
     assert record["submitAttempts"] == 1
@@ -161,7 +162,7 @@ def test_writing_outputs_triggers_nothing(stack: RunningStack) -> None:
         what="the sentinel job",
         interval=1,
     )
-    wait_for(lambda: uploads_queue_idle(stack), timeout=30, what="the uploads queue idle")
+    wait_for(lambda: queue_idle(stack), timeout=30, what="the uploads queue idle")
     made = records_where(stack, lambda r: tag in json.dumps(r.get("request") or {}, default=str))
     assert [r["request"]["prompt"] for r in made] == [f"sentinel {tag}"]
     # And the bucket notifies only the two trigger prefixes.
@@ -270,17 +271,5 @@ def _run_batch(stack: RunningStack, key: str, lines: list[str]) -> None:
     stack.client("sqs").send_message(
         QueueUrl=stack.outputs["UploadsQueueUrl"], MessageBody=s3_event_body(bucket, key, etag)
     )
-    wait_for(lambda: uploads_queue_idle(stack) and _jobs_queue_idle(stack), timeout=30, what="queues idle")
+    wait_for(lambda: queue_idle(stack) and queue_idle(stack, "JobsQueueUrl"), timeout=30, what="queues idle")
     assert len(batch_records()) == GOOD_LINES
-
-
-def _jobs_queue_idle(stack: RunningStack) -> bool:
-    attributes = stack.client("sqs").get_queue_attributes(
-        QueueUrl=stack.outputs["JobsQueueUrl"],
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return (
-        int(attributes["ApproximateNumberOfMessages"])
-        + int(attributes["ApproximateNumberOfMessagesNotVisible"])
-        == 0
-    )
