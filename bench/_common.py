@@ -6,7 +6,7 @@ that the figures are present and well-formed.
 
 Per-invocation timings and AWS call counts come from the local stack's own hooks
 (`LambdaDispatcher.add_observer`, `imagejobs_tools.local.observe`); the stack also applies its
-server tuning itself (`imagejobs_tools.local.server_tuning`). The sampling profiler and the
+server tuning itself (`imagejobs_tools.local.server_tuning`). The GIL profiler (py-spy) and the
 RSS/CPU sampler are benchmark-only.
 """
 
@@ -163,12 +163,13 @@ class ResourceSampler:
             self._sample()
 
 
-class StackProfiler:
-    """A sampling profiler over every thread (cProfile only sees one): counts, every ``interval``,
-    which component each busy thread is in, by the innermost frame's top-level package.
+class GilProfiler:
+    """Where the CPU goes: `py-spy record --gil` over this process and its children, attributed to
+    components by the innermost frame we can name. `--gil` samples only the thread holding the GIL,
+    so threads queued for it (hundreds, on the local stack) do not count as busy.
 
-    Threads blocked in socket/select/lock waits are counted as ``idle:*`` so the busy
-    shares say where CPU goes.
+    Optional: without py-spy (`pip install py-spy`), or where ptrace is not allowed, `shares()` is
+    empty and `error` says why.
     """
 
     BUCKETS = (
@@ -177,74 +178,83 @@ class StackProfiler:
         ("moto/sqs", "moto SQS"),
         ("moto/s3", "moto S3"),
         ("moto/awslambda", "moto Lambda"),
-        ("moto/core", "moto core (routing, responses)"),
+        ("moto/core", "moto core (routing, serializing)"),
+        ("moto_server", "moto core (routing, serializing)"),
         ("moto/", "moto other"),
-        ("werkzeug", "werkzeug HTTP server"),
+        ("werkzeug", "werkzeug/flask HTTP server"),
+        ("flask", "werkzeug/flask HTTP server"),
+        ("socketserver", "werkzeug/flask HTTP server"),
+        ("http/server", "werkzeug/flask HTTP server"),
         ("botocore", "botocore (clients, signing, parsing)"),
-        ("boto3", "boto3"),
-        ("urllib3", "urllib3/http.client"),
-        ("http/", "urllib3/http.client"),
-        ("requests", "requests"),
+        ("boto3", "botocore (clients, signing, parsing)"),
+        ("urllib3", "urllib3/requests/http.client"),
+        ("requests/", "urllib3/requests/http.client"),
+        ("http/client", "urllib3/requests/http.client"),
         ("imagejobs_tools/sim", "provider simulator"),
         ("imagejobs_tools/local", "local stack glue"),
         ("aws_lambda_powertools", "Powertools"),
         ("imagejobs/", "imagejobs domain"),
         ("functions/", "imagejobs handlers"),
-        ("json/", "json"),
-        ("xml/", "xml"),
-        ("jinja2", "moto templates (jinja2)"),
-        ("logging/", "logging"),
-        ("socketserver", "werkzeug HTTP server"),
-        ("ssl", "ssl"),
+        ("bench/", "benchmark itself"),
     )
-    IDLE = {
-        "wait", "select", "poll", "do_poll", "accept", "recv_into", "readinto", "readline",
-        "_wait_for_tstate_lock", "sleep", "get", "handle_one_request",
-    }  # fmt: skip
 
-    def __init__(self, interval: float = 0.01) -> None:
-        self.interval = interval
+    def __init__(self, rate: int = 50) -> None:
+        self.rate = rate
         self.counts: collections.Counter[str] = collections.Counter()
         self.functions: collections.Counter[str] = collections.Counter()
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+        self._process: Any = None
+        self._output = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-gil-{os.getpid()}.txt"
 
-    def __enter__(self) -> StackProfiler:
-        self._thread = threading.Thread(target=self._run, name="bench-profiler", daemon=True)
-        self._thread.start()
+    def __enter__(self) -> GilProfiler:
+        import shutil
+        import subprocess
+
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(py_spy).exists():
+            self.error = "py-spy not installed (pip install py-spy)"
+            return self
+        command = [
+            py_spy, "record", "--gil", "--subprocesses", "--nonblocking", "--format", "raw",
+            "--rate", str(self.rate), "--pid", str(os.getpid()), "--output", str(self._output),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        import signal
 
-    def _bucket(self, frame: Any) -> str | None:
-        # Walk outward from the innermost frame to the first one we can name.
-        probe = frame
-        while probe is not None:
-            path = probe.f_code.co_filename.replace("\\", "/")
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            _, stderr = self._process.communicate(timeout=60)
+        except Exception as error:  # a profiler must never fail the benchmark
+            self._process.kill()
+            self.error = f"py-spy did not stop: {error}"
+            return
+        if not self._output.exists():
+            self.error = f"py-spy wrote nothing: {(stderr or '').strip()[-300:]}"
+            return
+        for line in self._output.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frames = stack.split(";")
+            self.samples += int(count)
+            self.counts[self._bucket(frames)] += int(count)
+            self.functions[frames[-1].split("/")[-1]] += int(count)
+        self._output.unlink(missing_ok=True)
+
+    def _bucket(self, frames: list[str]) -> str:
+        for frame in reversed(frames):  # innermost first
             for needle, label in self.BUCKETS:
-                if needle in path:
+                if needle in frame:
                     return label
-            probe = probe.f_back
         return "other"
-
-    def _run(self) -> None:
-        skip = {threading.get_ident(), threading.main_thread().ident}  # the benchmark's own waiting
-        while not self._stop.wait(self.interval):
-            self.samples += 1
-            for ident, frame in sys._current_frames().items():
-                if ident in skip:
-                    continue
-                name = frame.f_code.co_name
-                if name in self.IDLE:
-                    continue  # blocked, not using CPU
-                bucket = self._bucket(frame)
-                if bucket:
-                    self.counts[bucket] += 1
-                    self.functions[f"{frame.f_code.co_filename.rsplit('/', 2)[-2:]!s}:{name}"] += 1
 
     def shares(self, top: int = 12) -> list[tuple[str, float]]:
         total = sum(self.counts.values()) or 1

@@ -1,5 +1,5 @@
 """Throughput: N jobs (simulated generation 5-15 s) from SQS to COMPLETED on the local stack, with the
-stack's peak RSS and where the time goes (a sampling profiler over every thread).
+stack's peak RSS and where the CPU goes (py-spy --gil over the stack's processes).
 
     .venv/bin/python bench/throughput.py            # 1,000 jobs, 2 s polling
     .venv/bin/python bench/throughput.py --smoke    # 10 jobs, generation 0.2-0.5 s
@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 from _common import (
+    GilProfiler,
     InvocationLog,
     ResourceSampler,
-    StackProfiler,
     emit,
     instrument_dispatcher,
     jobs_with,
@@ -56,7 +56,7 @@ def main() -> None:
         run = f"tp{int(time.time())}"
         ids = {f"{run}-{index:05d}" for index in range(jobs)}
         submitted_all_at: list[float] = []
-        with ResourceSampler() as resources, StackProfiler() as profiler:
+        with ResourceSampler() as resources, GilProfiler() as profiler:
             first_send = send_jobs(stack, ({"jobId": job_id, "prompt": PROMPT} for job_id in sorted(ids)))
             sent_at = time.time()
 
@@ -124,7 +124,9 @@ def main() -> None:
     rows += [
         (f"invocations {name}", count, f"mean {mean_ms[name]} ms") for name, count in sorted(calls.items())
     ]
-    rows += [(f"busy samples: {label}", f"{share}%", "sampling profiler") for label, share in shares[:8]]
+    rows += [(f"CPU (GIL) samples: {label}", f"{share}%", "py-spy --gil") for label, share in shares[:8]]
+    if profiler.error:
+        rows.append(("CPU profile", "n/a", profiler.error))
     emit(
         "throughput",
         rows,
@@ -146,6 +148,8 @@ def main() -> None:
             "invocationMeanMs": mean_ms,
             "profileShares": dict(shares),
             "profileTopFunctions": profiler.functions.most_common(15),
+            "profileSamples": profiler.samples,
+            "profileError": profiler.error,
             "targets": {"seconds": TARGET_SECONDS, "peakRssMB": TARGET_RSS_MB},
         },
         args.smoke,

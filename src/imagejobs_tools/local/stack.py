@@ -29,7 +29,7 @@ import boto3
 import requests
 from botocore.config import Config
 
-from imagejobs_tools.local import moto_fixes, server_tuning
+from imagejobs_tools.local import moto_fixes, moto_speedups, server_tuning
 from imagejobs_tools.local.dispatch import LambdaDispatcher
 from imagejobs_tools.local.pollers import DEFAULT_CONCURRENCY, SqsMapping, SqsPoller
 from imagejobs_tools.local.template import (
@@ -122,6 +122,7 @@ class LocalStack:
         self._holds_lock = False
         self._undo_server_tuning: Any = None
         self._undo_moto_fixes: Any = None
+        self._undo_moto_speedups: Any = None
         self._session: boto3.Session | None = None
         self._endpoint: str | None = None
 
@@ -232,6 +233,9 @@ class LocalStack:
         if self._undo_moto_fixes is not None:
             self._undo_moto_fixes()
             self._undo_moto_fixes = None
+        if self._undo_moto_speedups is not None:
+            self._undo_moto_speedups()
+            self._undo_moto_speedups = None
         _forget_cached_parameter_providers()
         for entry in self._added_sys_path:
             if entry in sys.path:
@@ -271,6 +275,7 @@ class LocalStack:
         # Cheaper requests (module listing cached, HTTP/1.1 keep-alive, quiet interpreter logs).
         self._undo_server_tuning = server_tuning.install()
         self._undo_moto_fixes = moto_fixes.install()  # moto bugs the stack hits (moto_fixes.py)
+        self._undo_moto_speedups = moto_speedups.install()  # moto hot spots under load (moto_speedups.py)
         self._server = ThreadedMotoServer("127.0.0.1", self.config.port, verbose=False)
         self._server.start()
         _, port = self._server.get_host_and_port()

@@ -183,3 +183,30 @@ def test_step_functions_reuses_one_lambda_client(fixture_stack: LocalStack) -> N
     second = lambda_eval_utils.boto_client_for(region="us-east-1", service="lambda")
     assert first is second
     assert first.meta.endpoint_url == fixture_stack.info.endpoint_url.replace("127.0.0.1", "localhost")
+
+
+def test_step_functions_lambda_client_invokes_in_process_with_invoke_api_answers(
+    fixture_stack: LocalStack,
+) -> None:
+    from botocore.exceptions import ClientError
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    from imagejobs_tools.local.observe import AwsCallCounts, count_aws_calls
+
+    client = lambda_eval_utils.boto_client_for(region="us-east-1", service="lambda")
+    task = fixture_stack.info.functions["TaskFunction"]
+    arn = fixture_stack.dispatcher.functions[task].arn
+    item_id = unique("in-process")
+    with count_aws_calls(AwsCallCounts()) as counts:
+        ok = client.invoke(FunctionName=arn, Payload=json.dumps({"id": item_id, "wait": 0}).encode())
+        boom = json.dumps({"id": "x", "taskError": "boom"}).encode()
+        failed = client.invoke(FunctionName=task, Payload=boom)
+    assert "lambda.Invoke" not in counts.counts  # no loopback HTTP round trip
+    assert ok["StatusCode"] == 200 and "FunctionError" not in ok
+    assert json.loads(ok["Payload"].read()) == {"id": item_id, "wait": 0, "done": True}
+    assert failed["FunctionError"] == "Handled"
+    assert json.loads(failed["Payload"].read())["errorType"] == "TaskError"
+    # What the in-process path cannot answer goes to the real API, with its real error.
+    with pytest.raises(ClientError) as unknown:
+        client.invoke(FunctionName="no-such-function", Payload=b"{}")
+    assert unknown.value.response["Error"]["Code"] == "ResourceNotFoundException"
