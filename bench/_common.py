@@ -163,6 +163,12 @@ class ResourceSampler:
             self._sample()
 
 
+def _short_frame(frame: str) -> str:
+    """py-spy's `function (path/to/file.py:123)` as `function (file.py:123)`."""
+    function, _, where = frame.partition(" (")
+    return f"{function} ({where.rsplit('/', 1)[-1]}" if where else function
+
+
 class GilProfiler:
     """Where the CPU goes: `py-spy record --gil` over this process and its children, attributed to
     components by the innermost frame we can name. `--gil` samples only the thread holding the GIL,
@@ -246,7 +252,7 @@ class GilProfiler:
             frames = stack.split(";")
             self.samples += int(count)
             self.counts[self._bucket(frames)] += int(count)
-            self.functions[frames[-1].split("/")[-1]] += int(count)
+            self.functions[_short_frame(frames[-1])] += int(count)
         self._output.unlink(missing_ok=True)
 
     def _bucket(self, frames: list[str]) -> str:

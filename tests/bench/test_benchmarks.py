@@ -114,7 +114,12 @@ def test_throughput_smoke() -> None:
     assert figures["invocations"]["StoreOutputsFunction"] == 10
     assert figures["invocations"]["PollFunction"] >= 10
     assert figures["invocations"]["IntakeFunction"] >= 1
-    assert figures["profileShares"] and abs(sum(figures["profileShares"].values()) - 100) < 5
+    # The CPU profile needs py-spy and ptrace; where either is missing the figure says why instead.
+    if figures["profileError"] is None:
+        assert figures["profileSamples"] > 0
+        assert abs(sum(figures["profileShares"].values()) - 100) < 5
+    else:
+        assert figures["profileShares"] == {} and "py-spy" in figures["profileError"]
     number(figures["peakRssMB"], minimum=1)
 
 
