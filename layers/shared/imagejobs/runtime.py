@@ -9,13 +9,13 @@ from functools import cached_property
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from imagejobs.config import Settings
 from imagejobs.copier import OutputCopier
 from imagejobs.provider import ProviderClient
 from imagejobs.secrets import ApiKeySource
 from imagejobs.store import JobStore
+from imagejobs.urls import PinnedAddressAdapter
 
 
 def _boto3() -> Any:
@@ -61,7 +61,9 @@ class Runtime:
     @cached_property
     def copier(self) -> OutputCopier:
         session = requests.Session()
-        adapter = HTTPAdapter(pool_maxsize=10, max_retries=0)
+        adapter = PinnedAddressAdapter(
+            allow_hosts=self.settings.url_allow_hosts, pool_maxsize=10, max_retries=0
+        )
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         return OutputCopier(

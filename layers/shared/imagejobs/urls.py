@@ -3,12 +3,10 @@
 ``URL_ALLOW_HOSTS`` (``host:port`` entries) exempts exact hosts from the https and
 address checks; it is empty on AWS and names the simulator on the local stack.
 
-Residual risk, documented rather than hidden: ``safe_get`` checks the addresses a
-host resolves to, then lets requests resolve it again to connect. A DNS server that
-answers differently within that window (DNS rebinding) could steer the connection
-to a private address. Lambda functions outside a VPC cannot reach private networks
-other than the metadata endpoints, which Lambda does not expose, so the window is
-accepted there; pin addresses (e.g. an egress proxy) before running this in a VPC.
+``safe_get`` checks every hop's URL, and the session's ``PinnedAddressAdapter`` checks
+again the addresses each new connection actually goes to, from the one resolution it
+connects with: a DNS server that answers with a public address for the check and a
+private one a moment later (DNS rebinding) gets its connection refused, not made.
 """
 
 from __future__ import annotations
@@ -20,6 +18,11 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.connection import create_connection
 
 Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -127,6 +130,14 @@ def resolve_checked(
         return None, []
     if scheme != "https":
         return f"must use https (got {scheme or 'no'} scheme)", []
+    return host_addresses(host, port, resolver)
+
+
+def host_addresses(
+    host: str, port: int, resolver: Resolver = socket.getaddrinfo
+) -> tuple[str | None, list[IPAddress]]:
+    """(reason or None, the checked addresses) for connecting to ``host``: every address it
+    resolves to must be public."""
     literal = _parse_ip_literal(host)
     if literal is not None:
         problem = address_problem(literal)
@@ -181,3 +192,77 @@ def safe_get(
             raise UnsafeUrlError(current, f"redirect {response.status_code} without a Location header")
         current = urljoin(current, location)
     raise UnsafeUrlError(current, f"more than {max_redirects} redirects")
+
+
+# -- connections pinned to checked addresses ---------------------------------------------------
+
+
+def _connect_checked(
+    connection: HTTPConnection, allow_hosts: tuple[str, ...], resolver: Resolver
+) -> socket.socket:
+    """urllib3's `_new_conn`, connecting only to addresses checked from this very resolution."""
+    host = connection._dns_host.rstrip(".").lower()  # what urllib3 itself would resolve
+    port = int(connection.port or 0)
+    if _allowed(host, port, allow_hosts):
+        try:
+            targets = [str(info[4][0]) for info in resolver(host, port, 0, socket.SOCK_STREAM)]
+        except OSError as exc:
+            raise NewConnectionError(connection, f"Failed to resolve {host}: {exc}") from exc
+    else:
+        reason, addresses = host_addresses(host, port, resolver)
+        if reason:
+            # Not a connection error: a refusal that retrying would only repeat.
+            raise UnsafeUrlError(f"{host}:{port}", reason)
+        targets = [str(address) for address in addresses]
+    failure: OSError | None = None
+    for target in targets:
+        try:
+            return create_connection(
+                (target, port),
+                connection.timeout,
+                source_address=connection.source_address,
+                socket_options=connection.socket_options,
+            )
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                connection, f"Connection to {host} timed out. (connect timeout={connection.timeout})"
+            ) from exc
+        except OSError as exc:
+            failure = exc
+    raise NewConnectionError(connection, f"Failed to establish a new connection: {failure}")
+
+
+class PinnedAddressAdapter(HTTPAdapter):
+    """A requests adapter whose new connections go only to addresses checked when connecting.
+
+    The TLS handshake still verifies the certificate against the URL's host name (SNI and
+    hostname checks use ``host``; only the socket's target is the checked address). Through a
+    proxy (``HTTPS_PROXY``) the socket goes to the proxy, which resolves the host itself: there
+    the proxy is the egress control.
+    """
+
+    def __init__(
+        self, *, allow_hosts: Iterable[str] = (), resolver: Resolver = socket.getaddrinfo, **kwargs: Any
+    ) -> None:
+        allow = tuple(allow_hosts)
+
+        class CheckedHTTPConnection(HTTPConnection):
+            def _new_conn(self) -> socket.socket:
+                return _connect_checked(self, allow, resolver)
+
+        class CheckedHTTPSConnection(HTTPSConnection):
+            def _new_conn(self) -> socket.socket:
+                return _connect_checked(self, allow, resolver)
+
+        class CheckedHTTPConnectionPool(HTTPConnectionPool):
+            ConnectionCls = CheckedHTTPConnection
+
+        class CheckedHTTPSConnectionPool(HTTPSConnectionPool):
+            ConnectionCls = CheckedHTTPSConnection
+
+        self._pool_classes = {"http": CheckedHTTPConnectionPool, "https": CheckedHTTPSConnectionPool}
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(self._pool_classes)

@@ -165,8 +165,8 @@ def _tune_handlers(read_timeout: float, lease_seconds: float, key_cache_seconds:
             runtime.__dict__["provider"] = ProviderClient(
                 settings.provider_base_url, source, read_timeout=read_timeout
             )
-        if hasattr(module, "_lease_seconds"):
-            module._lease_seconds = lambda context: lease_seconds  # type: ignore[attr-defined]
+        if hasattr(module, "lease_seconds"):  # IntakeFunction: the claim lease, from imagejobs.sqs_retry
+            module.lease_seconds = lambda context: lease_seconds  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

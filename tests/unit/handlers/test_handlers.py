@@ -104,7 +104,7 @@ def test_intake_sample_job_is_submitted(
     executions = aws.sfn.list_executions(stateMachineArn=aws.env["STATE_MACHINE_ARN"])["executions"]
     assert [e["name"] for e in executions] == [DEMO_JOB]
     # The lease is derived from the function's remaining time (60 s) plus a margin.
-    assert module._lease_seconds(lambda_context) == 90.0
+    assert module.lease_seconds(lambda_context) == 90.0
 
 
 def test_intake_invalid_messages_are_acknowledged_and_recorded(

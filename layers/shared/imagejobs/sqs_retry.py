@@ -1,0 +1,66 @@
+"""SQS-triggered functions: how long a claim must last, and asking SQS to redeliver sooner.
+
+A message the function cannot finish now (another worker holds the job's submit claim, the
+provider said 429) is reported as a batch item failure; SQS would then keep it hidden for
+the queue's whole visibility timeout (20 minutes by default). When the outcome says when a
+retry makes sense, the message's visibility is shortened to that.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from imagejobs.observability import logger
+
+DEFAULT_LEASE_SECONDS = 900.0  # Lambda's maximum timeout, when no context tells us ours
+LEASE_MARGIN_SECONDS = 30.0
+MAX_VISIBILITY_SECONDS = 43_200  # SQS's limit (12 hours)
+_QUEUE_URLS: dict[tuple[str, str], str] = {}
+
+
+class RetryLater(Exception):
+    """Marks the SQS record as a batch item failure: SQS redelivers it after its visibility timeout."""
+
+
+def lease_seconds(context: Any) -> float:
+    """A claim must outlive this invocation: the function's remaining time plus a margin."""
+    try:
+        return float(context.get_remaining_time_in_millis()) / 1000.0 + LEASE_MARGIN_SECONDS
+    except (AttributeError, TypeError, ValueError):
+        return DEFAULT_LEASE_SECONDS
+
+
+def queue_url_for(queue_arn: str, *, configured_url: str, sqs: Any) -> str:
+    """The URL of the queue a record came from: the configured one when it is that queue (no
+    sqs:GetQueueUrl permission needed), else asked of SQS once and remembered."""
+    key = (queue_arn, configured_url)
+    known = _QUEUE_URLS.get(key)
+    if known is not None:
+        return known
+    _, _, _, _, account, name = queue_arn.split(":", 5)
+    if configured_url.rstrip("/").endswith(f"/{account}/{name}"):
+        url = configured_url
+    else:
+        url = str(sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
+    _QUEUE_URLS[key] = url
+    return url
+
+
+def redeliver_after(
+    sqs: Any, *, queue_arn: str, receipt_handle: str, seconds: float, configured_url: str
+) -> bool:
+    """Shorten a failed message's visibility so SQS offers it again after `seconds`.
+
+    Best effort: on any error the queue's own visibility timeout still redelivers the message,
+    so this logs and returns False instead of failing the batch."""
+    try:
+        sqs.change_message_visibility(
+            QueueUrl=queue_url_for(queue_arn, configured_url=configured_url, sqs=sqs),
+            ReceiptHandle=receipt_handle,
+            VisibilityTimeout=max(0, min(MAX_VISIBILITY_SECONDS, math.ceil(seconds))),
+        )
+    except Exception:
+        logger.warning("could not shorten the retry delay; the queue's visibility timeout applies")
+        return False
+    return True
