@@ -171,6 +171,17 @@ def test_output_bucket_is_private_encrypted_and_cleans_up_multipart(translated_t
     )
 
 
+def test_outputs_of_failed_copies_are_tagged_then_expired_not_deleted(translated_template: Template) -> None:
+    from imagejobs.copier import ORPHAN_TAG
+
+    rules = translated_template["Resources"]["OutputBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    [expiry] = [r for r in rules if r.get("TagFilters")]
+    assert expiry["Status"] == "Enabled" and expiry["ExpirationInDays"] == 1
+    assert expiry["TagFilters"] == [{"Key": ORPHAN_TAG, "Value": "true"}]
+    store = _actions_of(translated_template, "StoreOutputsFunctionRole")
+    assert "s3:PutObjectTagging" in store and not {a for a in store if a.startswith("s3:Delete")}
+
+
 def _mapping_of(template: Template, function: str) -> dict[str, Any]:
     [mapping] = [
         m

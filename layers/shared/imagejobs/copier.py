@@ -24,6 +24,8 @@ from imagejobs.observability import logger, safe_url
 
 MIB = 1024 * 1024
 S3_MIN_PART = 5 * MIB
+# Outputs of a failed copy carry this tag; OutputBucket's lifecycle rule ExpireOrphanedOutputs deletes them.
+ORPHAN_TAG = "imagejobs-orphan"
 
 
 @dataclass(frozen=True)
@@ -169,16 +171,48 @@ class OutputCopier:
         metadata: Mapping[str, str] | None = None,
         time_budget_seconds: float | None = None,
     ) -> list[StoredOutput]:
-        """Copy every URL in order; all of them must finish within the time budget (default the copier's)."""
+        """Copy every URL in order; all of them must finish within the time budget (default the copier's).
+
+        When one output fails, the ones this call already stored are tagged as orphans before the
+        error is raised (`mark_orphaned`): the bucket's lifecycle rule expires them, and a retry
+        that copies them again writes fresh, untagged objects. No role may delete objects.
+        """
         base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
         budget = self.deadline_seconds if time_budget_seconds is None else time_budget_seconds
         deadline = self.clock() + min(self.deadline_seconds, budget)
-        return [
-            self.copy_one(
-                url, f"{base}{job_id}/{index}", kind=kind, metadata=metadata, job_id=job_id, deadline=deadline
+        stored: list[StoredOutput] = []
+        try:
+            for index, url in enumerate(output_urls):
+                key_stem = f"{base}{job_id}/{index}"
+                stored.append(
+                    self.copy_one(
+                        url, key_stem, kind=kind, metadata=metadata, job_id=job_id, deadline=deadline
+                    )
+                )
+        except Exception:
+            self.mark_orphaned(stored)
+            raise
+        return stored
+
+    def mark_orphaned(self, stored: Sequence[StoredOutput]) -> list[str]:
+        """Tag stored outputs `imagejobs-orphan=true` (best effort): the template's lifecycle rule
+        expires them after a day. Returns the keys that could not be tagged."""
+        left: list[str] = []
+        for output in stored:
+            try:
+                self.s3.put_object_tagging(
+                    Bucket=output.bucket,
+                    Key=output.key,
+                    Tagging={"TagSet": [{"Key": ORPHAN_TAG, "Value": "true"}]},
+                )
+            except Exception:
+                left.append(output.key)
+        if stored:
+            logger.warning(
+                "outputs of a failed copy tagged for expiry",
+                extra={"tagged": len(stored) - len(left), "untagged": left},
             )
-            for index, url in enumerate(output_urls)
-        ]
+        return left
 
     def copy_one(
         self,

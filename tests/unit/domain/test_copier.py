@@ -277,3 +277,65 @@ def test_time_budget_spans_all_outputs(s3: Any) -> None:
         )
     # Without the shared budget each file alone would fit in the copier's 600 s default.
     assert [str(r.url) for r in adapter.requests][-1] == "https://cdn.example.com/b"
+
+
+def orphan_tags(s3: Any) -> dict[str, list[dict[str, str]]]:
+    """Every object's tags, by key."""
+    found = s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    return {o["Key"]: s3.get_object_tagging(Bucket=BUCKET, Key=o["Key"])["TagSet"] for o in found}
+
+
+ORPHAN = [{"Key": "imagejobs-orphan", "Value": "true"}]
+
+
+@pytest.mark.parametrize(
+    ("second", "error"),
+    [
+        ((200, {}, b"<html>not an image</html>"), OutputCopyError),  # permanent
+        ((503, {}, b"busy"), TransientCopyError),  # retried by Step Functions
+        ((200, {}, FailingReader(PNG)), TransientCopyError),
+    ],
+)
+def test_outputs_of_a_failed_copy_are_tagged_for_expiry(
+    s3: Any, second: tuple[int, dict[str, str], Any], error: type[Exception]
+) -> None:
+    routes = {"https://cdn.example.com/a": (200, {}, PNG), "https://cdn.example.com/b": second}
+    copier, _ = make_copier(s3, routes)
+    with pytest.raises(error):
+        copier.copy_outputs("job-1", "o/", ["https://cdn.example.com/a", "https://cdn.example.com/b"])
+    assert orphan_tags(s3) == {"o/job-1/0.png": ORPHAN}
+
+
+def test_a_successful_retry_writes_fresh_untagged_outputs(s3: Any) -> None:
+    routes = {"https://cdn.example.com/a": (200, {}, PNG), "https://cdn.example.com/b": (503, {}, b"")}
+    copier, adapter = make_copier(s3, routes)
+    urls = ["https://cdn.example.com/a", "https://cdn.example.com/b"]
+    with pytest.raises(TransientCopyError):
+        copier.copy_outputs("job-1", "o/", urls)
+    adapter.routes["https://cdn.example.com/b"] = (200, {}, JPEG)
+    copier.copy_outputs("job-1", "o/", urls)
+    assert orphan_tags(s3) == {"o/job-1/0.png": [], "o/job-1/1.jpg": []}
+
+
+def test_outputs_that_cannot_be_tagged_are_reported_and_the_copy_error_still_raised(s3: Any) -> None:
+    routes = {"https://cdn.example.com/a": (200, {}, PNG), "https://cdn.example.com/b": (404, {}, b"")}
+    copier, _ = make_copier(s3, routes)
+
+    def refuse(**kwargs: Any) -> None:
+        raise RuntimeError("AccessDenied")
+
+    copier.s3 = type(
+        "NoTagging", (), {"put_object": s3.put_object, "put_object_tagging": staticmethod(refuse)}
+    )()
+    with pytest.raises(OutputCopyError, match="404"):
+        copier.copy_outputs("job-1", "o/", ["https://cdn.example.com/a", "https://cdn.example.com/b"])
+    assert orphan_tags(s3) == {"o/job-1/0.png": []}
+    stored = StoredOutput(
+        uri="s3://outputs/o/job-1/0.png",
+        bucket=BUCKET,
+        key="o/job-1/0.png",
+        bytes=1,
+        sha256="",
+        content_type="",
+    )
+    assert copier.mark_orphaned([stored]) == ["o/job-1/0.png"]
