@@ -349,6 +349,19 @@ def test_state_machine_may_start_only_executions_of_itself(translated_template: 
     assert not {a for a in actions if a.startswith("states:")} - {"states:StartExecution"}
 
 
+def test_state_machine_may_only_update_job_records(translated_template: Template) -> None:
+    """RecordHandOver writes the hand-over chain into the job record: UpdateItem on the jobs table only."""
+    writes = [
+        statement
+        for statement in _statements_of(translated_template, "JobStateMachineRole")
+        if any(a.startswith("dynamodb:") for a in as_list(statement["Action"]))
+    ]
+    assert [as_list(s["Action"]) for s in writes] == [["dynamodb:UpdateItem"]]
+    assert writes[0]["Resource"] == {"Fn::GetAtt": ["JobsTable", "Arn"]}
+    machine = translated_template["Resources"]["JobStateMachine"]["Properties"]
+    assert machine["DefinitionSubstitutions"]["JobsTableName"] == {"Ref": "JobsTable"}
+
+
 def test_jobs_table_key_index_and_protection(translated_template: Template) -> None:
     table = translated_template["Resources"]["JobsTable"]
     properties = table["Properties"]

@@ -26,6 +26,8 @@ from moto import mock_aws
 from moto.awslambda.models import LambdaFunction
 from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 
+from imagejobs_tools.local.template import jobs_table_definition
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ASL_PATH = REPO_ROOT / "statemachine" / "job.asl.json"
 REGION = "us-east-1"
@@ -36,6 +38,10 @@ FUNCTION_PLACEHOLDERS = {
     "StoreOutputsFunctionArn": "imagejobs-store-outputs",
     "FinalizeFunctionArn": "imagejobs-finalize",
 }
+
+# The other substitution: the jobs table the RecordHandOver state writes to.
+TABLE_NAME = "imagejobs-test-jobs"
+OTHER_PLACEHOLDERS = {"JobsTableName": TABLE_NAME}
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
@@ -119,6 +125,7 @@ class StateMachineHarness:
     state_machine_arn: str
     fakes: FakeLambdas
     retry_sleeps: list[float]
+    table: Any = None  # the jobs table (boto3 Table), empty at start
 
     def run(self, execution_input: dict[str, Any], timeout: float = 30.0) -> ExecutionResult:
         started = self.client.start_execution(
@@ -185,9 +192,13 @@ def state_machine(monkeypatch: pytest.MonkeyPatch) -> Iterator[StateMachineHarne
                 Handler="app.lambda_handler",
                 Code={"ZipFile": _zip_with_handler()},
             )["FunctionArn"]
+        dynamodb = boto3.client("dynamodb", region_name=REGION)
+        dynamodb.create_table(TableName=TABLE_NAME, **jobs_table_definition())
+        table = boto3.resource("dynamodb", region_name=REGION).Table(TABLE_NAME)
         sfn = boto3.client("stepfunctions", region_name=REGION)
-        definition = substitute_definition(ASL_PATH.read_text(encoding="utf-8"), arns)
+        substitutions = {**arns, **OTHER_PLACEHOLDERS}
+        definition = substitute_definition(ASL_PATH.read_text(encoding="utf-8"), substitutions)
         state_machine_arn = sfn.create_state_machine(
             name="imagejobs-test", definition=definition, roleArn=role_arn
         )["stateMachineArn"]
-        yield StateMachineHarness(sfn, state_machine_arn, fakes, retry_sleeps)
+        yield StateMachineHarness(sfn, state_machine_arn, fakes, retry_sleeps, table)

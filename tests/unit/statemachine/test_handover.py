@@ -55,22 +55,17 @@ def test_long_job_hands_over_to_a_fresh_execution_and_completes_there(
         return {**state, "polls": state["polls"] + 1, "poll": next(steps)}
 
     install(state_machine, poll)
+    state_machine.table.put_item(Item={"jobId": "long-job", "status": "SUBMITTED"})
 
     first = state_machine.run(handover_input())
 
     assert first.status == "SUCCEEDED"
-    assert first.entered_states[-2:] == ["HandOver", "HandedOver"]
+    assert first.entered_states[-3:] == ["HandOver", "RecordHandOver", "HandedOver"]
     assert "StoreOutputs" not in first.entered_states
     assert first.output is not None
     assert first.output["poll"]["nextExecutionName"] == "long-job-1"
-    successor_arn = state_machine.state_machine_arn.replace(":stateMachine:", ":execution:") + ":long-job-1"
 
-    client = state_machine.client
-    deadline = time.monotonic() + 30
-    while (described := client.describe_execution(executionArn=successor_arn))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, "handed-over execution still RUNNING"
-        time.sleep(0.01)
-    assert described["status"] == "SUCCEEDED"
+    assert wait_finished(state_machine, "long-job-1")["status"] == "SUCCEEDED"
 
     polls = state_machine.fakes.events_for(POLL)
     assert [event["polls"] for event in polls] == [0, 1, 2]  # the count carries over
@@ -85,6 +80,38 @@ def test_long_job_hands_over_to_a_fresh_execution_and_completes_there(
     [stored] = state_machine.fakes.events_for(STORE)
     assert stored["jobId"] == "long-job"
     assert stored["poll"]["status"] == "COMPLETED"
+    # RecordHandOver: the record names the executions that carried the job, oldest first.
+    record = state_machine.table.get_item(Key={"jobId": "long-job"})["Item"]
+    assert record["executions"] == ["long-job", "long-job-1"]
+    assert record["handovers"] == 1
+
+
+def test_a_finished_record_is_not_touched_by_a_late_handover(state_machine: StateMachineHarness) -> None:
+    # The job was recorded terminal meanwhile (e.g. cancelled by an operator): the hand-over still
+    # happens (the successor finds out), but the record is left as it is.
+    due = {**poll_result("PENDING"), "handoverDue": True, "handovers": 1, "nextExecutionName": "late-job-1"}
+    steps = iter([due, poll_result("COMPLETED")])
+
+    def poll(state: dict[str, Any]) -> dict[str, Any]:
+        return {**state, "polls": state["polls"] + 1, "poll": next(steps)}
+
+    install(state_machine, poll)
+    state_machine.table.put_item(Item={"jobId": "late-job", "status": "FAILED"})
+    result = state_machine.run({**handover_input(), "jobId": "late-job"})
+    assert result.status == "SUCCEEDED"
+    assert result.entered_states[-3:] == ["HandOver", "RecordHandOver", "HandedOver"]
+    record = state_machine.table.get_item(Key={"jobId": "late-job"})["Item"]
+    assert record == {"jobId": "late-job", "status": "FAILED"}
+    wait_finished(state_machine, "late-job-1")  # no execution may outlive its test
+
+
+def wait_finished(state_machine: StateMachineHarness, name: str) -> dict[str, Any]:
+    arn = state_machine.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+    deadline = time.monotonic() + 30
+    while (described := state_machine.client.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, f"{name} still RUNNING"
+        time.sleep(0.01)
+    return dict(described)
 
 
 class OnePollProvider:

@@ -11,6 +11,7 @@ import pytest
 from .conftest import (
     ASL_PATH,
     FUNCTION_PLACEHOLDERS,
+    OTHER_PLACEHOLDERS,
     LambdaError,
     StateMachineHarness,
     substitute_definition,
@@ -260,7 +261,8 @@ def test_definition_placeholders_are_exactly_the_template_substitutions() -> Non
     definition = ASL_PATH.read_text(encoding="utf-8")
     with pytest.raises(KeyError, match="FinalizeFunctionArn"):
         substitute_definition(definition, {"PollFunctionArn": "a", "StoreOutputsFunctionArn": "b"})
-    substituted = json.loads(
+    with pytest.raises(KeyError, match="JobsTableName"):
         substitute_definition(definition, {key: "arn:x" for key in FUNCTION_PLACEHOLDERS})
-    )
+    substitutions = {**{key: "arn:x" for key in FUNCTION_PLACEHOLDERS}, **OTHER_PLACEHOLDERS}
+    substituted = json.loads(substitute_definition(definition, substitutions))
     assert "${" not in json.dumps(substituted)
