@@ -55,6 +55,9 @@ def status_lines(record: JobRecord) -> list[str]:
     for name in ("taskId", "polls", "submitAttempts"):
         if record.data.get(name) is not None:
             rows.append((name, str(record.data[name])))
+    executions = record.data.get("executions")
+    if isinstance(executions, list) and executions:  # a long job handed over to fresh executions
+        rows.append(("executions", " -> ".join(str(name) for name in executions)))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         lines.append(f"{name:<{width}}  {value}")

@@ -31,6 +31,20 @@ def test_status_shows_history_credits_outputs_and_truncated_prompt(
     assert prompt_line.endswith("…") and len(prompt_line) < 100
 
 
+def test_status_shows_the_chain_of_a_handed_over_job(
+    stack: MockStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = make_record("long-1", "SUBMITTED", polls=130)
+    record["executions"] = ["long-1", "long-1-1", "long-1-2"]
+    record["handovers"] = 2
+    stack.put(record)
+
+    assert main(["status", "long-1", *stack.resources.target_args()]) == 0
+
+    [chain] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("executions")]
+    assert chain.endswith("long-1 -> long-1-1 -> long-1-2")
+
+
 def test_status_shows_the_error_with_field_errors(
     stack: MockStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
