@@ -87,6 +87,29 @@ def main() -> None:
         for r in records
         if (r.get("latency") or {}).get("generationSeconds")
     ]
+
+    # Where each job's time went, on the clock of the first send: picked up by intake (record
+    # created), submitted to the provider, then generation, then stored (COMPLETED).
+    def since_first_send(field: str) -> list[float]:
+        return [parse_iso(r[field]) - first_send for r in records if r.get(field)]
+
+    stages = {
+        "recordCreated": summary(since_first_send("createdAt")),
+        "submitted": summary(since_first_send("submittedAt")),
+        "completed": summary(since_first_send("completedAt")),
+    }
+    stage_rows = [
+        (
+            f"{label} after first send p50 / p95 / max s",
+            " / ".join(f"{stages[key].get(p, 0):.1f}" for p in ("p50", "p95", "max")),
+            note,
+        )
+        for key, label, note in (
+            ("recordCreated", "picked up by intake", "queue wait"),
+            ("submitted", "submitted to the provider", "intake"),
+            ("completed", "COMPLETED", "+ generation, polling, store"),
+        )
+    ]
     calls = {name: len(values) for name, values in invocations.durations.items()}
     mean_ms = {
         name: round(1000 * summary(values)["mean"], 1) for name, values in invocations.durations.items()
@@ -113,6 +136,7 @@ def main() -> None:
             f"{summary(totals).get('p50', 0):.1f} / {summary(totals).get('p95', 0):.1f}",
             f"generation {latency[0]:g}-{latency[1]:g} s",
         ),
+        *stage_rows,
         (
             "peak RSS MB (whole stack process)",
             round(resources.peak_rss_mb, 1),
@@ -140,6 +164,7 @@ def main() -> None:
             "allSubmittedSeconds": round(submitted_all_at[0] - first_send, 2) if submitted_all_at else None,
             "jobTotalSeconds": summary(totals),
             "jobGenerationSeconds": summary(generation),
+            "stagesAfterFirstSendSeconds": stages,
             "peakRssMB": round(resources.peak_rss_mb, 1),
             "peakThreads": resources.peak_threads,
             "cpuSeconds": round(resources.cpu_seconds, 1),

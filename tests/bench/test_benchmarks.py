@@ -111,6 +111,10 @@ def test_throughput_smoke() -> None:
     number(figures["elapsedSeconds"], minimum=0.001)
     number(figures["jobsPerSecond"], minimum=0.001)
     distribution(figures["jobTotalSeconds"], 10)
+    stages = figures["stagesAfterFirstSendSeconds"]
+    for stage in ("recordCreated", "submitted", "completed"):
+        distribution(stages[stage], 10)
+    assert stages["recordCreated"]["p50"] <= stages["submitted"]["p50"] <= stages["completed"]["p50"]
     assert figures["invocations"]["StoreOutputsFunction"] == 10
     assert figures["invocations"]["PollFunction"] >= 10
     assert figures["invocations"]["IntakeFunction"] >= 1

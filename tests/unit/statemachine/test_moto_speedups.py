@@ -81,3 +81,28 @@ def test_jsonpath_is_parsed_once_per_path_and_finds_the_same_values() -> None:
     finally:
         undo()
     assert json_path.parse is original
+
+
+def test_sqs_clock_gives_moto_times_and_restores_them() -> None:
+    import datetime
+
+    from moto.core.utils import unix_time
+    from moto.sqs import models
+
+    original = models.unix_time
+    undo = moto_speedups.install()
+    try:
+        assert models.unix_time is moto_speedups.fast_unix_time
+        assert abs(models.unix_time() - unix_time()) < 0.05
+        assert abs(models.unix_time_millis() - unix_time() * 1000) < 50
+        moment = datetime.datetime(2026, 1, 1, 0, 0, 0)
+        assert models.unix_time(moment) == unix_time(moment) == 1_767_225_600.0
+        # Visibility still works on the fast clock: a received message is invisible, then visible.
+        _, _, [message] = _queue_with_messages(60, [0.0])
+        message.change_visibility(1)
+        assert not message.visible
+        message.visible_at = models.unix_time_millis() - 1
+        assert message.visible
+    finally:
+        undo()
+    assert models.unix_time is original
