@@ -56,7 +56,7 @@ class TransientCopyError(Exception):
     """A copy failure worth retrying (timeouts, connection errors, 5xx/429 from the CDN)."""
 
 
-def sniff(head: bytes) -> tuple[str, str] | None:
+def sniff(head: bytes | bytearray) -> tuple[str, str] | None:
     """(content type, extension) from a file's first bytes, or None when unknown."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png", "png"
@@ -103,11 +103,12 @@ class _CappedStream:
         self._pending = b""
         self._done = False
 
-    def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes (fewer only at the end of the stream)."""
-        parts = [self._pending]
-        have = len(self._pending)
-        while have < size and not self._done:
+    def read(self, size: int) -> bytearray:
+        """Up to ``size`` bytes (fewer only at the end of the stream), in one buffer grown in place:
+        a part is held once (no list of chunks joined into a second copy, then sliced into a third)."""
+        buffer = bytearray(self._pending)
+        self._pending = b""
+        while len(buffer) < size and not self._done:
             if self._clock() > self._deadline:
                 raise TransientCopyError("download exceeded its overall deadline")
             try:
@@ -123,11 +124,11 @@ class _CappedStream:
             if self.total > self._max_bytes:
                 raise OutputCopyError("OUTPUT_TOO_LARGE", f"output exceeds {self._max_bytes} bytes")
             self.sha256.update(chunk)
-            parts.append(chunk)
-            have += len(chunk)
-        data = b"".join(parts)
-        self._pending = data[size:]
-        return data[:size]
+            buffer += chunk
+        if len(buffer) > size:
+            self._pending = bytes(buffer[size:])  # less than one chunk
+            del buffer[size:]
+        return buffer
 
 
 class OutputCopier:
@@ -273,7 +274,9 @@ class OutputCopier:
             if len(first) < self.part_size:
                 self.s3.put_object(Bucket=self.bucket, Key=key, Body=first, **extra)
             else:
-                self._multipart(key, first, stream, extra)
+                handed_over = [first]
+                del first  # the multipart loop drops each part once it is sent: one part in memory
+                self._multipart(key, handed_over, stream, extra)
             digest = stream.sha256.hexdigest()
             logger.info(
                 "output stored",
@@ -293,11 +296,14 @@ class OutputCopier:
                 content_type=content_type,
             )
 
-    def _multipart(self, key: str, first: bytes, stream: _CappedStream, extra: Mapping[str, Any]) -> None:
+    def _multipart(
+        self, key: str, first: list[bytearray], stream: _CappedStream, extra: Mapping[str, Any]
+    ) -> None:
+        """`first` holds the first part; it is taken out of the list so no one else keeps it."""
         upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
         try:
             parts = []
-            chunk = first
+            chunk: bytes | bytearray = first.pop()
             number = 1
             while chunk:
                 etag = self.s3.upload_part(
@@ -305,6 +311,7 @@ class OutputCopier:
                 )["ETag"]
                 parts.append({"ETag": etag, "PartNumber": number})
                 number += 1
+                chunk = b""  # let the sent part go before the next one is read
                 chunk = stream.read(self.part_size)
             self.s3.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
