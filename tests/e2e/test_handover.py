@@ -115,7 +115,7 @@ def test_a_job_longer_than_the_handover_limit_completes_through_a_chain_of_execu
         assert carried["previousExecution"] == arns[previous]
         assert carried["jobId"] == job_id and carried["taskId"] == record["taskId"]
 
-    # The record names the first execution and the whole chain (RecordHandOver, a DynamoDB task);
+    # The record names the first execution and the whole chain (ClaimHandOver, a DynamoDB task);
     # the poll count carries over the whole chain.
     assert record["executionArn"] == arns[job_id]
     assert record["executions"] == names

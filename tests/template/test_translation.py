@@ -350,7 +350,7 @@ def test_state_machine_may_start_only_executions_of_itself(translated_template: 
 
 
 def test_state_machine_may_only_update_job_records(translated_template: Template) -> None:
-    """RecordHandOver writes the hand-over chain into the job record: UpdateItem on the jobs table only."""
+    """ClaimHandOver writes the hand-over chain into the job record: UpdateItem on the jobs table only."""
     writes = [
         statement
         for statement in _statements_of(translated_template, "JobStateMachineRole")

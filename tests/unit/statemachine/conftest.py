@@ -39,7 +39,7 @@ FUNCTION_PLACEHOLDERS = {
     "FinalizeFunctionArn": "imagejobs-finalize",
 }
 
-# The other substitution: the jobs table the RecordHandOver state writes to.
+# The other substitution: the jobs table the ClaimHandOver state writes to.
 TABLE_NAME = "imagejobs-test-jobs"
 OTHER_PLACEHOLDERS = {"JobsTableName": TABLE_NAME}
 

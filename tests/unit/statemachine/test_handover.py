@@ -60,7 +60,7 @@ def test_long_job_hands_over_to_a_fresh_execution_and_completes_there(
     first = state_machine.run(handover_input())
 
     assert first.status == "SUCCEEDED"
-    assert first.entered_states[-3:] == ["HandOver", "RecordHandOver", "HandedOver"]
+    assert first.entered_states[-3:] == ["ClaimHandOver", "HandOver", "HandedOver"]
     assert "StoreOutputs" not in first.entered_states
     assert first.output is not None
     assert first.output["poll"]["nextExecutionName"] == "long-job-1"
@@ -80,29 +80,75 @@ def test_long_job_hands_over_to_a_fresh_execution_and_completes_there(
     [stored] = state_machine.fakes.events_for(STORE)
     assert stored["jobId"] == "long-job"
     assert stored["poll"]["status"] == "COMPLETED"
-    # RecordHandOver: the record names the executions that carried the job, oldest first.
+    # ClaimHandOver: the record names the executions that carried the job, oldest first.
     record = state_machine.table.get_item(Key={"jobId": "long-job"})["Item"]
     assert record["executions"] == ["long-job", "long-job-1"]
     assert record["handovers"] == 1
 
 
-def test_a_finished_record_is_not_touched_by_a_late_handover(state_machine: StateMachineHarness) -> None:
-    # The job was recorded terminal meanwhile (e.g. cancelled by an operator): the hand-over still
-    # happens (the successor finds out), but the record is left as it is.
-    due = {**poll_result("PENDING"), "handoverDue": True, "handovers": 1, "nextExecutionName": "late-job-1"}
-    steps = iter([due, poll_result("COMPLETED")])
+def execution_exists(state_machine: StateMachineHarness, name: str) -> bool:
+    arn = state_machine.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+    try:
+        state_machine.client.describe_execution(executionArn=arn)
+    except state_machine.client.exceptions.ExecutionDoesNotExist:
+        return False
+    return True
+
+
+def due_then(job_id: str, *, handovers: int = 1) -> Any:
+    """A poll script: the first poll asks for hand-over n, every later one says COMPLETED."""
+    due = {
+        **poll_result("PENDING"),
+        "handoverDue": True,
+        "handovers": handovers,
+        "nextExecutionName": f"{job_id}-{handovers}",
+    }
+    calls: list[int] = []
 
     def poll(state: dict[str, Any]) -> dict[str, Any]:
-        return {**state, "polls": state["polls"] + 1, "poll": next(steps)}
+        calls.append(1)
+        return {
+            **state,
+            "polls": state["polls"] + 1,
+            "poll": due if len(calls) == 1 else poll_result("COMPLETED"),
+        }
 
-    install(state_machine, poll)
-    state_machine.table.put_item(Item={"jobId": "late-job", "status": "FAILED"})
+    return poll
+
+
+def test_a_finished_job_is_not_handed_over(state_machine: StateMachineHarness) -> None:
+    # The job was recorded terminal meanwhile (e.g. a duplicate loop stored it): nothing to carry on.
+    install(state_machine, due_then("late-job"))
+    state_machine.table.put_item(Item={"jobId": "late-job", "status": "COMPLETED"})
     result = state_machine.run({**handover_input(), "jobId": "late-job"})
     assert result.status == "SUCCEEDED"
-    assert result.entered_states[-3:] == ["HandOver", "RecordHandOver", "HandedOver"]
+    assert result.entered_states[-2:] == ["ClaimHandOver", "Superseded"]
+    assert not execution_exists(state_machine, "late-job-1")
     record = state_machine.table.get_item(Key={"jobId": "late-job"})["Item"]
-    assert record == {"jobId": "late-job", "status": "FAILED"}
-    wait_finished(state_machine, "late-job-1")  # no execution may outlive its test
+    assert record == {"jobId": "late-job", "status": "COMPLETED"}
+
+
+def test_a_duplicate_loop_stops_at_the_hand_over_another_loop_claimed(
+    state_machine: StateMachineHarness,
+) -> None:
+    # EXPRESS does not dedupe names: a HandOver retried after a lost response can start a second
+    # `dup-1`. Both reach the next limit; the first claims `dup-2`, the second finds it claimed.
+    install(state_machine, due_then("dup", handovers=2))
+    record = {"jobId": "dup", "status": "SUBMITTED", "executions": ["dup", "dup-1", "dup-2"], "handovers": 2}
+    state_machine.table.put_item(Item=record)
+    result = state_machine.run({**handover_input(), "jobId": "dup"})
+    assert result.entered_states[-2:] == ["ClaimHandOver", "Superseded"]
+    assert not execution_exists(state_machine, "dup-2")  # not started by this loop
+    assert state_machine.table.get_item(Key={"jobId": "dup"})["Item"] == record
+
+
+def test_without_the_record_the_job_is_still_handed_over(state_machine: StateMachineHarness) -> None:
+    # DynamoDB unavailable (here: no table): the claim is skipped, never the hand-over.
+    install(state_machine, due_then("lone"))
+    state_machine.table.delete()
+    result = state_machine.run({**handover_input(), "jobId": "lone"})
+    assert result.entered_states[-3:] == ["ClaimHandOver", "HandOver", "HandedOver"]
+    assert wait_finished(state_machine, "lone-1")["status"] == "SUCCEEDED"
 
 
 def wait_finished(state_machine: StateMachineHarness, name: str) -> dict[str, Any]:
