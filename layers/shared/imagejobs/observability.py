@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "imagejobs"
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "ImageJobs"
@@ -90,11 +91,20 @@ DETECTION_DELAY_SECONDS = "DetectionDelaySeconds"
 
 
 def count(name: str, value: float = 1) -> None:
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    _add(name, MetricUnit.Count, value)
 
 
 def seconds(name: str, value: float) -> None:
-    metrics.add_metric(name=name, unit=MetricUnit.Seconds, value=max(0.0, value))
+    _add(name, MetricUnit.Seconds, max(0.0, value))
+
+
+def _add(name: str, unit: MetricUnit, value: float) -> None:
+    # With POWERTOOLS_METRICS_DISABLED, Powertools 3.x skips the flush but not the collection: the
+    # set is never cleared, so values pile up across invocations and add_metric prints them (EMF,
+    # i.e. published) once one metric reaches 100 values. Disabled means not collected at all.
+    if is_metrics_disabled():
+        return
+    metrics.add_metric(name=name, unit=unit, value=value)
 
 
 def bind_job(job_id: str, **keys: object) -> None:

@@ -32,6 +32,8 @@ def test_stop_leaves_no_threads_port_environment_or_hooks(tmp_path: Path) -> Non
     original_entrypoint = ExecutionWorker.__dict__["_get_evaluation_entrypoint"]
     original_listing = backends.list_of_moto_modules
     environ_before = dict(os.environ)
+    # Another test in this worker may have loaded the handler under that name: stop() restores it.
+    intake_before = sys.modules.get("imagejobs_fn_intake")
     threads_before = {t.ident for t in threading.enumerate() if not t.daemon}
     state_file = tmp_path / ".imagejobs" / "local-stack.json"
 
@@ -41,7 +43,7 @@ def test_stop_leaves_no_threads_port_environment_or_hooks(tmp_path: Path) -> Non
     assert _port_open(port)
     assert state_file.is_file() and info.endpoint_url in state_file.read_text()
     assert os.environ["AWS_ENDPOINT_URL"] == info.endpoint_url
-    assert "imagejobs_fn_intake" in sys.modules
+    assert sys.modules["imagejobs_fn_intake"] is not intake_before
     assert any(t.name.startswith("imagejobs-sqs-poller") for t in threading.enumerate())
     assert ExecutionWorker.__dict__["_get_evaluation_entrypoint"] is not original_entrypoint
     stack.stop()
@@ -51,7 +53,7 @@ def test_stop_leaves_no_threads_port_environment_or_hooks(tmp_path: Path) -> Non
     assert LambdaFunction.__dict__["_invoke_lambda"] is original_hook
     assert ExecutionWorker.__dict__["_get_evaluation_entrypoint"] is original_entrypoint
     assert backends.list_of_moto_modules is original_listing
-    assert "imagejobs_fn_intake" not in sys.modules
+    assert sys.modules.get("imagejobs_fn_intake") is intake_before
     assert dict(os.environ) == environ_before
     assert not [t.name for t in threading.enumerate() if t.name.startswith("imagejobs-sqs-poller")]
     assert {t.ident for t in threading.enumerate() if not t.daemon} <= threads_before

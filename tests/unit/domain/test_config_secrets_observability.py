@@ -147,3 +147,24 @@ def test_logger_masks_secrets_in_every_message() -> None:
     text = record.getMessage()
     assert "SIG1" not in text and "KEY1" not in text
     assert "https://h/x.png" in text
+
+
+def test_disabled_metrics_are_neither_collected_nor_printed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imagejobs import observability
+
+    observability.metrics.clear_metrics()
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    for _ in range(150):  # Powertools prints a metric set by itself once a metric has 100 values
+        observability.count("JobsCompleted")
+        observability.seconds("JobLatencySeconds", 1.5)
+    assert observability.metrics.metric_set == {}
+    assert capsys.readouterr().out == ""
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    observability.count("JobsCompleted", 2)
+    try:
+        assert observability.metrics.metric_set["JobsCompleted"]["Value"] == [2.0]
+    finally:
+        observability.metrics.clear_metrics()
