@@ -107,15 +107,25 @@ def _add(name: str, unit: MetricUnit, value: float) -> None:
     metrics.add_metric(name=name, unit=unit, value=value)
 
 
+# Keys that describe the job being handled; thread-local, so concurrent invocations in one process
+# (the local stack's threads) each log their own job, and one job's keys never outlive it.
+JOB_KEYS = ("correlation_id", "job_id", "task_id", "model", "kind")
+
+
 def bind_job(job_id: str, **keys: object) -> None:
-    """Make the job id the correlation id of every following log line."""
-    logger.set_correlation_id(job_id)
-    logger.append_keys(job_id=job_id, **keys)
+    """Make the job id the correlation id of every following log line (this thread), with
+    `keys` (task_id, model, kind); keys of an earlier job are dropped first."""
+    current = logger.thread_safe_get_current_keys()
+    merged: dict[str, object] = {}
+    if current.get("job_id") == job_id:  # the same job again: keep what it already said
+        merged.update({key: current[key] for key in ("task_id", "model", "kind") if key in current})
+    merged.update(keys)
+    logger.thread_safe_remove_keys(JOB_KEYS)
+    logger.thread_safe_append_keys(correlation_id=job_id, job_id=job_id, **merged)
 
 
 def unbind_job() -> None:
-    logger.set_correlation_id(None)
-    logger.remove_keys(["job_id", "task_id"])
+    logger.thread_safe_remove_keys(JOB_KEYS)
 
 
 def safe_url(url: str) -> str:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from typing import Any
 
 import boto3
 import pytest
@@ -168,3 +170,54 @@ def test_disabled_metrics_are_neither_collected_nor_printed(
         assert observability.metrics.metric_set["JobsCompleted"]["Value"] == [2.0]
     finally:
         observability.metrics.clear_metrics()
+
+
+class JsonLines(logging.Handler):
+    """Formats records with the Powertools logger's own JSON formatter (keys included)."""
+
+    def __init__(self, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.setFormatter(formatter)
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+def test_job_keys_are_per_thread_and_never_outlive_their_job() -> None:
+    import threading
+
+    from imagejobs.observability import bind_job, logger, unbind_job
+
+    capture = JsonLines(logger.registered_formatter)
+    logger._logger.addHandler(capture)
+    barrier = threading.Barrier(2)
+
+    def handle(job_id: str) -> None:
+        bind_job(job_id, model="gpt-image-2", kind="image")
+        barrier.wait()  # both jobs bound before either logs: shared keys would show the other job
+        bind_job(job_id, task_id=f"tsk-{job_id}")  # same job: model and kind are kept
+        logger.warning("working")
+        unbind_job()
+
+    try:
+        threads = [threading.Thread(target=handle, args=(job,)) for job in ("job-a", "job-b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        bind_job("job-c")  # a later job (e.g. a rejected message) inherits nothing
+        logger.warning("rejected")
+        unbind_job()
+        logger.warning("between jobs")
+    finally:
+        logger._logger.removeHandler(capture)
+
+    lines = {f"{line['message']}:{line.get('job_id')}": line for line in capture.lines}
+    for job in ("job-a", "job-b"):
+        line = lines[f"working:{job}"]
+        assert line["correlation_id"] == job and line["task_id"] == f"tsk-{job}"
+        assert line["model"] == "gpt-image-2" and line["kind"] == "image"
+    rejected = lines["rejected:job-c"]
+    assert rejected["correlation_id"] == "job-c" and not {"task_id", "model", "kind"} & set(rejected)
+    assert not {"job_id", "correlation_id"} & set(lines["between jobs:None"])
