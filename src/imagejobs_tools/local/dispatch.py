@@ -11,6 +11,7 @@ exactly); `tests/integration/local/test_dispatch.py` is its smoke test.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import logging
 import re
@@ -349,18 +350,18 @@ class InProcessLambdaClient:
     """
 
     def __init__(self, client: Any, region: str) -> None:
+        from moto.awslambda.models import lambda_backends
+        from moto.core import DEFAULT_ACCOUNT_ID
+
         self._client = client
         self._region = region
+        self._backends = lambda_backends
+        self._default_account = DEFAULT_ACCOUNT_ID
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
     def invoke(self, **parameters: Any) -> dict[str, Any]:
-        import io
-
-        from moto.awslambda.models import lambda_backends
-        from moto.core import DEFAULT_ACCOUNT_ID
-
         name = str(parameters.get("FunctionName", ""))
         invocation_type = parameters.get("InvocationType", "RequestResponse")
         unsupported = set(parameters) - {"FunctionName", "Payload", "InvocationType", "Qualifier"}
@@ -368,8 +369,8 @@ class InProcessLambdaClient:
             return dict(self._client.invoke(**parameters))
         # arn:aws:lambda:<region>:<account>:function:<name>[:qualifier] names its own account.
         parts = name.split(":")
-        account = parts[4] if name.startswith("arn:") and len(parts) > 4 else DEFAULT_ACCOUNT_ID
-        backend = lambda_backends[account][self._region]
+        account = parts[4] if name.startswith("arn:") and len(parts) > 4 else self._default_account
+        backend = self._backends[account][self._region]
         qualifier = parameters.get("Qualifier")
         try:
             backend.get_function(name, qualifier)

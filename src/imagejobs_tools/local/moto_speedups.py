@@ -120,6 +120,9 @@ def fast_unix_time(dt: Any = None) -> float:
     return float(unix_time(dt))
 
 
+setattr(fast_unix_time, _MARKER, True)  # how a second install() sees the clock is already fast
+
+
 def fast_unix_time_millis(dt: Any = None) -> float:
     return fast_unix_time(dt) * 1000.0
 
@@ -139,9 +142,6 @@ def _sqs_clock() -> Callable[[], None]:
                 setattr(models, name, value)
 
     return restore
-
-
-setattr(fast_unix_time, _MARKER, True)
 
 
 def _jsonpath_parse_cache() -> Callable[[], None]:
