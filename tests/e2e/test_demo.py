@@ -30,6 +30,7 @@ def test_demo_completes_every_job_and_saves_the_images(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     # 6 jobs sent to SQS, 1 from a photo upload, 3 from a JSONL batch (whose 4th line is bad).
     assert "all 10 jobs ended as expected" in result.stdout
+    assert "Warning" not in result.stdout + result.stderr  # a clean console
     assert "REJECTED" in result.stdout and "prompt" in result.stdout
     assert "4 lines, 3 enqueued, 1 bad (line 4 prompt: is required)" in result.stdout
     images = sorted((tmp_path / "out").glob("*/*"))
