@@ -171,12 +171,15 @@ class OutputCopier:
         kind: str = "image",
         metadata: Mapping[str, str] | None = None,
         time_budget_seconds: float | None = None,
+        finished_elsewhere: Callable[[], bool] | None = None,
     ) -> list[StoredOutput]:
         """Copy every URL in order; all of them must finish within the time budget (default the copier's).
 
         When one output fails, the ones this call already stored are tagged as orphans before the
         error is raised (`mark_orphaned`): the bucket's lifecycle rule expires them, and a retry
         that copies them again writes fresh, untagged objects. No role may delete objects.
+        ``finished_elsewhere`` is asked first: keys are per job, so if another attempt has finished
+        the job meanwhile (a duplicate loop), these objects are its outputs and must stay.
         """
         base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
         budget = self.deadline_seconds if time_budget_seconds is None else time_budget_seconds
@@ -191,7 +194,8 @@ class OutputCopier:
                     )
                 )
         except Exception:
-            self.mark_orphaned(stored)
+            if stored and not (finished_elsewhere is not None and finished_elsewhere()):
+                self.mark_orphaned(stored)
             raise
         return stored
 

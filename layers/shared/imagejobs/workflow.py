@@ -175,6 +175,7 @@ def store_outputs_step(
             kind=str(state.get("kind") or request.kind),
             metadata=request.metadata,
             time_budget_seconds=time_budget_seconds,
+            finished_elsewhere=lambda: _status(store, job_id) == records.COMPLETED,
         )
     except TransientCopyError as error:
         raise ProviderTransientError(redact(str(error))) from None
@@ -201,6 +202,11 @@ def store_outputs_step(
     else:
         logger.warning("COMPLETED not recorded", extra={"reason": result.reason})
     return {"jobId": job_id, "status": result.status, "outputs": outputs}
+
+
+def _status(store: JobStore, job_id: str) -> str | None:
+    record = store.get(job_id)
+    return None if record is None else str(record.get("status"))
 
 
 def _error_parts(error: Any) -> tuple[str, str]:

@@ -211,6 +211,43 @@ def test_store_outputs_permanent_error_goes_to_catch(aws: tuple[JobStore, Any]) 
         )
 
 
+def _tags(s3: Any, key: str) -> list[dict[str, str]]:
+    return list(s3.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"])
+
+
+TWO_URLS = ["https://cdn.example.com/a.png", "https://cdn.example.com/b.png"]
+
+
+def test_a_failed_attempt_tags_what_it_wrote_for_expiry(aws: tuple[JobStore, Any]) -> None:
+    store, s3 = aws
+    routes = {TWO_URLS[0]: (200, {}, PNG), TWO_URLS[1]: (503, {}, b"")}
+    copier, _ = copier_for(s3, routes)
+    with pytest.raises(ProviderTransientError):
+        store_outputs_step(completed_state(TWO_URLS), store, copier, default_prefix="o/")
+    assert _tags(s3, "team/job-1/0.png") == [{"Key": "imagejobs-orphan", "Value": "true"}]
+
+
+def test_a_failed_duplicate_attempt_leaves_the_finished_jobs_outputs_alone(aws: tuple[JobStore, Any]) -> None:
+    # Two loops store the same job (a duplicate EXPRESS loop): keys are per job, so the failing one
+    # has overwritten outputs the other has just recorded COMPLETED. Tagging them would expire them.
+    store, s3 = aws
+    finished, _ = copier_for(s3, {url: (200, {}, PNG) for url in TWO_URLS})
+    routes = {TWO_URLS[0]: (200, {}, PNG), TWO_URLS[1]: (503, {}, b"")}
+    failing, _ = copier_for(s3, routes)
+    original_copy_one = failing.copy_one
+
+    def copy_one(url: str, *args: Any, **kwargs: Any) -> Any:
+        if url == TWO_URLS[1]:  # the other loop completes the job while this one is mid-copy
+            store_outputs_step(completed_state(TWO_URLS), store, finished, default_prefix="o/", now=T0 + 31)
+        return original_copy_one(url, *args, **kwargs)
+
+    failing.copy_one = copy_one  # type: ignore[method-assign]
+    with pytest.raises(ProviderTransientError):
+        store_outputs_step(completed_state(TWO_URLS), store, failing, default_prefix="o/")
+    assert store.get("job-1")["status"] == "COMPLETED"  # type: ignore[index]
+    assert _tags(s3, "team/job-1/0.png") == [] and _tags(s3, "team/job-1/1.png") == []
+
+
 def test_finalize_failed_records_provider_error_and_refund(aws: tuple[JobStore, Any]) -> None:
     store, _ = aws
     event = {
