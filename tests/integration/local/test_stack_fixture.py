@@ -100,11 +100,10 @@ def test_task_error_type_reaches_the_state_machine_catch(fixture_stack: LocalSta
     item_id = unique("taskerr")
     send(fixture_stack, {"id": item_id, "mode": "ok", "taskError": "provider exploded"})
     sfn = fixture_stack.client("stepfunctions")
-    arn = (
-        fixture_stack.info.outputs["StateMachineArn"].replace(":stateMachine:", ":execution:") + f":{item_id}"
-    )
     wait_for(lambda: get_item(fixture_stack, item_id))
-    execution = wait_for(lambda: (e := sfn.describe_execution(executionArn=arn))["status"] != "RUNNING" and e)
+    # The item is written before the execution starts: wait for it to exist, then to finish.
+    execution = finished_execution(fixture_stack, item_id)
+    arn = execution["executionArn"]
     assert execution["status"] == "FAILED"
     assert execution["error"] == "TaskFailed"  # the Fail state reached through Catch
     history = sfn.get_execution_history(executionArn=arn)["events"]

@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,3 +130,68 @@ def test_the_functions_copier_uses_pinned_connections(monkeypatch: pytest.Monkey
     copier = Runtime().copier
     assert isinstance(copier.session.get_adapter("https://cdn.example.com/x.png"), PinnedAddressAdapter)
     assert isinstance(copier.session.get_adapter("http://sim.test:1/x.png"), PinnedAddressAdapter)
+
+
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for `name` (its own CA) and its key, made with cryptography (a moto dependency)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_through_a_pinned_connection_still_verifies_the_host_name(
+    private: Private, tmp_path: Path
+) -> None:
+    # Production fetches are https: the socket goes to the checked address, while TLS (SNI and the
+    # certificate's name) still uses the URL's host.
+    import ssl
+
+    cert, key = _self_signed(tmp_path, "cdn.example.test")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    private.server.socket = context.wrap_socket(private.server.socket, server_side=True)
+
+    def to_loopback(name: str, port: int, *args: Any) -> list[tuple[Any, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    def fetch(name: str) -> requests.Response:
+        host = f"{name}:{private.port}"
+        session = pinned_session(allow_hosts=(host,), resolver=to_loopback)
+        session.trust_env = False  # the machine's CA bundle variables would override `verify`
+        session.verify = str(cert)
+        return safe_get(
+            session, f"https://{host}/out.png", allow_hosts=(host,), resolver=to_loopback, timeout=(2, 2)
+        )
+
+    response = fetch("cdn.example.test")
+    assert response.status_code == 200 and response.content == b"secret"
+    with pytest.raises(requests.exceptions.SSLError):
+        fetch("other.example.test")  # same address, a name the certificate does not carry
+    assert private.hosts == [f"cdn.example.test:{private.port}"]
