@@ -138,6 +138,20 @@ class Harness:
             keys.extend(item["Key"] for item in page.get("Contents", []))
         return keys
 
+    def tagged_for_expiry(self, keys: list[str]) -> list[str]:
+        """Which of `keys` carry the copier's orphan tag (the lifecycle rule would delete them)."""
+        from imagejobs.copier import ORPHAN_TAG
+
+        bucket = self.outputs["OutputBucketName"]
+        return [
+            key
+            for key in keys
+            if any(
+                tag["Key"] == ORPHAN_TAG
+                for tag in self.s3.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
+            )
+        ]
+
     def wait(self, predicate: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -301,8 +315,12 @@ def check_outputs(report: SuiteReport, h: Harness, ledger: Ledger) -> None:
         "no recorded output missing from S3, none recorded twice",
         not missing and len(recorded) == len(set(recorded)),
     )
+    expiring = h.tagged_for_expiry(recorded)
+    report.check("no recorded output is tagged for expiry (imagejobs-orphan)", not expiring)
     if orphans:
         report.notes.append(f"orphans (first 5): {orphans[:5]}")
+    if expiring:
+        report.notes.append(f"recorded outputs tagged for expiry (first 5): {expiring[:5]}")
 
 
 def _wait_settled(h: Harness, job_ids: list[str], timeout: float) -> bool:
