@@ -127,6 +127,20 @@ class StateMachineHarness:
     retry_sleeps: list[float]
     table: Any = None  # the jobs table (boto3 Table), empty at start
 
+    def execution_arn(self, name: str) -> str:
+        return self.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+
+    def finished(self, arn: str, timeout: float = 30.0) -> dict[str, Any]:
+        """DescribeExecution once the execution has left RUNNING."""
+        deadline = time.monotonic() + timeout
+        while True:
+            described = dict(self.client.describe_execution(executionArn=arn))
+            if described["status"] != "RUNNING":
+                return described
+            if time.monotonic() > deadline:
+                raise AssertionError(f"execution still RUNNING after {timeout}s")
+            time.sleep(0.01)
+
     def run(self, execution_input: dict[str, Any], timeout: float = 30.0) -> ExecutionResult:
         started = self.client.start_execution(
             stateMachineArn=self.state_machine_arn,
@@ -134,14 +148,7 @@ class StateMachineHarness:
             input=json.dumps(execution_input),
         )
         arn = started["executionArn"]
-        deadline = time.monotonic() + timeout
-        while True:
-            described = self.client.describe_execution(executionArn=arn)
-            if described["status"] != "RUNNING":
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"execution still RUNNING after {timeout}s")
-            time.sleep(0.01)
+        described = self.finished(arn, timeout)
         history = self.client.get_execution_history(executionArn=arn, maxResults=1000)["events"]
         output = described.get("output")
         return ExecutionResult(

@@ -3,7 +3,6 @@ state machine starts a fresh execution `<jobId>-<n>` carrying the job's state, t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,9 +86,8 @@ def test_long_job_hands_over_to_a_fresh_execution_and_completes_there(
 
 
 def execution_exists(state_machine: StateMachineHarness, name: str) -> bool:
-    arn = state_machine.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
     try:
-        state_machine.client.describe_execution(executionArn=arn)
+        state_machine.client.describe_execution(executionArn=state_machine.execution_arn(name))
     except state_machine.client.exceptions.ExecutionDoesNotExist:
         return False
     return True
@@ -152,12 +150,7 @@ def test_without_the_record_the_job_is_still_handed_over(state_machine: StateMac
 
 
 def wait_finished(state_machine: StateMachineHarness, name: str) -> dict[str, Any]:
-    arn = state_machine.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
-    deadline = time.monotonic() + 30
-    while (described := state_machine.client.describe_execution(executionArn=arn))["status"] == "RUNNING":
-        assert time.monotonic() < deadline, f"{name} still RUNNING"
-        time.sleep(0.01)
-    return dict(described)
+    return state_machine.finished(state_machine.execution_arn(name))
 
 
 class OnePollProvider:
