@@ -12,11 +12,28 @@
   receive toward maxReceiveCount. The fix iterates over a snapshot (`tuple(set)` copies in C,
   under the GIL, without running Python code).
 
+- moto 5.2.5's DynamoDB takes no lock: `UpdateItem` checks its ConditionExpression, then spends
+  milliseconds validating and applying the update expression to the stored item in place, so two
+  concurrent conditional updates of one item can both pass the check and both succeed (measured:
+  more than one winner among 8 in about 1 round in 10; docs/local-stack.md has the reproduction).
+  On AWS a conditional write is atomic, and "submitted once" rests on it. The fix runs every
+  item-level DynamoDB request (writes, and reads, which would otherwise see an update half
+  applied) under one lock, at moto's request handler: the handler reads the old item for
+  `ReturnValues` before it calls the backend, and the Step Functions engine's own
+  `dynamodb:updateItem` tasks come in through the same handler.
+
+- moto 5.2.5's Step Functions `StartExecution` looks for a running execution of that name, then
+  deep-copies the state machine and builds the new execution before it files it: two concurrent
+  starts with one name can both create (and run) an execution, where AWS keeps names unique (the
+  pipeline names each job's loop after the job, so a duplicate delivery never starts a second
+  loop). Measured: 1 round in 200 of 8 concurrent starts. The fix runs StartExecution under a lock.
+
 The hook is private moto API (moto is pinned): `check()` says clearly when it has moved.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +77,41 @@ def check() -> None:
     """Raise MotoFixError if a fix can no longer be applied to the installed moto."""
     _service_class()
     _sqs_queue_class()
+    _dynamodb_handler_class()
+    _sfn_parser_backend_class()
+
+
+# Every DynamoDB request that reads or writes items; table-level calls need no lock.
+DYNAMODB_ITEM_OPERATIONS = (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "batch_write_item",
+    "transact_write_items",
+    "get_item",
+    "batch_get_item",
+    "query",
+    "scan",
+    "transact_get_items",
+    "execute_statement",
+    "execute_transaction",
+    "batch_execute_statement",
+)
+# One lock for all tables: moto's backends are process-wide, and a transaction spans tables.
+DYNAMODB_ITEM_LOCK = threading.RLock()
+
+
+def _dynamodb_handler_class() -> Any:
+    from moto.dynamodb import responses
+
+    handler = getattr(responses, "DynamoHandler", None)
+    missing = [name for name in DYNAMODB_ITEM_OPERATIONS if not callable(getattr(handler, name, None))]
+    if handler is None or missing:
+        raise MotoFixError(
+            f"moto moved moto.dynamodb.responses.DynamoHandler operations {missing} "
+            "(the atomic conditional-write fix needs them)"
+        )
+    return handler
 
 
 def _sqs_queue_class() -> Any:
@@ -97,9 +149,66 @@ def _sqs_pending_message_groups() -> Callable[[], None]:
     return restore
 
 
+def _serialise(owner: Any, names: tuple[str, ...], lock: threading.RLock) -> Callable[[], None]:
+    """Run each named method of ``owner`` under ``lock``; the returned callable undoes it."""
+    with _LOCK:
+        if getattr(owner.__dict__.get(names[0]), _MARKER, False):
+            return lambda: None  # already serialised by an earlier install(), whose undo removes it
+        originals = {name: owner.__dict__[name] for name in names}
+
+        def serialised(operation: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(operation)
+            def locked(*args: Any, **kwargs: Any) -> Any:
+                with lock:
+                    return operation(*args, **kwargs)
+
+            setattr(locked, _MARKER, True)
+            return locked
+
+        patched = {name: serialised(original) for name, original in originals.items()}
+        for name, wrapper in patched.items():
+            setattr(owner, name, wrapper)
+
+    def restore() -> None:
+        with _LOCK:
+            for name, wrapper in patched.items():
+                if owner.__dict__.get(name) is wrapper:
+                    setattr(owner, name, originals[name])
+
+    return restore
+
+
+def _dynamodb_atomic_item_operations() -> Callable[[], None]:
+    return _serialise(_dynamodb_handler_class(), DYNAMODB_ITEM_OPERATIONS, DYNAMODB_ITEM_LOCK)
+
+
+START_EXECUTION_LOCK = threading.RLock()
+
+
+def _sfn_parser_backend_class() -> Any:
+    from moto.stepfunctions.parser import models
+
+    backend = getattr(models, "StepFunctionsParserBackend", None)
+    if backend is None or not callable(backend.__dict__.get("start_execution")):
+        raise MotoFixError(
+            "moto moved moto.stepfunctions.parser.models.StepFunctionsParserBackend.start_execution "
+            "(the execution-name uniqueness fix needs it)"
+        )
+    return backend
+
+
+def _sfn_unique_execution_names() -> Callable[[], None]:
+    return _serialise(_sfn_parser_backend_class(), ("start_execution",), START_EXECUTION_LOCK)
+
+
 def install() -> Callable[[], None]:
     """Apply every fix; the returned callable removes them again (call it once)."""
-    undo = [_sfn_parameter_names(), _sqs_pending_message_groups()]
+    undo = [
+        _sfn_parameter_names(),
+        _sqs_pending_message_groups(),
+        _dynamodb_atomic_item_operations(),
+        _sfn_unique_execution_names(),
+    ]
 
     def restore() -> None:
         for step in reversed(undo):

@@ -42,6 +42,16 @@ def records_for_upload(stack: RunningStack, uri: str) -> list[dict[str, Any]]:
     return records_where(stack, lambda r: uri in ((r.get("request") or {}).get("inputImageUrls") or []))
 
 
+def unfinished_story(stack: RunningStack, records: list[dict[str, Any]]) -> str:
+    """What happened to every job that did not complete: its status history and its errors."""
+    ids = {r["jobId"] for r in records if r["status"] != "COMPLETED"}
+    story = ["jobs that did not complete:"]
+    for record in records_where(stack, lambda r: r["jobId"] in ids):
+        fields = ("jobId", "status", "statusHistory", "error", "lastSubmitError", "taskId", "executions")
+        story.append(json.dumps({name: record.get(name) for name in fields}, default=str))
+    return "\n".join(story)
+
+
 def queue_idle(stack: RunningStack, queue_output: str = "UploadsQueueUrl") -> bool:
     """No message waiting or in flight on the queue named by that stack output."""
     attributes = stack.client("sqs").get_queue_attributes(
@@ -262,7 +272,7 @@ def _run_batch(stack: RunningStack, key: str, lines: list[str]) -> None:
     finished = wait_for(all_terminal, timeout=540, what=f"{GOOD_LINES} batch jobs terminal", interval=2.0)
     elapsed = time.monotonic() - started
     print(f"\n{BATCH_LINES}-line batch: {GOOD_LINES} jobs terminal {elapsed:.1f} s after the upload")
-    assert {r["status"] for r in finished} == {"COMPLETED"}
+    assert {r["status"] for r in finished} == {"COMPLETED"}, unfinished_story(stack, finished)
     expected_ids = {f"{prefix}{n}" for n in range(1, BATCH_LINES + 1) if n not in BAD_AT}
     assert {r["jobId"] for r in finished} == expected_ids
 
