@@ -16,6 +16,17 @@ if TYPE_CHECKING:
     from imagejobs.config import Settings
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+# A job id names its Step Functions execution (80 characters, no spaces or punctuation).
+JOB_ID_RULE = "must match ^[A-Za-z0-9_-]{1,80}$ (1-80 letters, digits, '_' or '-')"
+
+
+def job_id_problem(job_id: object) -> str | None:
+    """Why ``job_id`` cannot be a job id (None: it can); intake and the CLI share this rule."""
+    if isinstance(job_id, str) and JOB_ID_RE.match(job_id):
+        return None
+    return f"{JOB_ID_RULE}, got {job_id!r}"[:200]
+
+
 MODEL_RE = re.compile(r"^[A-Za-z0-9._/:-]{1,128}$")
 OUTPUT_PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]+$")
 METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -212,9 +223,9 @@ def parse_job(
             fail(str(name), f"unknown field (allowed: {', '.join(FIELDS)})")
 
     job_id = document.get("jobId", default_job_id)
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
-        source = "jobId" if "jobId" in document else "jobId (default from message id)"
-        fail("jobId", f"{source} must match ^[A-Za-z0-9_-]{{1,80}}$")
+    problem = job_id_problem(job_id)
+    if problem is not None:
+        fail("jobId", problem if "jobId" in document else f"(defaulted to the message id) {problem}")
 
     prompt = document.get("prompt")
     if prompt is None:

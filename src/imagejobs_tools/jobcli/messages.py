@@ -2,8 +2,8 @@
 
 The pipeline validates every field (prompt caps, models, URLs, ...) and records
 REJECTED with field errors; the CLI checks only what it needs to send a message
-and print its job id: a JSON object, a string `jobId` (generated when absent),
-and a body under the SQS size limit.
+and print a job id the user can find it by: a JSON object, a valid `jobId`
+(generated when absent; the pipeline's own rule), and a body under the SQS size limit.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from imagejobs.jobs import job_id_problem
 
 # SQS's per-message (and per-SendMessageBatch) payload limit.
 SQS_MAX_MESSAGE_BYTES = 262_144
@@ -90,8 +92,9 @@ def prepare(message: Any, source: str, defaults: Mapping[str, Any] | None = None
     job_id = merged.get("jobId")
     if job_id is None:
         job_id = merged["jobId"] = new_job_id()
-    elif not isinstance(job_id, str) or not job_id:
-        raise MessageShapeError(f"jobId: must be a non-empty string, got {job_id!r}")
+    elif (problem := job_id_problem(job_id)) is not None:
+        # The pipeline would record the rejection under another id: refuse it here, by the same rule.
+        raise MessageShapeError(f"jobId: {problem}")
     body = json.dumps(merged, ensure_ascii=False, separators=(",", ":"))
     size = len(body.encode("utf-8"))
     if size > SQS_MAX_MESSAGE_BYTES:

@@ -35,21 +35,25 @@ def parse_parameter(text: str) -> tuple[str, str]:
     return name, value
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected >= 0 seconds, got {text!r}")
-    return value
+# Step Functions waits whole seconds; the template allows 0-300 (0 only for tests).
+MAX_POLL_INTERVAL_SECONDS = 300
+
+
+def whole_seconds(text: str) -> int:
+    """`--poll-interval`: whole seconds 0-300, as the template's PollIntervalSeconds accepts."""
+    if not text.strip().isdigit() or int(text) > MAX_POLL_INTERVAL_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"expected whole seconds from 0 to {MAX_POLL_INTERVAL_SECONDS} (Step Functions waits whole "
+            f"seconds), got {text!r}"
+        )
+    return int(text)
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("local", help="run the whole pipeline on this machine (no AWS, no Docker)")
     commands = parser.add_subparsers(dest="local_command", required=True, metavar="up|demo")
 
-    def common(sub: argparse.ArgumentParser, latency: str, poll: float) -> None:
+    def common(sub: argparse.ArgumentParser, latency: str, poll: int) -> None:
         sub.add_argument("--template", type=Path, default=Path("template.yaml"), help="SAM template")
         sub.add_argument("--port", type=int, default=0, help="AWS endpoint port (default: a free one)")
         sub.add_argument("--sim-port", type=int, default=0, help="simulator port (default: a free one)")
@@ -62,7 +66,7 @@ def register(subparsers: Any) -> None:
         )
         sub.add_argument(
             "--poll-interval",
-            type=_non_negative,
+            type=whole_seconds,
             default=poll,
             metavar="SECONDS",
             help=f"PollIntervalSeconds for the wait-loop (default {poll:g})",
@@ -125,18 +129,16 @@ def _run_up(args: argparse.Namespace) -> int:
 
     # Not a terminal (CI, a pipe): rich would wrap the tables at 80 columns and truncate job ids.
     console = Console(emoji=False, width=None if sys.stdout.isatty() else 160)
-    stop = threading.Event()
-    # SIGTERM (CI, `kill`, a supervisor) stops as cleanly as Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGTERM (CI, `kill`, a supervisor) stops cleanly, also while the stack is still starting.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     stack = LocalStack(build_config(args, state_file=args.state_file))
     try:
         with console.status("starting the local stack…"):
             stack.start()
         print_summary(console, stack, args.state_file)
-        while not stop.wait(0.5):
-            pass
+        threading.Event().wait()  # until a signal
         return 0
-    except KeyboardInterrupt:
+    except Terminated:
         return 0
     except LocalStackError as exc:
         console.print(f"[red]imagejobs local up: {exc}[/red]")
@@ -145,6 +147,14 @@ def _run_up(args: argparse.Namespace) -> int:
         console.print("stopping…")
         stack.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: stop the stack and exit 0."""
+
+
+def _raise_terminated(*_: Any) -> None:
+    raise Terminated
 
 
 def print_summary(console: Any, stack: Any, state_file: Path | None) -> None:
@@ -188,5 +198,5 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     quiet_empty_metrics_warning()
     if args.fast:
-        args.poll_interval = 1.0
+        args.poll_interval = 1
     return run_demo(args)

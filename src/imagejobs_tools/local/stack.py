@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ from imagejobs_tools.local.template import (
     TemplateError,
     evaluate_condition,
     notification_api_config,
+    parameter_problem,
     prepare_template,
     resolve_deferred,
     split_unsupported,
@@ -164,6 +166,8 @@ class LocalStack:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         try:
+            self._refuse_a_running_stack_in_the_state_file()
+            self._check_ports_free()
             endpoint = self._start_moto()
             timings["motoServerSeconds"] = time.perf_counter() - started
             provider_url, simulator_url = self._start_provider()
@@ -242,7 +246,7 @@ class LocalStack:
                 sys.path.remove(entry)
         self._added_sys_path.clear()
         self._restore_environ()
-        if self.config.state_file is not None and self._info is not None:
+        if self.config.state_file is not None and self._info is not None and self._owns_state_file():
             self.config.state_file.unlink(missing_ok=True)
         self._info = None
         self._session = None
@@ -344,6 +348,10 @@ class LocalStack:
             if name not in declared:
                 raise LocalStackError(f"parameter override {name!r}: the template declares no such parameter")
             parameters[name] = str(value)
+        for name, value in parameters.items():
+            problem = parameter_problem(name, declared[name], value)
+            if problem is not None:
+                raise LocalStackError(problem)
         try:
             prepared = prepare_template(template_path, BOOTSTRAP_BUCKET, BOOTSTRAP_KEY, parameters)
         except TemplateError as exc:
@@ -567,6 +575,37 @@ class LocalStack:
             poller.start()
             self.pollers.append(poller)
 
+    def _check_ports_free(self) -> None:
+        """A port in use fails at once, by name (moto's server thread would die and leave start()
+        waiting for ever)."""
+        for option, port in (("--port", self.config.port), ("--sim-port", self.config.sim_port)):
+            if port and not port_is_free(port):
+                raise LocalStackError(f"{option} {port}: 127.0.0.1:{port} is already in use")
+
+    def _refuse_a_running_stack_in_the_state_file(self) -> None:
+        """Never strand a running stack: its state file is how the CLI finds it."""
+        path = self.config.state_file
+        if path is None or not path.exists():
+            return
+        try:
+            endpoint = str(json.loads(path.read_text(encoding="utf-8"))["endpointUrl"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # unreadable: nothing can use it
+        if endpoint_answers(endpoint):
+            raise LocalStackError(
+                f"a local stack is already running at {endpoint} (state file {path}); stop it first, "
+                "or start this one with another --state-file"
+            )
+
+    def _owns_state_file(self) -> bool:
+        path = self.config.state_file
+        try:
+            return path is not None and json.loads(path.read_text(encoding="utf-8")).get("endpointUrl") == (
+                self._info.endpoint_url if self._info else None
+            )
+        except (OSError, ValueError):
+            return False
+
     def _write_state_file(self) -> None:
         path = self.config.state_file
         if path is None:
@@ -600,6 +639,27 @@ class LocalStack:
 
 
 _AWS_QUEUE_URL = re.compile(r"^https://sqs\.[a-z0-9-]+\.amazonaws\.com/(\d{12}/[^/]+)$")
+
+
+def port_is_free(port: int) -> bool:
+    """Whether 127.0.0.1:port can be bound as werkzeug binds it (SO_REUSEADDR: TIME_WAIT is free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def endpoint_answers(endpoint: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts connections at an http://host:port endpoint."""
+    host, _, port = endpoint.removeprefix("http://").rstrip("/").partition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def local_queue_url(value: str, endpoint: str) -> str:
@@ -637,10 +697,10 @@ def _union_environment(per_function: dict[str, dict[str, str]]) -> dict[str, str
     return union
 
 
-def _declared_parameters(template_path: Path) -> set[str]:
+def _declared_parameters(template_path: Path) -> dict[str, dict[str, Any]]:
     from imagejobs_tools.local.template import load_sam_template
 
-    return set((load_sam_template(template_path).get("Parameters") or {}).keys())
+    return dict(load_sam_template(template_path).get("Parameters") or {})
 
 
 def _format_number(value: float) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -441,3 +442,27 @@ def jobs_table_definition(template_path: Path = REPO_TEMPLATE) -> dict[str, Any]
     suites and tests that make the table outside the local stack never keep a second copy of it."""
     properties = load_sam_template(template_path)["Resources"]["JobsTable"]["Properties"]
     return copy.deepcopy({name: properties[name] for name in _CREATE_TABLE_PROPERTIES if name in properties})
+
+
+def parameter_problem(name: str, definition: dict[str, Any], value: str) -> str | None:
+    """Why CloudFormation would refuse ``value`` for parameter ``name`` (None: it would accept it).
+
+    moto's CloudFormation checks none of these constraints, so the local stack checks them itself:
+    a bad value fails at start, naming the parameter and what it accepts, as `sam deploy` would.
+    """
+    constraint = definition.get("ConstraintDescription")
+    allowed = definition.get("AllowedValues")
+    if allowed is not None and value not in [str(v) for v in allowed]:
+        return f"parameter {name}: {value!r} is not one of {', '.join(str(v) for v in allowed)}"
+    pattern = definition.get("AllowedPattern")
+    if pattern is not None and re.fullmatch(str(pattern), value) is None:
+        return f"parameter {name}: {value!r} is not allowed ({constraint or 'must match ' + str(pattern)})"
+    if definition.get("Type") == "Number":
+        try:
+            number = float(value)
+        except ValueError:
+            return f"parameter {name}: {value!r} is not a number"
+        low, high = definition.get("MinValue"), definition.get("MaxValue")
+        if (low is not None and number < float(low)) or (high is not None and number > float(high)):
+            return f"parameter {name}: {value!r} is outside {low}..{high}"
+    return None

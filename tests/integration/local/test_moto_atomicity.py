@@ -55,7 +55,11 @@ def endpoint() -> Iterator[str]:
 
 
 # Explicit: the module-scoped server starts before the per-test fake-credentials fixture.
-LOCAL = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+LOCAL: dict[str, Any] = {
+    "region_name": "us-east-1",
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+}
 
 
 def execute_state_machines(url: str, execute: bool) -> None:
@@ -145,7 +149,7 @@ def test_check_names_the_dynamodb_operation_that_moved(monkeypatch: pytest.Monke
         moto_fixes.check()
 
 
-class SlowExecution(sfn_models.Execution):  # type: ignore[misc]
+class SlowExecution(sfn_models.Execution):
     """moto's Execution, built 50 ms slower: widens the gap between StartExecution's name check and
     the moment it files the new execution, so that the race shows in every round, not 1 in 200."""
 

@@ -53,6 +53,17 @@ def test_single_submit_generates_a_job_id_and_puts_it_in_the_message(
     assert json.loads(body) == {"jobId": printed["jobId"], "prompt": "a cat"}
 
 
+def test_a_job_id_the_pipeline_would_reject_is_refused_before_sending(
+    stack: MockStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The pipeline would record the rejection under the SQS message id: the user could never find it.
+    assert main(["submit", "x", "--job-id", "bad id", *stack.resources.target_args()]) == 2
+    assert "jobId: must match ^[A-Za-z0-9_-]{1,80}$ (1-80 letters, digits, '_' or '-'), got 'bad id'" in (
+        capsys.readouterr().err
+    )
+    assert stack.received_bodies() == []
+
+
 def test_bad_metadata_is_a_usage_error_naming_the_field(
     stack: MockStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -113,7 +124,8 @@ def test_jsonl_bad_lines_are_reported_by_line_number_and_the_rest_still_go(
     assert exit_code == 1
     assert "jobs.jsonl:2: not valid JSON: " in captured.err
     assert "jobs.jsonl:4: expected a JSON object, got list" in captured.err
-    assert "jobs.jsonl:6: jobId: must be a non-empty string, got 42" in captured.err
+    rule = "must match ^[A-Za-z0-9_-]{1,80}$ (1-80 letters, digits, '_' or '-')"
+    assert f"jobs.jsonl:6: jobId: {rule}, got 42" in captured.err
     assert "jobs.jsonl:7: message is" in captured.err and "over the SQS limit" in captured.err
     assert "sent 3 jobs" in captured.err and "4 bad lines" in captured.err
     assert "bad lines: jobs.jsonl:2, jobs.jsonl:4, jobs.jsonl:6, jobs.jsonl:7" in captured.err
