@@ -6,11 +6,14 @@ VENV ?= .venv
 PYTHON ?= $(shell scripts/find-python)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# checkov pins a boto3 far older than aws-sam-cli's: its own venv (requirements-checkov.txt).
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: venv demo up test lint typecheck unit bench reliability clean
+.PHONY: venv checkov scan demo up test lint typecheck unit bench reliability clean
 
 venv: $(STAMP)
 
@@ -19,6 +22,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+checkov: $(CHECKOV_STAMP)
+
+$(CHECKOV_STAMP): requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	touch $(CHECKOV_STAMP)
+
+# The security review (docs/deploy.md): checkov on template.yaml as a reviewer runs it, then the
+# tests that also scan the deployed (translated) template with and without the options.
+scan: $(STAMP) $(CHECKOV_STAMP)
+	BC_SKIP_MAPPING=TRUE CKV_SKIP_PACKAGE_UPDATE_CHECK=TRUE $(CHECKOV_VENV)/bin/checkov \
+		-f template.yaml --framework cloudformation --skip-download --compact --quiet
+	$(BIN)/pytest -q tests/template/test_security_scan.py
 
 demo: $(STAMP)
 	$(BIN)/imagejobs local demo
@@ -35,7 +53,7 @@ typecheck: $(STAMP)
 	@# every handler module is named app.py: check each on its own
 	@for f in $(wildcard functions/*/app.py); do $(BIN)/mypy --no-error-summary $$f || exit 1; done
 
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory typecheck
 	$(BIN)/pytest -n 2 --dist loadgroup tests
@@ -53,4 +71,4 @@ reliability: $(STAMP)
 	$(BIN)/python -m imagejobs_tools.reliability all
 
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

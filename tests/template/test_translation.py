@@ -47,6 +47,20 @@ ALLOWED_MANAGED_POLICIES = {
 }
 
 
+CUSTOMER_KEY = {"Ref": "KmsKeyArn"}
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+def _with_customer_key(value: Any) -> dict[str, Any]:
+    return {"Fn::If": ["UseCustomerKey", value, NO_VALUE]}
+
+
+def _assert_queue_encrypted(properties: dict[str, Any]) -> None:
+    """SSE-SQS by default; the customer key instead when KmsKeyArn is set (SQS refuses both at once)."""
+    assert properties["SqsManagedSseEnabled"] == {"Fn::If": ["UseCustomerKey", False, True]}
+    assert properties["KmsMasterKeyId"] == _with_customer_key(CUSTOMER_KEY)
+
+
 def _function(template: Template, name: str) -> dict[str, Any]:
     resource = template["Resources"][name]
     assert resource["Type"] == "AWS::Lambda::Function"
@@ -162,8 +176,22 @@ def test_output_bucket_is_private_encrypted_and_cleans_up_multipart(translated_t
         "IgnorePublicAcls": True,
         "RestrictPublicBuckets": True,
     }
-    [rule] = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
-    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    condition, [with_key], [default] = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][
+        "Fn::If"
+    ]
+    assert condition == "UseCustomerKey"
+    assert default["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    assert with_key["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": CUSTOMER_KEY,
+    }
+    assert with_key["BucketKeyEnabled"] is True
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert any(
+        r["Status"] == "Enabled" and r["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+        for r in bucket["LifecycleConfiguration"]["Rules"]
+        if "NoncurrentVersionExpiration" in r
+    )
     assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
     assert any(
         r["Status"] == "Enabled" and "AbortIncompleteMultipartUpload" in r
@@ -223,8 +251,8 @@ def test_jobs_queue_redrives_to_an_encrypted_dead_letter_queue(translated_templa
     dlq = resources["JobsDeadLetterQueue"]["Properties"]
     assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
     assert dlq["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]
-    assert queue["SqsManagedSseEnabled"] is True
-    assert dlq["SqsManagedSseEnabled"] is True
+    for properties in (queue, dlq):
+        _assert_queue_encrypted(properties)
 
 
 def _documented_environment() -> dict[str, str | None]:
@@ -436,7 +464,7 @@ def test_uploads_reach_s3_intake_through_a_queue_with_retries(translated_templat
     resources = translated_template["Resources"]
     queue = resources["UploadsQueue"]["Properties"]
     assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["UploadsDeadLetterQueue", "Arn"]}
-    assert queue["SqsManagedSseEnabled"] is True
+    _assert_queue_encrypted(queue)
     timeout = _function(translated_template, "S3IntakeFunction")["Timeout"]
     parameter = translated_template["Parameters"][queue["VisibilityTimeout"]["Ref"]]
     assert int(parameter["Default"]) >= 6 * timeout
@@ -528,3 +556,29 @@ def test_upload_outputs(translated_template: Template) -> None:
     assert outputs["InputsPrefix"]["Value"] == {"Ref": "InputsPrefix"}
     assert outputs["BatchesPrefix"]["Value"] == {"Ref": "BatchesPrefix"}
     assert outputs["UploadsQueueUrl"]["Value"] == {"Ref": "UploadsQueue"}
+
+
+def test_customer_key_encrypts_every_store_and_every_role_may_use_it(translated_template: Template) -> None:
+    resources = translated_template["Resources"]
+    for name in ("JobsQueue", "JobsDeadLetterQueue", "UploadsQueue", "UploadsDeadLetterQueue"):
+        _assert_queue_encrypted(resources[name]["Properties"])
+    assert resources["JobsTable"]["Properties"]["SSESpecification"] == {
+        "SSEEnabled": True,
+        "SSEType": {"Fn::If": ["UseCustomerKey", "KMS", NO_VALUE]},
+        "KMSMasterKeyId": _with_customer_key(CUSTOMER_KEY),
+    }
+    assert resources["ApiKeySecret"]["Properties"]["KmsKeyId"] == _with_customer_key(CUSTOMER_KEY)
+    log_groups = resources_of_type(translated_template, "AWS::Logs::LogGroup")
+    assert len(log_groups) == 6
+    for log_group in log_groups.values():
+        assert log_group["Properties"]["KmsKeyId"] == _with_customer_key(CUSTOMER_KEY)
+    policy = resources["CustomerKeyAccessPolicy"]
+    assert policy["Condition"] == "UseCustomerKey"
+    roles = {role["Ref"] for role in policy["Properties"]["Roles"]}
+    assert roles == set(resources_of_type(translated_template, "AWS::IAM::Role"))
+    [statement] = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Resource"] == CUSTOMER_KEY
+    assert set(statement["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey"}
+    services = json.dumps(statement["Condition"]["StringEquals"]["kms:ViaService"])
+    for service in ("sqs", "s3", "dynamodb", "secretsmanager"):
+        assert f"{service}.${{AWS::Region}}.amazonaws.com" in services
