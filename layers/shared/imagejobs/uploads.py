@@ -26,7 +26,7 @@ import re
 import socket
 import string
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.header import decode_header
 from typing import Any, Literal
@@ -37,6 +37,7 @@ from botocore.exceptions import ClientError
 from imagejobs import jobs
 from imagejobs.config import Settings
 from imagejobs.copier import sniff
+from imagejobs.jsonl import iter_capped_lines
 from imagejobs.observability import count, logger
 from imagejobs.store import JobStore, iso
 
@@ -512,41 +513,6 @@ def handle_sidecar_upload(
 
 
 # ----------------------------------------------------------------------------- batches
-
-
-def iter_capped_lines(
-    chunks: Iterable[bytes], max_line_bytes: int
-) -> Iterator[tuple[int, bytes | None, int]]:
-    """(line number from 1, the line without its line break or None if longer than the cap, its length).
-
-    Unlike StreamingBody.iter_lines, a huge line is never buffered: past the cap only its length is kept.
-    """
-    number = 0
-    pending = bytearray()
-    length = 0
-    overflow = False
-    for chunk in chunks:
-        start = 0
-        while True:
-            end = chunk.find(b"\n", start)
-            piece = chunk[start:] if end < 0 else chunk[start:end]
-            length += len(piece)
-            if not overflow:
-                if length > max_line_bytes + 1:  # +1: a trailing \r is not content
-                    overflow = True
-                    pending.clear()
-                else:
-                    pending += piece
-            if end < 0:
-                break
-            number += 1
-            yield number, None if overflow else bytes(pending).rstrip(b"\r"), length
-            pending.clear()
-            length = 0
-            overflow = False
-            start = end + 1
-    if length:
-        yield number + 1, None if overflow else bytes(pending).rstrip(b"\r"), length
 
 
 @dataclass

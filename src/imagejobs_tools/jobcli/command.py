@@ -323,7 +323,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
         del defaults["jobId"], defaults["prompt"]
         nonlocal bad_lines
-        for item in iter_jsonl(stream, args.file, defaults):
+        for item in iter_jsonl(iter(lambda: stream.read(65536), b""), args.file, defaults):
             if isinstance(item, LineError):
                 bad_lines += 1
                 if len(bad_line_sources) < MAX_LISTED_FAILURES:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagejobs.jobs import job_id_problem
+from imagejobs.jsonl import iter_capped_lines
 
 # SQS's per-message (and per-SendMessageBatch) payload limit.
 SQS_MAX_MESSAGE_BYTES = 262_144
@@ -103,20 +104,20 @@ def prepare(message: Any, source: str, defaults: Mapping[str, Any] | None = None
 
 
 def iter_jsonl(
-    lines: Iterable[str | bytes], name: str, defaults: Mapping[str, Any] | None = None
+    chunks: Iterable[bytes], name: str, defaults: Mapping[str, Any] | None = None
 ) -> Iterator[OutgoingJob | LineError]:
-    """Stream a JSONL file (text or binary lines): one `OutgoingJob` or `LineError` per non-blank line."""
-    for number, raw in enumerate(lines, start=1):
+    """Stream a JSONL file's bytes: one `OutgoingJob` or `LineError` per non-blank line, read by the
+    same reader as a batch uploaded to S3 (`imagejobs.jsonl`: BOM, line breaks, the line cap)."""
+    for number, raw, length in iter_capped_lines(chunks, SQS_MAX_MESSAGE_BYTES):
         source = f"{name}:{number}"
-        if isinstance(raw, bytes):
-            try:
-                # utf-8-sig: a byte-order mark some editors put at the start is not an error.
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                yield LineError(source, f"not UTF-8 text: {exc}")
-                continue
-        else:
-            line = raw
+        if raw is None:
+            yield LineError(source, f"line is {length} bytes, over the SQS limit of {SQS_MAX_MESSAGE_BYTES}")
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield LineError(source, f"not UTF-8 text: {exc}")
+            continue
         if not line.strip():
             continue
         try:

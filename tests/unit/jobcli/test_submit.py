@@ -81,8 +81,8 @@ def test_jsonl_submit_sends_ten_per_batch_and_prints_ids_in_order(
     client = stack.client()
     counter.attach(stack.sqs)
 
-    with Path("jobs.jsonl").open() as stream:
-        results = list(client.submit_messages(job for job in iter_jsonl(stream, "jobs.jsonl")))  # type: ignore[misc]
+    chunks = [Path("jobs.jsonl").read_bytes()]
+    results = list(client.submit_messages(job for job in iter_jsonl(chunks, "jobs.jsonl")))
 
     assert [r.job_id for r in results] == [f"j{i:02d}" for i in range(23)]
     assert all(r.ok for r in results)
@@ -126,7 +126,7 @@ def test_jsonl_bad_lines_are_reported_by_line_number_and_the_rest_still_go(
     assert "jobs.jsonl:4: expected a JSON object, got list" in captured.err
     rule = "must match ^[A-Za-z0-9_-]{1,80}$ (1-80 letters, digits, '_' or '-')"
     assert f"jobs.jsonl:6: jobId: {rule}, got 42" in captured.err
-    assert "jobs.jsonl:7: message is" in captured.err and "over the SQS limit" in captured.err
+    assert "jobs.jsonl:7: line is" in captured.err and "over the SQS limit" in captured.err
     assert "sent 3 jobs" in captured.err and "4 bad lines" in captured.err
     assert "bad lines: jobs.jsonl:2, jobs.jsonl:4, jobs.jsonl:6, jobs.jsonl:7" in captured.err
     printed = captured.out.split()

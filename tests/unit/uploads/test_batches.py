@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from imagejobs.jobs import parse_job
-from imagejobs.uploads import MAX_LINE_BYTES, S3ObjectRef, iter_capped_lines, process_batch
+from imagejobs.jsonl import iter_capped_lines
+from imagejobs.uploads import MAX_LINE_BYTES, S3ObjectRef, process_batch
 
 from tests.unit.uploads.conftest import BUCKET, Aws, s3_event
 from tests.unit.uploads.test_images import deliver
@@ -180,3 +181,22 @@ def test_overlong_line_is_reported_not_enqueued(aws: Aws) -> None:
     assert len(aws.messages()) == 1
     [bad] = aws.report(key)["badLines"]
     assert bad["line"] == 2 and bad["field"] == "body" and "limit" in bad["reason"]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 64])
+def test_a_byte_order_mark_at_the_start_is_not_part_of_line_one(chunk: int) -> None:
+    data = b'\xef\xbb\xbf{"a":1}\n\xef\xbb\xbf{"b":2}\n'
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    # Only the stream's first three bytes: a mark inside the file is content (and bad JSON).
+    assert list(iter_capped_lines(chunks, max_line_bytes=20)) == [
+        (1, b'{"a":1}', 7),
+        (2, b'\xef\xbb\xbf{"b":2}', 10),
+    ]
+
+
+def test_a_batch_saved_with_a_byte_order_mark_is_read_as_the_cli_reads_it(aws: Aws) -> None:
+    key = "batches/bom.jsonl"
+    body = "\ufeff" + "\n".join(json.dumps({"prompt": p}) for p in ("first", "second")) + "\n"
+    deliver(aws, s3_event(key, etag=aws.put(key, body.encode("utf-8"))))
+    assert [m["prompt"] for m in aws.messages()] == ["first", "second"]
+    assert aws.report(key)["badLineCount"] == 0
