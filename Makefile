@@ -71,4 +71,4 @@ reliability: $(STAMP)
 	$(BIN)/python -m imagejobs_tools.reliability all
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache demo-output .imagejobs

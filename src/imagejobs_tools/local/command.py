@@ -83,14 +83,26 @@ def register(subparsers: Any) -> None:
             metavar="NAME=VALUE",
             help="override a template parameter (repeatable)",
         )
-        sub.add_argument("--stack-name", default="imagejobs-local")
+        sub.add_argument("--stack-name", default="imagejobs-local", help="CloudFormation stack name in moto")
 
-    up = commands.add_parser("up", help="start the stack and keep it running until Ctrl-C")
+    up = commands.add_parser(
+        "up",
+        help="start the stack and keep it running until Ctrl-C",
+        description="Start moto (every AWS API on one local port), the provider simulator and every "
+        "resource template.yaml declares; print the endpoints and copy-paste aws CLI commands; run "
+        "until Ctrl-C or SIGTERM. Records and outputs live in memory and go when it stops.",
+    )
     common(up, "3:8", 2)
     up.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE, help="where to write endpoints")
     up.set_defaults(func=_run_up)
 
-    demo = commands.add_parser("demo", help="start the stack, run a demo batch, check every outcome")
+    demo = commands.add_parser(
+        "demo",
+        help="start the stack, run a demo batch, check every outcome",
+        description="Start the local stack, send a demo batch (text-to-image at four aspect ratios, "
+        "image-to-image, an S3 photo upload, a JSONL batch, an invalid job), save the images and exit "
+        "0 only if every job ended as expected.",
+    )
     common(demo, "1:3", 2)
     demo.add_argument("--fast", action="store_true", help="poll every second instead of every 2 s")
     demo.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="where images are saved")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import struct
 import sys
 import time
@@ -168,6 +170,17 @@ def wait_for_jobs(
     return records
 
 
+DEMO_JOB_DIR = re.compile(r"demo-[0-9a-f]{6}-[a-z0-9-]+")
+
+
+def remove_earlier_demo_outputs(output_dir: Path) -> None:
+    """Each run's jobs are new: without this, `demo-output/` keeps every earlier run's images. Only
+    folders the demo made (`demo-<run>-<job>`) go; anything else in the directory is the user's."""
+    for folder in output_dir.glob("demo-*"):
+        if folder.is_dir() and DEMO_JOB_DIR.fullmatch(folder.name):
+            shutil.rmtree(folder)
+
+
 def download_outputs(s3: Any, record: dict[str, Any], output_dir: Path) -> list[Path]:
     paths = []
     for output in record.get("outputs") or []:
@@ -244,6 +257,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 lambda current: live.update(_progress_table(jobs, current, time.monotonic() - started)),
             )
         console.print()
+        remove_earlier_demo_outputs(args.output_dir)
         downloaded: dict[str, list[Path]] = {}
         for job in jobs:
             record = records[job.job_id]

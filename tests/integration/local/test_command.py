@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
 from imagejobs_tools.cli import build_parser
 from imagejobs_tools.local.command import parse_latency, parse_parameter
-from imagejobs_tools.local.demo import demo_jobs, demo_png
+from imagejobs_tools.local.demo import demo_jobs, demo_png, remove_earlier_demo_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -44,3 +45,12 @@ def test_demo_batch_shape() -> None:
     assert len({job.job_id for job in jobs}) == len(jobs)
     png = demo_png(8, 4)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" in png
+
+
+def test_a_demo_run_removes_only_the_folders_earlier_demo_runs_made(tmp_path: Path) -> None:
+    for name in ("demo-0a1b2c-edit", "demo-0a1b2c-batch-3", "demo-notes", "mine"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "image.png").write_bytes(b"x")
+    (tmp_path / "demo-0a1b2c-file").write_text("a file, not a folder the demo made")
+    remove_earlier_demo_outputs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-0a1b2c-file", "demo-notes", "mine"]
