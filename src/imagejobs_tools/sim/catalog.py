@@ -1,6 +1,6 @@
 """The simulated provider's model table and request validation.
 
-Mirrors /work/shared/provider-api.md. Where the provider documents nothing
+Mirrors docs/provider-api.md. Where the provider documents nothing
 (aspect ratios of the non-gpt models, video credits and durations), the values
 here are the simulator's own plausible choices, listed in docs/simulator.md.
 Validation errors use the provider's zod-style shape:
