@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from imagejobs.uploads import classify
 
 from .conftest import (
     REPO_ROOT,
@@ -486,7 +488,8 @@ def test_bucket_notifies_only_the_trigger_prefixes(translated_template: Template
         {rule["Name"]: rule["Value"] for rule in c["Filter"]["S3Key"]["Rules"]} for c in configurations
     ]
     assert {"prefix": {"Ref": "InputsPrefix"}} in filters
-    assert {"prefix": {"Ref": "BatchesPrefix"}, "suffix": ".jsonl"} in filters
+    # Prefix only: a batches/ file of any name reaches S3IntakeFunction (REJECTED if not *.jsonl).
+    assert {"prefix": {"Ref": "BatchesPrefix"}} in filters
     assert len(filters) == 2  # nothing under OutputPrefix (or anywhere else) notifies
     defaults = {name: translated_template["Parameters"][name]["Default"] for name in
                 ("InputsPrefix", "BatchesPrefix", "OutputPrefix", "RecipesPrefix")}  # fmt: skip
@@ -494,8 +497,11 @@ def test_bucket_notifies_only_the_trigger_prefixes(translated_template: Template
         for other, value in defaults.items():
             if other != trigger:
                 assert not value.startswith(defaults[trigger]) and not defaults[trigger].startswith(value)
-    # Batch reports are written as <batch>.jsonl.report.json: they never match the .jsonl suffix.
-    assert not "x.jsonl.report.json".endswith(".jsonl")
+    # Batch reports are written beside the batch, under the trigger: the function ignores them.
+    prefixes: Any = SimpleNamespace(
+        batches_prefix=defaults["BatchesPrefix"], inputs_prefix=defaults["InputsPrefix"]
+    )
+    assert classify(f"{defaults['BatchesPrefix']}x.jsonl.report.json", prefixes)[0] == "ignored"
 
 
 def test_uploads_queue_accepts_s3_from_this_account_only(translated_template: Template) -> None:

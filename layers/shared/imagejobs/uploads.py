@@ -66,7 +66,7 @@ RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 RECIPE_FIELDS = ("prompt", "model", "aspectRatio", "providerInput", "outputPrefix", "metadata")
 SIDECAR_FIELDS = (*RECIPE_FIELDS, "jobId", "recipe", "inputImageUrls", "inputMode", "duration")
 
-Kind = Literal["image", "sidecar", "batch", "ignored"]
+Kind = Literal["image", "sidecar", "batch", "unsupported", "ignored"]
 UPLOADS_REJECTED = "UploadsRejected"
 UPLOADS_ENQUEUED = "UploadJobsEnqueued"
 BATCH_LINES_ENQUEUED = "BatchJobsEnqueued"
@@ -160,9 +160,15 @@ def version_of(value: Any) -> str | None:
 
 def classify(key: str, settings: Settings) -> tuple[Kind, str]:
     if key.startswith(settings.batches_prefix):
-        if key.endswith(BATCH_SUFFIX):
+        if key.endswith(REPORT_SUFFIX):
+            return "ignored", "a batch report this function wrote"
+        if key.lower().endswith(BATCH_SUFFIX):
             return "batch", "JSONL batch"
-        return "ignored", f"under {settings.batches_prefix} but not a {BATCH_SUFFIX} file"
+        if key.endswith("/"):
+            return "ignored", "folder placeholder"
+        # A visible trace, not silence: the user meant a batch and gets a REJECTED record saying why.
+        expected = f"batches are JSON Lines files named *{BATCH_SUFFIX}"
+        return "unsupported", f"is not a {BATCH_SUFFIX} file ({expected})"
     if key.startswith(settings.inputs_prefix):
         if key.endswith("/"):
             return "ignored", "folder placeholder"
@@ -393,6 +399,7 @@ def _reject(
     errors: Mapping[str, list[str]],
     message: Mapping[str, Any],
     now: Callable[[], float],
+    kind: Kind = "image",
 ) -> UploadOutcome:
     summary = "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in errors.items())
     result = store.put_rejected(
@@ -408,7 +415,7 @@ def _reject(
         "upload rejected",
         extra={"key": ref.key, "job_id": job_id, "field_errors": errors, "new": result.applied},
     )
-    return UploadOutcome("ack", "image", f"rejected: {summary}", ref.key, job_id)
+    return UploadOutcome("ack", kind, f"rejected: {summary}", ref.key, job_id)
 
 
 def handle_image_upload(
@@ -769,6 +776,9 @@ def handle_upload_message(
             outcome = handle_sidecar_upload(ref, s3=s3, sqs=sqs, store=store, settings=settings, now=now)
         elif kind == "batch":
             outcome = process_batch(ref, s3=s3, sqs=sqs, settings=settings, time_left=time_left, now=now)
+        elif kind == "unsupported":
+            job_id = derived_job_id("up", ref.bucket, ref.key, ref.identity)
+            outcome = _reject(store, ref, job_id, {"key": [f"{ref.key} {why}"]}, {}, now, kind)
         else:
             logger.warning("upload ignored", extra={"key": ref.key, "reason": why})
             outcome = UploadOutcome("ack", "ignored", why, ref.key)

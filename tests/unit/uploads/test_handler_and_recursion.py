@@ -118,12 +118,19 @@ def test_outputs_and_reports_trigger_nothing_uploads_and_batches_do() -> None:
         for key in (
             "outputs/job-1/0.png",  # what StoreOutputsFunction writes (OutputPrefix)
             "team-a/outputs/job-2/0.png",  # a job's own outputPrefix
-            "batches/b.jsonl.report.json",  # the batch report, beside the batch
             "recipes/product.json",
-            "batches/notes.txt",
         ):
             s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
         assert drain() == []
         s3.put_object(Bucket=BUCKET, Key="inputs/a.png", Body=png_bytes())
         s3.put_object(Bucket=BUCKET, Key="batches/b.jsonl", Body=b"{}\n")
-        assert sorted(k.replace("%2F", "/") for k in drain()) == ["batches/b.jsonl", "inputs/a.png"]
+        # Everything under batches/ notifies: a report (beside its batch) is ignored by the function
+        # (test_images.py, keys outside the triggers), any other file is recorded REJECTED.
+        s3.put_object(Bucket=BUCKET, Key="batches/b.jsonl.report.json", Body=b"{}")
+        s3.put_object(Bucket=BUCKET, Key="batches/notes.txt", Body=b"x")
+        assert sorted(k.replace("%2F", "/") for k in drain()) == [
+            "batches/b.jsonl",
+            "batches/b.jsonl.report.json",
+            "batches/notes.txt",
+            "inputs/a.png",
+        ]

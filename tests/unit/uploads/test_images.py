@@ -228,3 +228,25 @@ def test_superseded_upload_is_left_to_the_newer_event(aws: Aws) -> None:
     [outcome] = deliver(aws, s3_event(key, etag=old))
     assert outcome.kind == "ignored" and "superseded" in outcome.reason
     assert aws.messages() == []
+
+
+@pytest.mark.parametrize("key", ["batches/catalog.json", "batches/notes.txt"])
+def test_a_batches_file_that_is_not_jsonl_gets_a_rejected_record_naming_the_key(aws: Aws, key: str) -> None:
+    etag = aws.put(key, b'{"prompt": "p"}\n')
+    [outcome] = deliver(aws, s3_event(key, etag=etag))
+    assert outcome.kind == "unsupported" and aws.messages() == []
+    record = aws.store.get(outcome.job_id or "none")
+    assert record is not None and record["status"] == "REJECTED"
+    assert record["error"]["fieldErrors"] == {
+        "key": [f"{key} is not a .jsonl file (batches are JSON Lines files named *.jsonl)"]
+    }
+    # The same event again (S3 delivers at least once): the same record, not a second one.
+    [again] = deliver(aws, s3_event(key, etag=etag))
+    assert again.job_id == outcome.job_id
+
+
+def test_an_upper_case_jsonl_suffix_is_a_batch(aws: Aws) -> None:
+    key = "batches/CATALOG.JSONL"
+    [outcome] = deliver(aws, s3_event(key, etag=aws.put(key, b'{"prompt": "p"}\n')))
+    assert outcome.kind == "batch"
+    assert [m["prompt"] for m in aws.messages()] == ["p"]
