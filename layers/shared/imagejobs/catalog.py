@@ -8,6 +8,7 @@ faster than we update the table, and it validates again anyway.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -89,6 +90,18 @@ def model_table() -> Mapping[str, ModelSpec]:
 def get_model(name: str) -> ModelSpec | None:
     """The spec of a known model, or None (unknown models are allowed: generic checks only)."""
     return model_table().get(name)
+
+
+def model_hint(name: str) -> str | None:
+    """"did you mean gpt-image-2?" for an unknown model whose name is close to a known one.
+
+    Unknown models still go to the provider (it may know models we do not): this is a hint, kept
+    on the record and in the log, never a rejection.
+    """
+    if name in model_table():
+        return None
+    close = difflib.get_close_matches(name.lower(), list(model_table()), n=1, cutoff=0.75)
+    return f"{name!r} is not in the model catalog; did you mean {close[0]}?" if close else None
 
 
 def implied_input_mode(spec: ModelSpec | None) -> str | None:

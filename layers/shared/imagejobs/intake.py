@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
-from imagejobs import jobs
+from imagejobs import catalog, jobs
 from imagejobs import store as records
 from imagejobs.config import Settings
 from imagejobs.observability import (
@@ -172,7 +172,10 @@ def handle_job_message(
     bind_job(job_id, model=request.model, kind=request.kind)
 
     # 2. Record RECEIVED, or decide from the existing record.
-    created = store.create_received(job_id, request.to_record(), now=now())
+    hint = catalog.model_hint(request.model)
+    if hint:
+        logger.warning("unknown model passed to the provider", extra={"hint": hint})
+    created = store.create_received(job_id, request.to_record(), now=now(), model_hint=hint)
     if not created.applied:
         record = created.record or {}
         status = created.status

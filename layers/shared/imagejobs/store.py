@@ -136,6 +136,7 @@ class JobStore:
         *,
         now: float | None = None,
         detail: str | None = None,
+        model_hint: str | None = None,
     ) -> TransitionResult:
         at = iso(time.time() if now is None else now)
         entry: dict[str, Any] = {"status": RECEIVED, "at": at}
@@ -153,6 +154,7 @@ class JobStore:
             "prompt": request.get("prompt"),
             "submitAttempts": 0,
             "polls": 0,
+            "modelHint": model_hint,
         }
         return self._put_new({k: v for k, v in item.items() if v is not None})
 

@@ -114,6 +114,19 @@ def test_valid_job_is_submitted_once_and_execution_started(env: Env) -> None:
     }
 
 
+def test_a_model_name_close_to_a_known_one_is_still_submitted_with_a_hint_on_the_record(env: Env) -> None:
+    outcome = env.handle({"jobId": "typo-1", "prompt": "a fox", "model": "gpt-image2"})
+    assert outcome.status == "SUBMITTED"  # the provider may know models we do not: never rejected
+    assert env.provider.submissions[0][1]["model"] == "gpt-image2"
+    assert (
+        env.record("typo-1")["modelHint"]
+        == "'gpt-image2' is not in the model catalog; did you mean gpt-image-2?"
+    )
+    env.handle({"jobId": "known-1", "prompt": "a fox", "model": "gpt-image-2"})
+    env.handle({"jobId": "custom-1", "prompt": "a fox", "model": "acme/house-style-v7"})
+    assert "modelHint" not in env.record("known-1") and "modelHint" not in env.record("custom-1")
+
+
 def test_job_id_defaults_to_the_message_id(env: Env) -> None:
     outcome = env.handle({"prompt": "a fox"}, message_id="3f0a-msg")
     assert outcome.job_id == "3f0a-msg" and env.record("3f0a-msg")["status"] == "SUBMITTED"
