@@ -50,6 +50,9 @@ def register(subparsers: Any) -> None:
     group.add_argument("--queue-url", help="jobs queue URL (overrides the stack output JobsQueueUrl)")
     group.add_argument("--table", dest="table_name", help="jobs table name (overrides JobsTableName)")
     group.add_argument("--bucket", dest="bucket_name", help="output bucket (overrides OutputBucketName)")
+    group.add_argument(
+        "--endpoint-url", help="send every AWS call here, e.g. a local stack URL (default: AWS_ENDPOINT_URL)"
+    )
     common = {
         "parents": [target],
         "epilog": TARGET_HELP,
@@ -209,6 +212,7 @@ def resolve(args: argparse.Namespace) -> Target:
             queue_url=args.queue_url,
             table_name=args.table_name,
             bucket_name=args.bucket_name,
+            endpoint_url=args.endpoint_url,
         )
     )
 

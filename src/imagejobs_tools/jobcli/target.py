@@ -69,6 +69,7 @@ class TargetOptions:
     queue_url: str | None = None
     table_name: str | None = None
     bucket_name: str | None = None
+    endpoint_url: str | None = None  # --endpoint-url, else AWS_ENDPOINT_URL
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,9 @@ class Target:
         return _make_session(session_factory, kwargs)
 
     def client_config(self) -> Config:
-        # The local stack answers in milliseconds; a deployed one gets AWS's adaptive retries.
-        if self.is_local:
+        # The local stack (or any endpoint given by URL) answers in milliseconds, or not at all;
+        # AWS itself gets adaptive retries.
+        if self.is_local or self.endpoint_url:
             # Path-style S3: `bucket.localhost` style hosts do not resolve everywhere.
             return Config(
                 connect_timeout=2,
@@ -122,6 +124,7 @@ def options_from_env(options: TargetOptions, environ: Mapping[str, str]) -> Targ
     """Fill what the flags left open from IMAGEJOBS_LOCAL / IMAGEJOBS_STACK_NAME."""
     local = options.local or environ.get("IMAGEJOBS_LOCAL", "").strip().lower() in _TRUTHY
     stack_name = options.stack_name or environ.get("IMAGEJOBS_STACK_NAME") or None
+    endpoint_url = options.endpoint_url or environ.get("AWS_ENDPOINT_URL", "").strip() or None
     return TargetOptions(
         local=local,
         stack_name=stack_name,
@@ -130,6 +133,7 @@ def options_from_env(options: TargetOptions, environ: Mapping[str, str]) -> Targ
         queue_url=options.queue_url,
         table_name=options.table_name,
         bucket_name=options.bucket_name,
+        endpoint_url=endpoint_url,
     )
 
 
@@ -148,10 +152,16 @@ def resolve_target(
 
     if options.local and options.stack_name:
         raise TargetError("use either --local (or IMAGEJOBS_LOCAL=1) or --stack-name, not both")
-    if options.local or (not options.stack_name and local_file.exists()):
+    explicit_endpoint = options.endpoint_url if not options.local else None
+    if explicit_endpoint and check_reachable:
+        # Fail in a second, by name, rather than after every retry of every call.
+        check_endpoint_reachable(explicit_endpoint, what="endpoint (--endpoint-url / AWS_ENDPOINT_URL)")
+    if options.local or (not options.stack_name and not explicit_endpoint and local_file.exists()):
         target = load_local_target(local_file, check_reachable=check_reachable)
     elif options.stack_name:
-        target = load_stack_target(options.stack_name, options.region, options.profile, session_factory)
+        target = load_stack_target(
+            options.stack_name, options.region, options.profile, session_factory, explicit_endpoint
+        )
     elif options.queue_url or options.table_name or options.bucket_name:
         target = Target(
             description="the given resources", region=options.region, profile=options.profile, is_local=False
@@ -162,14 +172,14 @@ def resolve_target(
             f"no target: no {LOCAL_STACK_FILE} in {cwd} (start one with `imagejobs local up`), "
             "and no --stack-name NAME or --queue-url/--table/--bucket given"
         )
-    return _with_overrides(target, options)
+    return _with_overrides(target, options, explicit_endpoint)
 
 
-def _with_overrides(target: Target, options: TargetOptions) -> Target:
+def _with_overrides(target: Target, options: TargetOptions, endpoint_url: str | None) -> Target:
     return Target(
         description=target.description,
         region=target.region,
-        endpoint_url=target.endpoint_url,
+        endpoint_url=endpoint_url or target.endpoint_url,
         profile=target.profile,
         outputs=target.outputs,
         queue_url=options.queue_url or target.queue_url,
@@ -213,8 +223,10 @@ def load_local_target(path: Path, *, check_reachable: bool = True) -> Target:
     )
 
 
-def check_endpoint_reachable(endpoint_url: str, timeout: float = 1.0) -> None:
-    """A TCP connect to the endpoint, so a stale local-stack.json fails fast and clearly."""
+def check_endpoint_reachable(
+    endpoint_url: str, timeout: float = 1.0, what: str = "local stack endpoint"
+) -> None:
+    """A TCP connect to the endpoint, so a stale local-stack.json (or a wrong URL) fails fast and clearly."""
     parts = urlsplit(endpoint_url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -224,13 +236,16 @@ def check_endpoint_reachable(endpoint_url: str, timeout: float = 1.0) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise TargetError(
-            f"local stack endpoint {endpoint_url} is not reachable ({reason}): "
-            "is `imagejobs local up` running?"
+            f"{what} {endpoint_url} is not reachable ({reason}): is `imagejobs local up` running?"
         ) from exc
 
 
 def load_stack_target(
-    stack_name: str, region: str | None, profile: str | None, session_factory: SessionFactory = boto3.Session
+    stack_name: str,
+    region: str | None,
+    profile: str | None,
+    session_factory: SessionFactory = boto3.Session,
+    endpoint_url: str | None = None,
 ) -> Target:
     """Read a deployed stack's Outputs through CloudFormation."""
     _validate_region(region)
@@ -239,7 +254,7 @@ def load_stack_target(
         kwargs["profile_name"] = profile
     session = _make_session(session_factory, kwargs)
     try:
-        cloudformation = session.client("cloudformation")
+        cloudformation = session.client("cloudformation", endpoint_url=endpoint_url)
         region = cloudformation.meta.region_name
         stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
     except botocore.exceptions.ClientError as exc:

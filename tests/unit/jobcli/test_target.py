@@ -238,3 +238,47 @@ def test_unreachable_aws_endpoint_hints_at_the_region() -> None:
         "cannot connect while reading stack 'prod': Could not connect to the endpoint URL"
     )
     assert message.endswith("(wrong --region, or no network?)")
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_unreachable_endpoint_url_fails_at_once_naming_it(tmp_path: Path) -> None:
+    port = _closed_port()
+    options = TargetOptions(table_name="jobs", endpoint_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(TargetError) as excinfo:
+        resolve_target(options, cwd=tmp_path, environ={})
+    assert str(excinfo.value) == (
+        f"endpoint (--endpoint-url / AWS_ENDPOINT_URL) http://127.0.0.1:{port} is not reachable "
+        "(Connection refused): is `imagejobs local up` running?"
+    )
+
+
+def test_aws_endpoint_url_points_the_cli_at_a_stack_with_short_retries(tmp_path: Path) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        # A state file for another stack here: the explicit endpoint wins over it.
+        write_local_stack(tmp_path, endpoint_url="http://127.0.0.1:45678")
+        target = resolve_target(
+            TargetOptions(table_name="jobs"), cwd=tmp_path, environ={"AWS_ENDPOINT_URL": url}
+        )
+    assert (target.endpoint_url, target.table_name, target.is_local) == (url, "jobs", False)
+    config = target.client_config()
+    assert config.connect_timeout == 2 and config.retries == {"mode": "standard", "max_attempts": 3}
+
+
+def test_list_against_an_unreachable_endpoint_exits_3_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    port = _closed_port()
+    assert main(["list", "--table", "jobs", "--endpoint-url", f"http://127.0.0.1:{port}"]) == 3
+    assert capsys.readouterr().err.strip() == (
+        f"imagejobs: error: endpoint (--endpoint-url / AWS_ENDPOINT_URL) http://127.0.0.1:{port} "
+        "is not reachable (Connection refused): is `imagejobs local up` running?"
+    )
