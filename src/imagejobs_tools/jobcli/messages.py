@@ -9,9 +9,11 @@ and print a job id the user can find it by: a JSON object, a valid `jobId`
 from __future__ import annotations
 
 import json
+import shlex
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from imagejobs.jobs import job_id_problem
@@ -60,6 +62,22 @@ def parse_metadata(pairs: Sequence[str]) -> dict[str, str]:
     return metadata
 
 
+def input_problem(value: str) -> str | None:
+    """Why `--input VALUE` cannot be sent (None: it can): the pipeline fetches URLs, and a local path
+    would reach it as a URL without a host. Say how to use a local file instead."""
+    if value.startswith(("https://", "http://", "s3://")):
+        return None
+    if Path(value).expanduser().is_file():
+        name = Path(value).name
+        return (
+            f"inputImageUrls: {value!r} is a local file; the pipeline fetches URLs. Upload it first "
+            f"(aws s3 cp {shlex.quote(value)} s3://BUCKET/uploads/{name}) and pass "
+            f"--input s3://BUCKET/uploads/{name}, or upload it under the inputs prefix with a prompt "
+            "(docs/uploads.md) to make it a job by itself"
+        )
+    return f"inputImageUrls: {value!r} is neither an https:// or s3:// URL nor a file"
+
+
 def build_message(
     prompt: str,
     *,
@@ -71,6 +89,9 @@ def build_message(
     output_prefix: str | None = None,
 ) -> dict[str, Any]:
     """The message for `submit "PROMPT" ...`, with only the fields the user gave."""
+    for value in input_urls:
+        if (problem := input_problem(value)) is not None:
+            raise MessageShapeError(problem)
     message: dict[str, Any] = {"jobId": job_id or new_job_id(), "prompt": prompt}
     if model:
         message["model"] = model

@@ -64,6 +64,19 @@ def test_a_job_id_the_pipeline_would_reject_is_refused_before_sending(
     assert stack.received_bodies() == []
 
 
+def test_a_local_file_as_input_is_refused_before_sending_saying_how(
+    stack: MockStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Path("bottle.png").write_bytes(b"png")
+    assert main(["submit", "x", "--input", "./bottle.png", *stack.resources.target_args()]) == 2
+    err = capsys.readouterr().err
+    assert "inputImageUrls: './bottle.png' is a local file; the pipeline fetches URLs" in err
+    assert "aws s3 cp ./bottle.png s3://BUCKET/uploads/bottle.png" in err
+    assert main(["submit", "x", "--input", "bottle.jpg", *stack.resources.target_args()]) == 2
+    assert "'bottle.jpg' is neither an https:// or s3:// URL nor a file" in capsys.readouterr().err
+    assert stack.received_bodies() == []
+
+
 def test_bad_metadata_is_a_usage_error_naming_the_field(
     stack: MockStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
