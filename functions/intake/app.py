@@ -7,12 +7,19 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from imagejobs.intake import handle_job_message
+from imagejobs.intake import handle_job_message, note_last_receive
 from imagejobs.observability import logger, metrics, tracer, unbind_job
 from imagejobs.runtime import Runtime
 from imagejobs.sqs_retry import RetryLater, lease_seconds, redeliver_after
 
 runtime = Runtime()
+
+
+def _receive_count(record: SQSRecord) -> int | None:
+    try:
+        return int(record.attributes.approximate_receive_count)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @tracer.capture_method
@@ -28,6 +35,13 @@ def record_handler(record: SQSRecord, lease: float) -> str:
             settings=runtime.settings,
             lease_seconds=lease,
         )
+        if not outcome.ack:
+            note_last_receive(
+                runtime.store,
+                outcome,
+                _receive_count(record),
+                runtime.settings.jobs_max_receive_count,
+            )
     finally:
         unbind_job()
     if not outcome.ack:

@@ -100,6 +100,9 @@ class Settings:
     recipes_prefix: str = "recipes/"
     max_upload_bytes: int = 50 * 1024 * 1024
     jobs_queue_url: str = ""
+    # JobsQueue's redrive maxReceiveCount (template parameter JobsMaxReceiveCount): the receive
+    # after which a failed job message goes to the DLQ. 0 = unknown (nothing noted on the record).
+    jobs_max_receive_count: int = 0
     service_name: str = "imagejobs"
     metrics_namespace: str = "ImageJobs"
     log_level: str = "INFO"
@@ -134,6 +137,7 @@ class Settings:
             recipes_prefix=_prefix(env, "RECIPES_PREFIX", "recipes/"),
             max_upload_bytes=_number(env, "MAX_UPLOAD_BYTES", 50 * 1024 * 1024, int, 1),
             jobs_queue_url=env.get("JOBS_QUEUE_URL", "").strip(),
+            jobs_max_receive_count=_number(env, "JOBS_MAX_RECEIVE_COUNT", 0, int, 0),
             service_name=env.get("POWERTOOLS_SERVICE_NAME", "").strip() or "imagejobs",
             metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", "").strip() or "ImageJobs",
             log_level=log_level,

@@ -262,8 +262,10 @@ def handle_job_message(
     except ProviderError as failure:
         # A missing API key surfaces as "unreachable" from the client; keep the actionable message.
         cause = failure.__cause__
-        detail = str(cause) if isinstance(cause, SecretNotConfigured) else str(failure)
-        error = {"code": type(failure).__name__, "message": redact(detail)}
+        missing_key = isinstance(cause, SecretNotConfigured)
+        detail = str(cause) if missing_key else str(failure)
+        code = "SecretNotConfigured" if missing_key else type(failure).__name__
+        error = {"code": code, "message": redact(detail)}
         store.release_claim(job_id, error, now=now())
         logger.warning("submit failed before charging; claim released for retry", extra={"error": error})
         retry_after = failure.retry_after if isinstance(failure, RateLimited) else None
@@ -312,3 +314,35 @@ def handle_job_message(
         logger.exception("StartExecution failed; SQS will redeliver and restart it")
         return IntakeOutcome("retry", "StartExecution failed", job_id, records.SUBMITTED, submission.task_id)
     return IntakeOutcome("ack", "submitted", job_id, records.SUBMITTED, submission.task_id)
+
+
+def note_last_receive(
+    store: JobStore,
+    outcome: IntakeOutcome,
+    receive_count: int | None,
+    max_receive_count: int,
+    *,
+    now: Callable[[], float] = time.time,
+) -> bool:
+    """A retry on the message's last allowed receive: the queue's redrive policy moves it to the
+    DLQ, so say so on the record (``deadLettered``), which nothing else would ever change.
+
+    Only for a job left RECEIVED (claim released) or SUBMITTED (its execution not started), and
+    only while the record is still so; a job another worker holds decides its own fate."""
+    if outcome.ack or outcome.job_id is None or max_receive_count <= 0 or receive_count is None:
+        return False
+    if receive_count < max_receive_count or outcome.status not in (records.RECEIVED, records.SUBMITTED):
+        return False
+    reason = f"{outcome.reason} (receive {receive_count} of {max_receive_count})"
+    try:
+        result = store.note_dead_lettered(
+            outcome.job_id, reason, receive_count, statuses=[outcome.status], now=now()
+        )
+    except ClientError:
+        logger.exception("could not note the dead-lettered message on the record")
+        return False
+    logger.error(
+        "last receive failed; the message goes to the dead-letter queue",
+        extra={"job_id": outcome.job_id, "receive_count": receive_count, "noted": result.applied},
+    )
+    return result.applied

@@ -165,9 +165,12 @@ class JobStore:
         *,
         request: Mapping[str, Any] | None = None,
         message: str = "the job message failed validation",
+        upload: Mapping[str, Any] | None = None,
         now: float | None = None,
     ) -> TransitionResult:
-        """Record a message that failed our validation, unless a record with this id exists."""
+        """Record a message that failed our validation, unless a record with this id exists.
+
+        ``upload`` ({bucket, key, uri}) names the S3 upload the job was made from (S3 intake)."""
         at = iso(time.time() if now is None else now)
         item: dict[str, Any] = {
             "jobId": job_id,
@@ -187,6 +190,8 @@ class JobStore:
             for name in ("model", "kind", "prompt"):
                 if isinstance(request.get(name), str):
                     item[name] = request[name]
+        if upload is not None:
+            item["upload"] = dict(upload)
         return self._put_new(item)
 
     # -- transitions -------------------------------------------------------
@@ -280,6 +285,8 @@ class JobStore:
             [RECEIVED],
             now=moment,
             set_values={"claimedAt": iso(moment), "leaseExpiresAt": moment + lease_seconds},
+            # A message redriven from the DLQ is being worked on again.
+            remove=["deadLettered"],
             add={"submitAttempts": 1},
         )
 
@@ -297,6 +304,23 @@ class JobStore:
             remove=["leaseExpiresAt"],
             detail=str(error.get("code") or ""),
         )
+
+    def note_dead_lettered(
+        self,
+        job_id: str,
+        reason: str,
+        receive_count: int,
+        *,
+        statuses: Iterable[str] = (RECEIVED, SUBMITTED),
+        now: float | None = None,
+    ) -> TransitionResult:
+        """An unfinished job's message failed its last receive: SQS moves it to the DLQ (status kept).
+
+        Applies only while the record is still in one of ``statuses`` (the one the failed attempt
+        left). Nothing retries the job until someone redrives the message; the next claim clears it."""
+        moment = time.time() if now is None else now
+        entry = {"at": iso(moment), "reason": reason[:500], "receiveCount": receive_count}
+        return self._transition(job_id, None, statuses, now=moment, set_values={"deadLettered": entry})
 
     def mark_submitted(
         self,

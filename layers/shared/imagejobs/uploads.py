@@ -407,6 +407,7 @@ def _reject(
         errors,
         request=_partial(message) or {"inputImageUrls": [ref.uri]},
         message=f"upload {ref.uri} cannot become a job: {summary}"[:1000],
+        upload={"bucket": ref.bucket, "key": ref.key, "uri": ref.uri},
         now=now(),
     )
     if result.applied:

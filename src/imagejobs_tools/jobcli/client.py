@@ -6,6 +6,8 @@ Clients are passed in; nothing here reads flags or prints.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import mimetypes
 import re
 import time
@@ -18,7 +20,7 @@ import boto3
 import botocore.exceptions
 
 from imagejobs_tools.jobcli.messages import SQS_MAX_MESSAGE_BYTES, OutgoingJob
-from imagejobs_tools.jobcli.records import JobRecord, OutputObject
+from imagejobs_tools.jobcli.records import ALL_STATUSES, JobRecord, OutputObject
 from imagejobs_tools.jobcli.target import SessionFactory, Target
 
 if TYPE_CHECKING:
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
 
 SQS_BATCH_MAX_ENTRIES = 10
 DYNAMODB_BATCH_GET_MAX_KEYS = 100
-STATUS_INDEX_NAME = "ByStatus"
 # Attributes a KEYS_ONLY projection of ByStatus carries; anything else needs the base item.
 _INDEX_KEY_ATTRIBUTES = frozenset({"jobId", "status", "updatedAt"})
 # Errors that no retry of the same batch will fix: stop the whole submit.
@@ -235,51 +236,23 @@ class JobsClient:
         return records
 
     def list_jobs(self, statuses: Sequence[str] = (), limit: int = 50) -> list[JobRecord]:
-        """Newest first: a `ByStatus` query per status; without statuses a bounded scan."""
-        table = self._require_table()
-        items: list[Mapping[str, Any]] = []
-        if statuses:
-            for status in dict.fromkeys(statuses):
-                items.extend(self._query_status(table, status, limit))
-        else:
-            items = self._scan(table, limit)
-        records = [JobRecord.from_item(item) for item in items]
+        """The newest `limit` jobs by `updatedAt`: a `ByStatus` query (newest first) per status, every
+        status when none is given, merged. Never a scan: a scan's first page is in hash order, not time."""
+        from imagejobs.store import JobStore  # the domain's query, not a second copy of it
+
+        store = JobStore(self._require_table())
+        per_status = [
+            store.list_by_status(status, limit=limit) for status in dict.fromkeys(statuses or ALL_STATUSES)
+        ]
+        # Each list is newest first and holds at most `limit` items, so the newest `limit` overall
+        # are among them: a k-way merge.
+        merged = heapq.merge(*per_status, key=lambda item: str(item.get("updatedAt", "")), reverse=True)
+        records = [JobRecord.from_item(item) for item in itertools.islice(merged, limit)]
         if any(set(record.data) <= _INDEX_KEY_ATTRIBUTES for record in records):
             # The index projects keys only: read the full records.
             full = self.batch_get(record.job_id for record in records)
             records = [full.get(record.job_id, record) for record in records]
-        records.sort(key=lambda record: str(record.data.get("updatedAt", "")), reverse=True)
-        return records[:limit]
-
-    @staticmethod
-    def _query_status(table: Table, status: str, limit: int) -> list[Mapping[str, Any]]:
-        items: list[Mapping[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "IndexName": STATUS_INDEX_NAME,
-            "KeyConditionExpression": "#s = :s",
-            "ExpressionAttributeNames": {"#s": "status"},
-            "ExpressionAttributeValues": {":s": status},
-            "ScanIndexForward": False,
-        }
-        while len(items) < limit:
-            response = table.query(Limit=limit - len(items), **kwargs)
-            items.extend(response.get("Items", []))
-            if "LastEvaluatedKey" not in response:
-                break
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-        return items
-
-    @staticmethod
-    def _scan(table: Table, limit: int) -> list[Mapping[str, Any]]:
-        items: list[Mapping[str, Any]] = []
-        kwargs: dict[str, Any] = {}
-        while len(items) < limit:
-            response = table.scan(Limit=limit - len(items), **kwargs)
-            items.extend(response.get("Items", []))
-            if "LastEvaluatedKey" not in response:
-                break
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-        return items
+        return records
 
     # -- outputs ------------------------------------------------------------------------
 

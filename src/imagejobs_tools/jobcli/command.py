@@ -97,8 +97,11 @@ def register(subparsers: Any) -> None:
         "list",
         help="list job records, newest first",
         description=_wrap(
-            "With --status: a query of the ByStatus index per status, newest first. Without: a scan "
-            "bounded by --limit (the first records found, shown newest first)."
+            "The newest --limit jobs by last update: a query of the ByStatus index per status "
+            "(every status without --status), merged newest first. The status column shows BLOCKED "
+            "or DEAD_LETTERED when derived from the record; the reason column says why a job is "
+            "REJECTED, FAILED, blocked or dead-lettered (a rejected upload: its S3 key first). "
+            "--json prints the records, each with `display` (status, reason) added."
         ),
         **common,
     )
@@ -115,8 +118,11 @@ def register(subparsers: Any) -> None:
         help="follow jobs until they are terminal",
         description=_wrap(
             "Poll the job records (BatchGetItem) until every job is terminal "
-            f"({', '.join(sorted(TERMINAL_STATUSES))}) or --timeout, then print a summary. "
-            "Exit 0 when every job ended in an --expect status (default COMPLETED), else 1."
+            f"({', '.join(sorted(TERMINAL_STATUSES))}) or its message went to the dead-letter queue "
+            "(DEAD_LETTERED), or --timeout, then print a summary. A BLOCKED job (the provider refused "
+            "the API key, or no credits) is reported once with its reason and waited for: it goes on "
+            "by itself once fixed. Exit 0 when every job ended in an --expect status (default "
+            "COMPLETED), else 1."
         ),
         **common,
     )
@@ -424,7 +430,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             continue
         if args.json:
-            print(json.dumps(record.data, sort_keys=True))
+            print(json.dumps(record.to_json(), sort_keys=True))
         else:
             if index:
                 print()
@@ -439,7 +445,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     client = open_client(target, table=True)
     records = client.list_jobs(args.statuses, limit=args.limit)
     if args.json:
-        print(json.dumps([record.data for record in records], sort_keys=True))
+        print(json.dumps([record.to_json() for record in records], sort_keys=True))
     elif records:
         print("\n".join(list_lines(records)))
     else:
@@ -469,11 +475,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
     else:
         print("\n".join(summary_lines(job_ids, outcome.records)))
     counts: dict[str, int] = {}
-    for status in outcome.statuses().values():
-        counts[status or "NO_RECORD"] = counts.get(status or "NO_RECORD", 0) + 1
+    for status in outcome.display_statuses().values():
+        counts[status] = counts.get(status, 0) + 1
     tally = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
     timed_out = f"timed out after {args.timeout:g}s; " if outcome.timed_out else ""
     _error(f"{timed_out}{len(job_ids)} jobs: {tally}")
+    blocked = [r for r in outcome.records.values() if r is not None and r.blocked_reason is not None]
+    if blocked:
+        reasons = sorted({str(record.blocked_reason) for record in blocked})
+        _error(
+            f"{len(blocked)} jobs blocked ({'; '.join(reasons)}): fix it and they go on by themselves "
+            "(the queue retries them until its maxReceiveCount, then they are dead-lettered)"
+        )
     return EXIT_OK if outcome.all_in(expected) else EXIT_FAILED
 
 

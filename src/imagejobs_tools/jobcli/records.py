@@ -19,6 +19,18 @@ ALL_STATUSES = (
     "REJECTED",
     "SUBMIT_UNKNOWN",
 )
+# Derived display states (never stored): a RECEIVED job whose last submit failed for a reason
+# that retries cannot fix (docs/cli.md), and an unfinished job whose message went to the DLQ.
+BLOCKED = "BLOCKED"
+DISPLAY_KEY = "display"  # the key `--json` adds to a record for the derived fields
+DEAD_LETTERED = "DEAD_LETTERED"
+# lastSubmitError codes (intake stores the provider error's class name) that block a job until
+# someone acts: the key is wrong or missing, or the balance is empty. It resumes on its own after.
+BLOCKING_SUBMIT_ERRORS = {
+    "ProviderUnauthorized": "provider rejected the API key (401)",
+    "InsufficientCredits": "insufficient provider credits (402)",
+    "SecretNotConfigured": "the provider API key is not configured",
+}
 
 
 def plain(value: Any) -> Any:
@@ -82,6 +94,82 @@ class JobRecord:
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def last_submit_error(self) -> Mapping[str, Any] | None:
+        error = self.data.get("lastSubmitError")
+        return error if isinstance(error, Mapping) and error else None
+
+    @property
+    def blocked_reason(self) -> str | None:
+        """Why a RECEIVED job is not moving (a bad or missing key, no credits), or None."""
+        error = self.last_submit_error
+        if self.status != "RECEIVED" or error is None:
+            return None
+        code = str(error.get("code") or "")
+        if code not in BLOCKING_SUBMIT_ERRORS:
+            return None
+        message = " ".join(str(error.get("message") or "").split())
+        return message or BLOCKING_SUBMIT_ERRORS[code]
+
+    @property
+    def dead_letter(self) -> Mapping[str, Any] | None:
+        """`deadLettered` on an unfinished record: its message's last receive failed (now in the DLQ)."""
+        entry = self.data.get("deadLettered")
+        if self.is_terminal or not isinstance(entry, Mapping) or not entry:
+            return None
+        return entry
+
+    @property
+    def display_status(self) -> str:
+        """The status as the CLI shows it: the stored one, or DEAD_LETTERED / BLOCKED (derived)."""
+        if self.dead_letter is not None:
+            return DEAD_LETTERED
+        if self.blocked_reason is not None:
+            return BLOCKED
+        return self.status
+
+    @property
+    def is_settled(self) -> bool:
+        """Nothing more happens without someone acting: terminal, or its message is in the DLQ."""
+        return self.is_terminal or self.dead_letter is not None
+
+    @property
+    def reason(self) -> str | None:
+        """One short line on why the job is where it is (REJECTED, FAILED, blocked, in the DLQ...)."""
+        dead = self.dead_letter
+        if dead is not None:
+            why = str(dead.get("reason") or "").strip()
+            return "message moved to the dead-letter queue" + (f": {why}" if why else "")
+        blocked = self.blocked_reason
+        if blocked is not None:
+            return blocked
+        error = self.error
+        if error is not None and self.is_terminal:
+            field_errors = error.get("fieldErrors")
+            if isinstance(field_errors, Mapping) and field_errors:
+                name, messages = next(iter(field_errors.items()))
+                first = messages[0] if isinstance(messages, list) and messages else messages
+                return f"{name}: {first}"
+            code = str(error.get("code") or "")
+            message = " ".join(str(error.get("message") or "").split())
+            return ": ".join(part for part in (code, message) if part) or None
+        return None
+
+    @property
+    def upload_key(self) -> str | None:
+        """The S3 key of the upload a record was made from (S3 intake), when it says so."""
+        upload = self.data.get("upload")
+        if isinstance(upload, Mapping) and upload.get("key"):
+            return str(upload["key"])
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """What `--json` prints: the whole record, plus `display` (derived here, never stored)."""
+        derived: dict[str, Any] = {"status": self.display_status, "reason": self.reason}
+        if self.upload_key is not None:
+            derived["uploadKey"] = self.upload_key
+        return {**self.data, DISPLAY_KEY: derived}
 
     @property
     def model(self) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from imagejobs_tools.jobcli.records import JobRecord
+from imagejobs_tools.jobcli.records import BLOCKED, DEAD_LETTERED, JobRecord
 
 PROMPT_WIDTH = 80
 
@@ -39,12 +39,34 @@ def output_keys(record: JobRecord) -> str:
     return ", ".join(output.key for output in record.outputs) or "-"
 
 
+REASON_WIDTH = 60
+
+
+def status_text(record: JobRecord) -> str:
+    """The status with what it is derived from: `BLOCKED (reason)`, `DEAD_LETTERED (RECEIVED; ...)`."""
+    shown = record.display_status
+    if shown == BLOCKED:
+        return f"{BLOCKED} ({record.blocked_reason})"
+    if shown == DEAD_LETTERED:
+        return f"{DEAD_LETTERED} (record {record.status}; {record.reason})"
+    return shown
+
+
+def reason_text(record: JobRecord, width: int = REASON_WIDTH) -> str:
+    """The list's reason column: why a job is REJECTED, FAILED, blocked...; an upload's S3 key first."""
+    reason = record.reason
+    key = record.upload_key
+    if key is not None and record.status == "REJECTED":
+        return f"{key}: {truncate(reason, width)}" if reason else key
+    return truncate(reason, width) or "-"
+
+
 def status_lines(record: JobRecord) -> list[str]:
     """`imagejobs status JOB_ID`: the record's essentials and its history."""
     lines: list[str] = []
     rows: list[tuple[str, str]] = [
         ("job", record.job_id),
-        ("status", record.status),
+        ("status", status_text(record)),
         ("model", record.model or "-"),
         ("prompt", truncate(record.prompt) or "-"),
         ("credits", format_credits(record)),
@@ -52,9 +74,18 @@ def status_lines(record: JobRecord) -> list[str]:
         ("updated", str(record.data.get("updatedAt", "-"))),
         ("latency", format_seconds(record.latency_seconds())),
     ]
+    if record.upload_key is not None:
+        rows.append(("upload", str(record.data["upload"].get("uri") or record.upload_key)))
     for name in ("taskId", "polls", "submitAttempts"):
         if record.data.get(name) is not None:
             rows.append((name, str(record.data[name])))
+    last_error = record.last_submit_error
+    if last_error is not None and not record.is_terminal:
+        at = f" at {last_error['at']}" if last_error.get("at") else ""
+        message = truncate(str(last_error.get("message") or ""), 200)
+        rows.append(("lastSubmitError", f"{last_error.get('code', '?')}: {message}{at}"))
+        if record.blocked_reason is not None:
+            rows.append(("note", "the queue retries it; once the key or balance is fixed it goes on"))
     executions = record.data.get("executions")
     if isinstance(executions, list) and executions:  # a long job handed over to fresh executions
         rows.append(("executions", " -> ".join(str(name) for name in executions)))
@@ -105,14 +136,15 @@ def format_columns(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> lis
 def list_lines(records: Sequence[JobRecord]) -> list[str]:
     """`imagejobs list`: one line per record."""
     return format_columns(
-        ("jobId", "status", "updated", "model", "credits", "prompt"),
+        ("jobId", "status", "updated", "model", "credits", "reason", "prompt"),
         (
             (
                 record.job_id,
-                record.status,
+                record.display_status,
                 str(record.data.get("updatedAt", "-")),
                 record.model or "-",
                 format_credits(record),
+                reason_text(record),
                 truncate(record.prompt, 40),
             )
             for record in records
@@ -121,27 +153,37 @@ def list_lines(records: Sequence[JobRecord]) -> list[str]:
 
 
 def summary_lines(job_ids: Sequence[str], records: Mapping[str, JobRecord | None]) -> list[str]:
-    """The table `watch` prints at the end."""
+    """The table `watch` prints at the end (the reason column only when some job has one)."""
     rows = []
+    with_reason = any(record is not None and record.reason for record in records.values())
     for job_id in job_ids:
         record = records.get(job_id)
         if record is None:
-            rows.append((job_id, "NO_RECORD", "-", "-", "-", "-"))
+            rows.append([job_id, "NO_RECORD", "-", "-", "-", "-"] + (["-"] if with_reason else []))
             continue
-        rows.append(
-            (
-                job_id,
-                record.status,
-                record.model or "-",
-                format_credits(record),
-                format_seconds(record.latency_seconds()),
-                output_keys(record),
-            )
-        )
-    return format_columns(("jobId", "status", "model", "credits", "latency", "outputs"), rows)
+        row = [
+            job_id,
+            record.display_status,
+            record.model or "-",
+            format_credits(record),
+            format_seconds(record.latency_seconds()),
+        ]
+        if with_reason:
+            row.append(reason_text(record))
+        rows.append([*row, output_keys(record)])
+    headers = [
+        "jobId",
+        "status",
+        "model",
+        "credits",
+        "latency",
+        *(["reason"] if with_reason else []),
+        "outputs",
+    ]
+    return format_columns(headers, rows)
 
 
 def record_json(record: JobRecord | None, job_id: str) -> dict[str, Any]:
     if record is None:
         return {"jobId": job_id, "status": None}
-    return dict(record.data)
+    return record.to_json()

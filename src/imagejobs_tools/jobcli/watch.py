@@ -1,4 +1,8 @@
-"""`imagejobs watch`: poll job records until every job is terminal (or a timeout).
+"""`imagejobs watch`: poll job records until every job is settled (or a timeout).
+
+Settled: terminal, or its message is in the DLQ (nothing changes until someone redrives it).
+A blocked job (bad key, no credits) is not settled: it goes on by itself once that is fixed, so
+watch keeps waiting, and says once why it is not moving.
 
 One BatchGetItem (100 keys a call) per tick for the jobs that are not terminal
 yet; views show the progress (rich bars on a terminal, plain lines otherwise).
@@ -33,6 +37,13 @@ class WatchOutcome:
     def statuses(self) -> dict[str, str | None]:
         return {job_id: (record.status if record else None) for job_id, record in self.records.items()}
 
+    def display_statuses(self) -> dict[str, str]:
+        """Statuses as shown (BLOCKED, DEAD_LETTERED derived); NO_RECORD for a job without one."""
+        return {
+            job_id: (record.display_status if record else "NO_RECORD")
+            for job_id, record in self.records.items()
+        }
+
     def all_in(self, expected: Collection[str]) -> bool:
         return all(record is not None and record.status in expected for record in self.records.values())
 
@@ -53,13 +64,13 @@ def watch_jobs(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> WatchOutcome:
-    """Poll until every job has a terminal record, or `timeout` seconds have passed."""
+    """Poll until every job has a settled record, or `timeout` seconds have passed."""
     ordered_ids = list(dict.fromkeys(job_ids))
     records: dict[str, JobRecord | None] = dict.fromkeys(ordered_ids)
     started = clock()
     ticks = 0
     while True:
-        open_ids = [job_id for job_id, record in records.items() if record is None or not record.is_terminal]
+        open_ids = [job_id for job_id, record in records.items() if record is None or not record.is_settled]
         if open_ids:
             found = client.batch_get(open_ids)
             for job_id in open_ids:
@@ -69,7 +80,7 @@ def watch_jobs(
         elapsed = clock() - started
         if view is not None:
             view.update(records, elapsed)
-        if all(record is not None and record.is_terminal for record in records.values()):
+        if all(record is not None and record.is_settled for record in records.values()):
             return WatchOutcome(records, timed_out=False, ticks=ticks)
         if timeout is not None and elapsed + interval > timeout:
             return WatchOutcome(records, timed_out=True, ticks=ticks)
@@ -80,11 +91,14 @@ def _describe(record: JobRecord | None) -> str:
     if record is None:
         return "waiting for a record"
     polls = f", {record.polls} polls" if record.polls is not None else ""
-    return f"{record.status}{polls}"
+    shown = record.display_status
+    if shown != record.status:  # BLOCKED / DEAD_LETTERED: say why, the bar alone would just tick
+        return f"{shown}: {record.reason}"
+    return f"{shown}{polls}"
 
 
 class PlainView:
-    """Without a terminal (CI): one line whenever a job's status (or poll count) changes."""
+    """Without a terminal (CI): one line whenever a job's shown status (or its reason) changes."""
 
     def __init__(self, console: Console) -> None:
         self._console = console
@@ -92,7 +106,7 @@ class PlainView:
 
     def update(self, records: Mapping[str, JobRecord | None], elapsed: float) -> None:
         for job_id, record in records.items():
-            status = record.status if record else "NO_RECORD"
+            status = f"{record.display_status} {record.reason or ''}" if record else "NO_RECORD"
             if self._last.get(job_id) != status:
                 self._last[job_id] = status
                 self._console.print(
@@ -130,7 +144,7 @@ class ProgressView:
                 task = self._tasks[job_id]
                 step = (
                     _TOTAL_STEPS
-                    if record and record.is_terminal
+                    if record and record.is_settled
                     else _STEP.get(record.status if record else "", 0)
                 )
                 # Reaching the total freezes the task's elapsed time (rich's finished_time).
@@ -138,9 +152,9 @@ class ProgressView:
             return
         counts: dict[str, int] = {}
         for record in records.values():
-            status = record.status if record else "NO_RECORD"
+            status = record.display_status if record else "NO_RECORD"
             counts[status] = counts.get(status, 0) + 1
-        done = sum(1 for record in records.values() if record is not None and record.is_terminal)
+        done = sum(1 for record in records.values() if record is not None and record.is_settled)
         detail = " ".join(f"{status}={count}" for status, count in sorted(counts.items()))
         self._progress.update(self._overall, completed=done, detail=detail)
 

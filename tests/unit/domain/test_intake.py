@@ -14,6 +14,7 @@ from imagejobs.intake import (
     IntakeOutcome,
     execution_arn,
     handle_job_message,
+    note_last_receive,
 )
 from imagejobs.provider import (
     InsufficientCredits,
@@ -326,3 +327,41 @@ def test_provider_field_errors_are_stored_without_url_signatures(env: Env) -> No
     error = env.record("job-1")["error"]
     assert "SECRETSIG" not in json.dumps(error)
     assert "https://b.s3.amazonaws.com/k.png" in error["fieldErrors"]["inputImageUrls"][0]
+
+
+def test_the_last_failed_receive_notes_the_dead_letter_on_the_record_and_a_new_claim_clears_it(
+    env: Env,
+) -> None:
+    env.provider.submit_error = ProviderUnauthorized()
+    outcome = env.handle({"jobId": "job-1", "prompt": "p"})
+    assert outcome.action == "retry"
+    # Earlier receives leave it for the queue to retry; so does an unknown maxReceiveCount.
+    assert not note_last_receive(env.store, outcome, 4, 5, now=env.clock)
+    assert not note_last_receive(env.store, outcome, 5, 0, now=env.clock)
+    assert "deadLettered" not in env.record("job-1")
+
+    assert note_last_receive(env.store, outcome, 5, 5, now=env.clock)
+    record = env.record("job-1")
+    assert record["status"] == "RECEIVED"  # the stored status model is unchanged
+    assert record["deadLettered"]["receiveCount"] == 5
+    assert "ProviderUnauthorized" in record["deadLettered"]["reason"]
+
+    # Redriven from the DLQ, the key fixed: the claim clears the note and the job goes on.
+    env.provider.submit_error = None
+    assert env.handle({"jobId": "job-1", "prompt": "p"}).action == "ack"
+    record = env.record("job-1")
+    assert record["status"] == "SUBMITTED" and "deadLettered" not in record
+    # A job that has moved on is never marked.
+    assert not note_last_receive(env.store, outcome, 5, 5, now=env.clock)
+
+
+def test_a_missing_api_key_is_recorded_as_secret_not_configured(env: Env) -> None:
+    from imagejobs.secrets import SecretNotConfigured
+
+    try:
+        raise ProviderUnreachable("provider unreachable") from SecretNotConfigured("secret k is empty")
+    except ProviderUnreachable as error:
+        env.provider.submit_error = error
+    assert env.handle({"jobId": "job-1", "prompt": "p"}).action == "retry"
+    last = env.record("job-1")["lastSubmitError"]
+    assert (last["code"], last["message"]) == ("SecretNotConfigured", "secret k is empty")

@@ -119,6 +119,8 @@ def test_unusable_uploads_are_recorded_rejected_with_the_reason(
     assert field in record["error"]["fieldErrors"]
     assert fragment in " ".join(record["error"]["fieldErrors"][field])
     assert f"s3://{BUCKET}/{key}" in record["error"]["message"]
+    # Named on the record, so `imagejobs list` can show which upload it was.
+    assert record["upload"] == {"bucket": BUCKET, "key": key, "uri": f"s3://{BUCKET}/{key}"}
     assert aws.messages() == []
 
 
