@@ -248,8 +248,12 @@ def test_jobs_queue_redrives_to_an_encrypted_dead_letter_queue(translated_templa
     queue = resources["JobsQueue"]["Properties"]
     assert queue["RedrivePolicy"] == {
         "deadLetterTargetArn": {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]},
-        "maxReceiveCount": 5,
+        "maxReceiveCount": {"Ref": "JobsMaxReceiveCount"},
     }
+    # The same parameter tells intake which receive is the last (it notes the DLQ on the record).
+    assert translated_template["Parameters"]["JobsMaxReceiveCount"]["Default"] == 5
+    environment = resources["IntakeFunction"]["Properties"]["Environment"]["Variables"]
+    assert environment["JOBS_MAX_RECEIVE_COUNT"] == {"Ref": "JobsMaxReceiveCount"}
     dlq = resources["JobsDeadLetterQueue"]["Properties"]
     assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
     assert dlq["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]
