@@ -141,6 +141,29 @@ def test_intake_reports_only_the_failed_items(
     assert aws.store.get("job-503")["status"] == "RECEIVED"  # type: ignore[index]
 
 
+@pytest.mark.parametrize(("receive_count", "dead_lettered"), [("4", False), ("5", True)])
+def test_intake_notes_on_the_record_that_the_last_receive_failed(
+    handler: Callable[..., ModuleType],
+    aws: Aws,
+    lambda_context: FakeLambdaContext,
+    monkeypatch: pytest.MonkeyPatch,
+    receive_count: str,
+    dead_lettered: bool,
+) -> None:
+    # The queue moves the message to the DLQ after 5 receives (JobsMaxReceiveCount).
+    monkeypatch.setenv("JOBS_MAX_RECEIVE_COUNT", "5")
+    batch = copy.deepcopy(event("sqs_job.json"))
+    batch["Records"][0]["attributes"]["ApproximateReceiveCount"] = receive_count
+    module = handler("intake", FakeProvider(submit_error=ProviderServerError(500)))
+    response = module.lambda_handler(batch, lambda_context)
+    assert response == {"batchItemFailures": [{"itemIdentifier": batch["Records"][0]["messageId"]}]}
+    record = aws.store.get(DEMO_JOB)
+    assert record is not None and record["status"] == "RECEIVED"
+    assert ("deadLettered" in record) is dead_lettered
+    if dead_lettered:
+        assert record["deadLettered"]["receiveCount"] == 5
+
+
 def test_intake_all_failed_batch_still_returns_the_partial_response(
     handler: Callable[..., ModuleType], aws: Aws, lambda_context: FakeLambdaContext
 ) -> None:
