@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagejobs_tools.jobcli.records import ALL_STATUSES, TERMINAL_STATUSES
+from imagejobs_tools.jobcli.render import count_of
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -369,7 +370,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                         print(json.dumps(failure), flush=True)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
             # Say how far it got (the ids printed are the ones sent), then the one-line error.
-            _error(f"stopped after sending {sent} jobs")
+            _error(f"stopped after sending {count_of(sent, 'job')}")
             raise
 
     if args.file is not None:
@@ -379,11 +380,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             more = " …" if bad_lines > len(bad_line_sources) else ""
             listed = f"; bad lines: {', '.join(bad_line_sources)}{more}" if bad_lines else ""
             _error(
-                f"sent {sent} jobs to {where}; {failed} not sent "
+                f"sent {count_of(sent, 'job')} to {where}; {failed} not sent "
                 f"({bad_lines} bad lines, {send_failures} send failures){listed}"
             )
         else:
-            _error(f"sent {sent} jobs to {where}")
+            _error(f"sent {count_of(sent, 'job')} to {where}")
     return EXIT_FAILED if bad_lines or send_failures else EXIT_OK
 
 
@@ -479,12 +480,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
         counts[status] = counts.get(status, 0) + 1
     tally = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
     timed_out = f"timed out after {args.timeout:g}s; " if outcome.timed_out else ""
-    _error(f"{timed_out}{len(job_ids)} jobs: {tally}")
+    _error(f"{timed_out}{count_of(len(job_ids), 'job')}: {tally}")
     blocked = [r for r in outcome.records.values() if r is not None and r.blocked_reason is not None]
     if blocked:
         reasons = sorted({str(record.blocked_reason) for record in blocked})
         _error(
-            f"{len(blocked)} jobs blocked ({'; '.join(reasons)}): fix it and they go on by themselves "
+            f"{count_of(len(blocked), 'job')} blocked ({'; '.join(reasons)}): "
+            "fix it and they go on by themselves "
             "(the queue retries them until its maxReceiveCount, then they are dead-lettered)"
         )
     return EXIT_OK if outcome.all_in(expected) else EXIT_FAILED

@@ -10,6 +10,11 @@ from imagejobs_tools.jobcli.records import BLOCKED, DEAD_LETTERED, JobRecord
 PROMPT_WIDTH = 80
 
 
+def count_of(number: int, noun: str) -> str:
+    """"1 job", "2 jobs": counts people read (plural by adding s)."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def truncate(text: str | None, width: int = PROMPT_WIDTH) -> str:
     if not text:
         return ""

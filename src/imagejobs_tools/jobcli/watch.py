@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from imagejobs_tools.jobcli.client import JobsClient
 from imagejobs_tools.jobcli.records import JobRecord
+from imagejobs_tools.jobcli.render import count_of
 
 # Progress steps shown by the bars: a job moves RECEIVED → SUBMITTING → SUBMITTED → terminal.
 _STEP = {"RECEIVED": 1, "SUBMITTING": 2, "SUBMITTED": 3}
@@ -135,7 +136,8 @@ class ProgressView:
             for job_id in job_ids:
                 self._tasks[job_id] = self._progress.add_task(job_id, total=_TOTAL_STEPS, detail="")
         else:
-            self._overall = self._progress.add_task(f"{len(job_ids)} jobs", total=len(job_ids), detail="")
+            overall = count_of(len(job_ids), "job")
+            self._overall = self._progress.add_task(overall, total=len(job_ids), detail="")
         self._progress.start()
 
     def update(self, records: Mapping[str, JobRecord | None], elapsed: float) -> None:

@@ -177,7 +177,7 @@ def test_watch_follows_a_record_to_completion(local_stack: LocalStack) -> None:
             process.wait()
     assert process.returncode == 0, stderr
     assert "live  COMPLETED, 3 polls" in stderr
-    assert "1 jobs: 1 COMPLETED" in stderr
+    assert "1 job: 1 COMPLETED" in stderr
     assert stdout.splitlines()[1].split()[:2] == ["live", "COMPLETED"]
 
 

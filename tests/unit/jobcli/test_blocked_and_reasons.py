@@ -145,8 +145,8 @@ def test_watch_reports_a_blocked_job_once_with_its_reason_and_the_summary_says_b
     progress = [line for line in captured.err.splitlines() if "key-1" in line]
     assert len(progress) == 1  # said once, not once a tick
     assert progress[0].endswith("key-1  BLOCKED: provider rejected the API key (401 Unauthorized)")
-    assert "1 jobs: 1 BLOCKED" in captured.err
-    assert "1 jobs blocked (provider rejected the API key (401 Unauthorized))" in captured.err
+    assert "1 job: 1 BLOCKED" in captured.err
+    assert "1 job blocked (provider rejected the API key (401 Unauthorized))" in captured.err
     row = next(line for line in captured.out.splitlines() if line.startswith("key-1"))
     assert row.split()[1] == "BLOCKED" and "provider rejected the API key" in row
 
@@ -178,4 +178,4 @@ def test_a_dead_lettered_job_is_shown_as_such_and_watch_stops_waiting_for_it(
     summary = json.loads(captured.out)
     assert summary["timedOut"] is False
     assert summary["jobs"][0]["display"]["status"] == "DEAD_LETTERED"
-    assert "1 jobs: 1 DEAD_LETTERED" in captured.err
+    assert "1 job: 1 DEAD_LETTERED" in captured.err
