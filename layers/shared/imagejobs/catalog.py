@@ -93,7 +93,7 @@ def get_model(name: str) -> ModelSpec | None:
 
 
 def model_hint(name: str) -> str | None:
-    """ "did you mean gpt-image-2?" for an unknown model whose name is close to a known one.
+    """A "did you mean gpt-image-2?" hint for an unknown model whose name is close to a known one.
 
     Unknown models still go to the provider (it may know models we do not): this is a hint, kept
     on the record and in the log, never a rejection.

@@ -11,7 +11,7 @@ PROMPT_WIDTH = 80
 
 
 def count_of(number: int, noun: str) -> str:
-    """ "1 job", "2 jobs": counts people read (plural by adding s)."""
+    """A count people read: "1 job", "2 jobs" (plural by adding s)."""
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
