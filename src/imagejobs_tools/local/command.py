@@ -141,14 +141,23 @@ def _run_up(args: argparse.Namespace) -> int:
 
     # Not a terminal (CI, a pipe): rich would wrap the tables at 80 columns and truncate job ids.
     console = Console(emoji=False, width=None if sys.stdout.isatty() else 160)
-    # SIGTERM (CI, `kill`, a supervisor) stops cleanly, also while the stack is still starting.
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # SIGTERM (CI, `kill`, a supervisor) stops cleanly, also while the stack is still starting: the
+    # exception interrupts the start, and the event ends the wait even if something caught it.
+    terminated = threading.Event()
+
+    def on_sigterm(*_: Any) -> None:
+        terminated.set()
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     stack = LocalStack(build_config(args, state_file=args.state_file))
     try:
         with console.status("starting the local stack…"):
             stack.start()
-        print_summary(console, stack, args.state_file)
-        threading.Event().wait()  # until a signal
+        if not terminated.is_set():
+            print_summary(console, stack, args.state_file)
+        while not terminated.wait(0.5):
+            pass
         return 0
     except Terminated:
         return 0
@@ -161,12 +170,9 @@ def _run_up(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-class Terminated(Exception):
-    """SIGTERM arrived: stop the stack and exit 0."""
-
-
-def _raise_terminated(*_: Any) -> None:
-    raise Terminated
+class Terminated(BaseException):
+    """SIGTERM arrived: stop the stack and exit 0. A BaseException, as KeyboardInterrupt is, so that
+    no `except Exception` in the code it interrupts (moto, botocore, ...) can swallow it."""
 
 
 def print_summary(console: Any, stack: Any, state_file: Path | None) -> None:

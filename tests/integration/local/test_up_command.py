@@ -62,14 +62,24 @@ def test_a_second_stack_refuses_to_strand_the_running_one(listening: int, tmp_pa
 
 
 def test_sigterm_while_starting_stops_cleanly(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
     process = subprocess.Popen(
-        [*IMAGEJOBS, "local", "up", "--template", str(REPO_TEMPLATE)],
+        [*IMAGEJOBS, "local", "up", "--template", str(REPO_TEMPLATE), "--port", str(port)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    time.sleep(1.5)  # imports done, the stack is starting
+    # moto answering means the start is under way (the stack is created after it): stop it there.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
