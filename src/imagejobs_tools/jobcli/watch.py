@@ -83,9 +83,10 @@ def watch_jobs(
             view.update(records, elapsed)
         if all(record is not None and record.is_settled for record in records.values()):
             return WatchOutcome(records, timed_out=False, ticks=ticks)
-        if timeout is not None and elapsed + interval > timeout:
+        if timeout is not None and elapsed >= timeout:
             return WatchOutcome(records, timed_out=True, ticks=ticks)
-        sleep(interval)
+        # The last look is at the deadline itself: `--timeout 6` waits 6 s, not the last whole interval.
+        sleep(interval if timeout is None else min(interval, timeout - elapsed))
 
 
 def _describe(record: JobRecord | None) -> str:

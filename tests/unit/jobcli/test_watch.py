@@ -79,7 +79,8 @@ def test_watch_gives_up_at_the_timeout(stack: MockStack) -> None:
 
     assert outcome.timed_out
     assert outcome.statuses() == {"slow": "SUBMITTED"}
-    assert outcome.ticks == 4  # at 0, 2, 4 and 6 s; the next one (8 s) would come after the timeout
+    assert outcome.ticks == 5  # at 0, 2, 4, 6 s and a last look at the 7-s deadline
+    assert clock.now == 7  # it waited the whole timeout (it used to give up at 6)
 
 
 def test_watch_reads_with_batch_get_100_keys_a_call_and_only_open_jobs(stack: MockStack) -> None:
