@@ -16,16 +16,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
+
+from imagejobs_tools.endpoints import connect_problem
 
 LOCAL_STACK_FILE = Path(".imagejobs") / "local-stack.json"
 
@@ -227,17 +227,11 @@ def check_endpoint_reachable(
     endpoint_url: str, timeout: float = 1.0, what: str = "local stack endpoint"
 ) -> None:
     """A TCP connect to the endpoint, so a stale local-stack.json (or a wrong URL) fails fast and clearly."""
-    parts = urlsplit(endpoint_url)
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+    reason = connect_problem(endpoint_url, timeout)
+    if reason is not None:
         raise TargetError(
             f"{what} {endpoint_url} is not reachable ({reason}): is `imagejobs local up` running?"
-        ) from exc
+        )
 
 
 def load_stack_target(

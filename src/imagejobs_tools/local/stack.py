@@ -30,6 +30,7 @@ import boto3
 import requests
 from botocore.config import Config
 
+from imagejobs_tools.endpoints import connect_problem
 from imagejobs_tools.local import moto_fixes, moto_speedups, server_tuning
 from imagejobs_tools.local.dispatch import LambdaDispatcher
 from imagejobs_tools.local.pollers import DEFAULT_CONCURRENCY, SqsMapping, SqsPoller
@@ -591,7 +592,7 @@ class LocalStack:
             endpoint = str(json.loads(path.read_text(encoding="utf-8"))["endpointUrl"])
         except (OSError, ValueError, KeyError, TypeError):
             return  # unreadable: nothing can use it
-        if endpoint_answers(endpoint):
+        if connect_problem(endpoint) is None:
             raise LocalStackError(
                 f"a local stack is already running at {endpoint} (state file {path}); stop it first, "
                 "or start this one with another --state-file"
@@ -650,16 +651,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def endpoint_answers(endpoint: str, timeout: float = 1.0) -> bool:
-    """Whether something accepts connections at an http://host:port endpoint."""
-    host, _, port = endpoint.removeprefix("http://").rstrip("/").partition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 def local_queue_url(value: str, endpoint: str) -> str:
