@@ -586,26 +586,16 @@ class LocalStack:
     def _refuse_a_running_stack_in_the_state_file(self) -> None:
         """Never strand a running stack: its state file is how the CLI finds it."""
         path = self.config.state_file
-        if path is None or not path.exists():
-            return
-        try:
-            endpoint = str(json.loads(path.read_text(encoding="utf-8"))["endpointUrl"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return  # unreadable: nothing can use it
-        if connect_problem(endpoint) is None:
+        endpoint = _state_file_endpoint(path)
+        if endpoint is not None and connect_problem(endpoint) is None:
             raise LocalStackError(
                 f"a local stack is already running at {endpoint} (state file {path}); stop it first, "
                 "or start this one with another --state-file"
             )
 
     def _owns_state_file(self) -> bool:
-        path = self.config.state_file
-        try:
-            return path is not None and json.loads(path.read_text(encoding="utf-8")).get("endpointUrl") == (
-                self._info.endpoint_url if self._info else None
-            )
-        except (OSError, ValueError):
-            return False
+        endpoint = _state_file_endpoint(self.config.state_file)
+        return endpoint is not None and self._info is not None and endpoint == self._info.endpoint_url
 
     def _write_state_file(self) -> None:
         path = self.config.state_file
@@ -640,6 +630,17 @@ class LocalStack:
 
 
 _AWS_QUEUE_URL = re.compile(r"^https://sqs\.[a-z0-9-]+\.amazonaws\.com/(\d{12}/[^/]+)$")
+
+
+def _state_file_endpoint(path: Path | None) -> str | None:
+    """The endpoint a state file names, or None (no file, or one nothing can use)."""
+    if path is None:
+        return None
+    try:
+        endpoint = json.loads(path.read_text(encoding="utf-8"))["endpointUrl"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return endpoint if isinstance(endpoint, str) else None
 
 
 def port_is_free(port: int) -> bool:
