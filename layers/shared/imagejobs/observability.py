@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +25,9 @@ NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "ImageJobs"
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+# Powertools warns, to stderr and so to CloudWatch, on every invocation that adds no metric (most
+# polls, S3's test event): paid-for log lines that say nothing.
+warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

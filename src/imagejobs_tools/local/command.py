@@ -7,7 +7,6 @@ import shlex
 import signal
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,16 +126,9 @@ def build_config(args: argparse.Namespace, **extra: Any) -> Any:
     )
 
 
-def quiet_empty_metrics_warning() -> None:
-    """Powertools warns on every invocation that adds no metric (most polls), to stderr: on the
-    console of a running stack that is noise, not news. This CLI process only."""
-    warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
-
-
 def _run_up(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    quiet_empty_metrics_warning()
     from imagejobs_tools.local import LocalStack, LocalStackError
 
     # Not a terminal (CI, a pipe): rich would wrap the tables at 80 columns and truncate job ids.
@@ -214,7 +206,6 @@ def print_summary(console: Any, stack: Any, state_file: Path | None) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from imagejobs_tools.local.demo import run_demo
 
-    quiet_empty_metrics_warning()
     if args.fast:
         args.poll_interval = 1
     return run_demo(args)

@@ -1,49 +1,49 @@
-"""In-process Lambda: every invocation moto makes is dispatched to the real handler.
+"""Local Lambda: every invocation moto makes goes to the function's execution environments.
 
 moto runs Lambda code in Docker. Every path it uses (the Invoke API, Step
 Functions Task states, its S3/SNS triggers) goes through one private method,
 `moto.awslambda.models.LambdaFunction._invoke_lambda(self, event)`, which
 returns `(payload_json, errored, logs)`. `LambdaDispatcher.install()` replaces
-it; `uninstall()` restores it. The hook is private moto API (moto is pinned
-exactly); `tests/integration/local/test_dispatch.py` is its smoke test.
+it with a call into the function's `WorkerPool` (workers.py: one process per
+execution environment); `uninstall()` restores it and shuts the pools down.
+The hook is private moto API (moto is pinned exactly);
+`tests/integration/local/test_dispatch.py` is its smoke test.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
-import re
-import sys
 import threading
 import time
-import traceback
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from imagejobs_tools.local.template import FunctionSource
+from imagejobs_tools.local.logview import FunctionLogLine
+from imagejobs_tools.local.workers import (
+    FunctionSpec,
+    LogSink,
+    WorkerOptions,
+    WorkerPool,
+    service_error_payload,
+)
 
 LOG = logging.getLogger(__name__)
 
-Handler = Callable[[Any, Any], Any]
 InvokeResult = tuple[str, bool, str]
 
 
 @dataclass(frozen=True)
 class InvocationRecord:
-    """One finished in-process invocation, as observers see it (benchmarks, tooling)."""
+    """One finished invocation, as observers see it (benchmarks, tooling)."""
 
     function_name: str  # physical name
     logical_id: str  # template logical id, e.g. PollFunction ("" for an unknown function)
-    started: float  # time.time() when the handler was called
-    seconds: float  # wall duration
-    event: Any  # the parsed event the handler got
+    started: float  # time.time() when the invocation was dispatched
+    seconds: float  # wall duration, a cold start included
+    event: Any  # the parsed event
     errored: bool
 
 
@@ -51,63 +51,20 @@ InvocationObserver = Callable[[InvocationRecord], None]
 
 
 class DispatchError(RuntimeError):
-    """A function cannot be dispatched (unknown name, handler not loadable)."""
+    """A function cannot be dispatched (unknown name, bad registration)."""
 
 
-@dataclass
-class LambdaContext:
-    """The attributes of the Lambda context object that handlers and Powertools read."""
-
-    function_name: str
-    invoked_function_arn: str
-    memory_limit_in_mb: int
-    timeout_seconds: int
-    function_version: str = "$LATEST"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    log_group_name: str = ""
-    log_stream_name: str = "local"
-    _started: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        self.log_group_name = self.log_group_name or f"/aws/lambda/{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        elapsed = time.monotonic() - self._started
-        return max(0, int((self.timeout_seconds - elapsed) * 1000))
-
-
-@dataclass(frozen=True)
-class LoadedFunction:
-    name: str  # physical function name, as moto knows it
-    arn: str
-    source: FunctionSource
-    handler: Handler
-    memory_mb: int
-    timeout_seconds: int
-
-
-def module_name_for(code_dir: Path) -> str:
-    """`imagejobs_fn_<dir>`: every handler module is `app.py`, so each gets a distinct name."""
-    return "imagejobs_fn_" + re.sub(r"\W", "_", code_dir.name)
-
-
-def lambda_error_payload(exc: BaseException) -> dict[str, Any]:
-    """What the Lambda runtime returns for an unhandled exception (Step Functions matches errorType)."""
-    return {
-        "errorMessage": str(exc),
-        "errorType": type(exc).__name__,
-        "stackTrace": traceback.format_tb(exc.__traceback__),
-    }
+def _discard(line: FunctionLogLine) -> None:
+    return None
 
 
 class LambdaDispatcher:
-    """Maps moto function names to handler callables loaded from this checkout."""
+    """Maps moto function names to their pools of execution environments."""
 
-    def __init__(self) -> None:
-        self._functions: dict[str, LoadedFunction] = {}
-        self._modules: dict[Path, ModuleType] = {}
-        self._replaced_modules: dict[str, ModuleType | None] = {}
-        self._load_lock = threading.Lock()
+    def __init__(self, options: WorkerOptions | None = None, log_sink: LogSink = _discard) -> None:
+        self.options = options or WorkerOptions()
+        self.log_sink = log_sink
+        self._pools: dict[str, WorkerPool] = {}
         self._original_invoke: Any = None
         self._original_client_factory: Any = None
         self._original_entrypoint: Any = None
@@ -115,65 +72,20 @@ class LambdaDispatcher:
         self._count_lock = threading.Lock()
         self._observers: tuple[InvocationObserver, ...] = ()
 
-    # -- loading ---------------------------------------------------------------------------
-
-    def register(
-        self,
-        name: str,
-        arn: str,
-        source: FunctionSource,
-        *,
-        memory_mb: int,
-        timeout_seconds: int,
-        environ_extra: dict[str, str],
-    ) -> LoadedFunction:
-        """Load the handler module once, with the function's own variables set while it imports."""
-        with (
-            self._load_lock,
-            _environ_overlay(
-                {
-                    **environ_extra,
-                    "AWS_LAMBDA_FUNCTION_NAME": name,
-                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
-                    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-                    "_HANDLER": source.handler,
-                }
-            ),
-        ):
-            module = self._modules.get(source.module_file) or self._load_module(source)
-        handler = getattr(module, source.handler_attribute, None)
-        if not callable(handler):
-            raise DispatchError(
-                f"{source.logical_id}.Handler: {source.handler} is not a callable in {module}"
-            )
-        loaded = LoadedFunction(name, arn, source, handler, memory_mb, timeout_seconds)
-        self._functions[name] = loaded
-        return loaded
-
-    def _load_module(self, source: FunctionSource) -> ModuleType:
-        name = module_name_for(source.code_dir)
-        taken = {m.__name__ for m in self._modules.values()}
-        if name in taken:
-            raise DispatchError(f"{source.logical_id}: two code directories map to module {name}")
-        spec = importlib.util.spec_from_file_location(name, source.module_file)
-        if spec is None or spec.loader is None:
-            raise DispatchError(f"{source.logical_id}: cannot load {source.module_file}")
-        module = importlib.util.module_from_spec(spec)
-        self._replaced_modules.setdefault(name, sys.modules.get(name))
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(name, None)
-            raise DispatchError(
-                f"{source.logical_id}: importing {source.module_file} failed: {exc!r}"
-            ) from exc
-        self._modules[source.module_file] = module
-        return module
+    def register(self, spec: FunctionSpec) -> None:
+        if spec.name in self._pools:
+            raise DispatchError(f"{spec.logical_id}: function {spec.name!r} is already registered")
+        if not (spec.code_dir / (spec.handler.rpartition(".")[0].replace(".", "/") + ".py")).is_file():
+            raise DispatchError(f"{spec.logical_id}.Handler: no module for {spec.handler} in {spec.code_dir}")
+        self._pools[spec.name] = WorkerPool(spec, self.options, self.log_sink)
 
     @property
-    def functions(self) -> dict[str, LoadedFunction]:
-        return dict(self._functions)
+    def functions(self) -> dict[str, FunctionSpec]:
+        return {name: pool.spec for name, pool in self._pools.items()}
+
+    @property
+    def pools(self) -> dict[str, WorkerPool]:
+        return dict(self._pools)
 
     # -- observing -------------------------------------------------------------------------
 
@@ -194,58 +106,41 @@ class LambdaDispatcher:
     def invoke(self, function_name: str, event: Any) -> InvokeResult:
         """Run one invocation; mirrors `_invoke_lambda`'s `(payload_json, errored, logs)`."""
         observers = self._observers
-        if not observers:
-            return self._invoke(function_name, event)[0]
         wall = time.time()
         started = time.perf_counter()
-        result, parsed = self._invoke(function_name, event)
-        function = self._functions.get(function_name)
-        record = InvocationRecord(
-            function_name=function_name,
-            logical_id=function.source.logical_id if function is not None else "",
-            started=wall,
-            seconds=time.perf_counter() - started,
-            event=parsed,
-            errored=result[1],
-        )
-        for observer in observers:
-            try:
-                observer(record)
-            except Exception:  # an observer must never change what the caller gets
-                LOG.exception("invocation observer %r failed", observer)
-        return result
+        payload, errored = self._invoke(function_name, event)
+        if observers:
+            pool = self._pools.get(function_name)
+            record = InvocationRecord(
+                function_name=function_name,
+                logical_id=pool.spec.logical_id if pool is not None else "",
+                started=wall,
+                seconds=time.perf_counter() - started,
+                event=json.loads(_event_text(event)),
+                errored=errored,
+            )
+            for observer in observers:
+                try:
+                    observer(record)
+                except Exception:  # an observer must never change what the caller gets
+                    LOG.exception("invocation observer %r failed", observer)
+        return payload, errored, ""
 
-    def _invoke(self, function_name: str, event: Any) -> tuple[InvokeResult, Any]:
-        """The invocation's result and the parsed event."""
-        function = self._functions.get(function_name)
-        if function is None:
-            error = DispatchError(f"function {function_name!r} is not part of the local stack")
-            return (json.dumps(lambda_error_payload(error)), True, ""), event
-        if event is None or event == "":
-            event = {}
-        elif isinstance(event, (str, bytes)):
-            event = json.loads(event)
-        context = LambdaContext(
-            function_name=function.name,
-            invoked_function_arn=function.arn,
-            memory_limit_in_mb=function.memory_mb,
-            timeout_seconds=function.timeout_seconds,
-        )
+    def _invoke(self, function_name: str, event: Any) -> tuple[str, bool]:
+        pool = self._pools.get(function_name)
+        if pool is None:
+            error = service_error_payload(f"function {function_name!r} is not part of the local stack")
+            return json.dumps(error), True
         with self._count_lock:
             self.invocations += 1
-        try:
-            result = function.handler(event, context)
-        except Exception as exc:
-            LOG.warning("%s raised %s: %s", function.source.logical_id, type(exc).__name__, exc)
-            return (json.dumps(lambda_error_payload(exc)), True, ""), event
-        try:
-            return (json.dumps(result), False, ""), event
-        except (TypeError, ValueError) as exc:
-            marshal = {
-                "errorMessage": f"Unable to marshal response: {exc}",
-                "errorType": "Runtime.MarshalError",
-            }
-            return (json.dumps(marshal), True, ""), event
+        return pool.invoke(_event_text(event))
+
+    def close(self) -> None:
+        """Shut every execution environment down."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+        self._observers = ()
 
     # -- moto hooks ------------------------------------------------------------------------
 
@@ -284,15 +179,18 @@ class LambdaDispatcher:
             lambda_eval_utils.boto_client_for = self._original_client_factory
             ExecutionWorker._get_evaluation_entrypoint = self._original_entrypoint  # type: ignore[method-assign]
             self._original_invoke = self._original_client_factory = self._original_entrypoint = None
-        for name, previous in self._replaced_modules.items():
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
-        self._replaced_modules.clear()
-        self._modules.clear()
-        self._functions.clear()
-        self._observers = ()
+        self.close()
+
+
+def _event_text(event: Any) -> str:
+    """moto hands the event over as text, bytes or (from some paths) an object; nothing means {}."""
+    if event is None or event == "" or event == b"":
+        return "{}"
+    if isinstance(event, bytes):
+        return event.decode("utf-8")
+    if isinstance(event, str):
+        return event
+    return json.dumps(event)
 
 
 def _cached_entrypoint() -> Callable[[Any], Any]:
@@ -395,19 +293,3 @@ class InProcessLambdaClient:
             response["FunctionError"] = response_headers["x-amz-function-error"]
         response["Payload"] = io.BytesIO(data)
         return response
-
-
-@contextmanager
-def _environ_overlay(values: dict[str, str]) -> Iterator[None]:
-    import os
-
-    previous = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

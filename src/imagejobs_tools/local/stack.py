@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 import zipfile
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,11 @@ from botocore.config import Config
 from imagejobs_tools.endpoints import connect_problem
 from imagejobs_tools.local import moto_fixes, moto_speedups, server_tuning
 from imagejobs_tools.local.dispatch import LambdaDispatcher
+from imagejobs_tools.local.logview import FunctionLogLine
 from imagejobs_tools.local.pollers import DEFAULT_CONCURRENCY, SqsMapping, SqsPoller
 from imagejobs_tools.local.template import (
     RESOLVE_OUTPUT_PREFIX,
+    FunctionSource,
     PreparedTemplate,
     TemplateError,
     evaluate_condition,
@@ -46,6 +50,7 @@ from imagejobs_tools.local.template import (
     split_unsupported,
     substitute_references,
 )
+from imagejobs_tools.local.workers import FunctionSpec, WorkerOptions, WorkerPlugin
 
 LOG = logging.getLogger(__name__)
 
@@ -56,6 +61,9 @@ BOOTSTRAP_KEY = "code/placeholder.zip"
 PARAM_PROVIDER_URL = "ProviderBaseUrl"
 PARAM_POLL_INTERVAL = "PollIntervalSeconds"
 PARAM_ALLOW_HOSTS = "UrlAllowHosts"
+# Local stand-in for the account's unreserved concurrency, per function (2 cores: more only queue).
+DEFAULT_FUNCTION_CONCURRENCY = 4
+RECENT_LOG_LINES = 20_000
 # Process-wide things (os.environ, moto's backends and hooks) allow one stack per process.
 _ACTIVE_LOCK = threading.Lock()
 
@@ -82,6 +90,12 @@ class LocalStackConfig:
     # Set on top of the functions' environment (local-only knobs, e.g. POWERTOOLS_METRICS_DISABLED).
     environment_overrides: dict[str, str] = field(default_factory=dict)
     sqs_concurrency: int = DEFAULT_CONCURRENCY  # pollers per queue when ScalingConfig is absent
+    # Execution environments per function without a reserved or SQS maximum concurrency.
+    function_concurrency: int = DEFAULT_FUNCTION_CONCURRENCY
+    # Test tooling the functions' runtimes load after the handler (workers.WorkerPlugin).
+    worker_plugins: tuple[WorkerPlugin, ...] = ()
+    # Every line a function writes (None: kept only in the stack's recent-lines buffer).
+    log_sink: Callable[[FunctionLogLine], None] | None = None
     state_file: Path | None = None  # e.g. .imagejobs/local-stack.json
 
 
@@ -114,14 +128,15 @@ class LocalStack:
 
     def __init__(self, config: LocalStackConfig | None = None) -> None:
         self.config = config or LocalStackConfig()
-        self.dispatcher = LambdaDispatcher()
+        # The most recent lines the functions wrote, for tests and tooling.
+        self.function_logs: deque[FunctionLogLine] = deque(maxlen=RECENT_LOG_LINES)
+        self.dispatcher = LambdaDispatcher(WorkerOptions(plugins=self.config.worker_plugins), self._log_line)
         self.pollers: list[SqsPoller] = []
         self.simulator: Any = None
         self._server: Any = None
         self._info: StackInfo | None = None
         self._saved_environ: dict[str, str | None] = {}
         self._saved_moto_config: dict[str, Any] | None = None
-        self._added_sys_path: list[str] = []
         self._holds_lock = False
         self._undo_server_tuning: Any = None
         self._undo_moto_fixes: Any = None
@@ -241,11 +256,6 @@ class LocalStack:
         if self._undo_moto_speedups is not None:
             self._undo_moto_speedups()
             self._undo_moto_speedups = None
-        _forget_cached_parameter_providers()
-        for entry in self._added_sys_path:
-            if entry in sys.path:
-                sys.path.remove(entry)
-        self._added_sys_path.clear()
         self._restore_environ()
         if self.config.state_file is not None and self._info is not None and self._owns_state_file():
             self.config.state_file.unlink(missing_ok=True)
@@ -255,6 +265,11 @@ class LocalStack:
         if self._holds_lock:
             self._holds_lock = False
             _ACTIVE_LOCK.release()
+
+    def _log_line(self, line: FunctionLogLine) -> None:
+        self.function_logs.append(line)
+        if self.config.log_sink is not None:
+            self.config.log_sink(line)
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -480,39 +495,80 @@ class LocalStack:
             lambda_client.delete_event_source_mapping(UUID=mapping["UUID"])
 
     def _load_functions(self, prepared: PreparedTemplate, resources: dict[str, str]) -> dict[str, str]:
+        """Register each function's pool of execution environments (started on first use)."""
         lambda_client = self.client("lambda")
-        configurations = {}
-        for logical_id in prepared.functions:
-            configurations[logical_id] = lambda_client.get_function_configuration(
-                FunctionName=resources[logical_id]
-            )
-        union = _union_environment(
-            {
-                lid: {k: str(v) for k, v in c.get("Environment", {}).get("Variables", {}).items()}
-                for lid, c in configurations.items()
-            }
-        )
-        # All functions share one process: the union (identical values by construction) stays set.
-        # X-Ray has no daemon here: Powertools Tracer would only complain about missing segments.
-        self._set_environ({**union, "POWERTOOLS_TRACE_DISABLED": "true", **self.config.environment_overrides})
-        for layer_dir in prepared.layer_dirs:
-            entry = str(layer_dir)
-            if entry not in sys.path:
-                sys.path.append(entry)
-                self._added_sys_path.append(entry)
+        concurrency = _sqs_maximum_concurrency(prepared)
         functions = {}
         for logical_id, source in prepared.functions.items():
-            configuration = configurations[logical_id]
+            configuration = lambda_client.get_function_configuration(FunctionName=resources[logical_id])
+            properties = prepared.cfn["Resources"][logical_id].get("Properties") or {}
+            reserved = properties.get("ReservedConcurrentExecutions")
             self.dispatcher.register(
-                configuration["FunctionName"],
-                configuration["FunctionArn"],
-                source,
-                memory_mb=int(configuration.get("MemorySize", 128)),
-                timeout_seconds=int(configuration.get("Timeout", 3)),
-                environ_extra={},
+                FunctionSpec(
+                    logical_id=logical_id,
+                    name=configuration["FunctionName"],
+                    arn=configuration["FunctionArn"],
+                    handler=source.handler,
+                    code_dir=source.code_dir,
+                    memory_mb=int(configuration.get("MemorySize", 128)),
+                    timeout_seconds=int(configuration.get("Timeout", 3)),
+                    environment=self._function_environment(prepared, configuration, source),
+                    max_concurrency=int(
+                        reserved
+                        if isinstance(reserved, int)
+                        else concurrency.get(logical_id) or self.config.function_concurrency
+                    ),
+                )
             )
             functions[logical_id] = configuration["FunctionName"]
         return functions
+
+    def _function_environment(
+        self, prepared: PreparedTemplate, configuration: dict[str, Any], source: FunctionSource
+    ) -> dict[str, str]:
+        """A worker's whole environment: the function's variables, then what the Lambda service sets.
+
+        Nothing of this process's environment leaks in. Local additions: the endpoint (boto3 reads
+        AWS_ENDPOINT_URL), no X-Ray daemon (POWERTOOLS_TRACE_DISABLED), no ~/.aws files, unbuffered
+        output (the pool reads it line by line), and the config's environment_overrides.
+        """
+        name = configuration["FunctionName"]
+        variables = {
+            k: str(v) for k, v in (configuration.get("Environment") or {}).get("Variables", {}).items()
+        }
+        service = {
+            "AWS_LAMBDA_FUNCTION_NAME": name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(configuration.get("MemorySize", 128)),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": f"local/[$LATEST]{secrets.token_hex(16)}",
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{configuration.get('Runtime', 'python3.12')}",
+            "AWS_REGION": self.config.region,
+            "AWS_DEFAULT_REGION": self.config.region,
+            "_HANDLER": source.handler,
+            "LAMBDA_TASK_ROOT": str(source.code_dir),
+            "TZ": ":UTC",
+            "LANG": "en_US.UTF-8",
+            "PATH": os.pathsep.join((str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin")),
+            "PYTHONPATH": os.pathsep.join(str(layer) for layer in prepared.layer_dirs),
+            **self._function_credentials(source.logical_id),
+        }
+        local = {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+        return {**variables, **service, **local, **self.config.environment_overrides}
+
+    def _function_credentials(self, logical_id: str) -> dict[str, str]:
+        """The credentials a function's environment gets (Lambda: its role's session)."""
+        return {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+        }
 
     def _apply_bucket_notifications(
         self, prepared: PreparedTemplate, outputs: dict[str, str], resources: dict[str, str]
@@ -660,33 +716,15 @@ def local_queue_url(value: str, endpoint: str) -> str:
     return f"{endpoint}/{match.group(1)}" if match else value
 
 
-def _forget_cached_parameter_providers() -> None:
-    """Powertools Parameters caches default providers whose boto3 clients point at this stack's port."""
-    try:
-        from aws_lambda_powertools.utilities.parameters import base
-    except ImportError:
-        return
-    base.DEFAULT_PROVIDERS.clear()
-
-
-def _union_environment(per_function: dict[str, dict[str, str]]) -> dict[str, str]:
-    """One process runs every function: their variables must agree (they do when set in Globals)."""
-    union: dict[str, str] = {}
-    owner: dict[str, str] = {}
-    conflicts = []
-    for logical_id, variables in sorted(per_function.items()):
-        for key, value in variables.items():
-            if key in union and union[key] != value:
-                conflicts.append(f"{key} ({owner[key]}={union[key]!r}, {logical_id}={value!r})")
-            else:
-                union.setdefault(key, value)
-                owner.setdefault(key, logical_id)
-    if conflicts:
-        raise LocalStackError(
-            "functions disagree on environment variables (the local stack runs them in one process): "
-            + "; ".join(conflicts)
-        )
-    return union
+def _sqs_maximum_concurrency(prepared: PreparedTemplate) -> dict[str, int]:
+    """Function logical id -> its SQS source's ScalingConfig.MaximumConcurrency (the most, if several)."""
+    found: dict[str, int] = {}
+    for source in prepared.sqs_sources:
+        if source.enabled and source.maximum_concurrency:
+            found[source.function_logical_id] = max(
+                found.get(source.function_logical_id, 0), source.maximum_concurrency
+            )
+    return found
 
 
 def _declared_parameters(template_path: Path) -> dict[str, dict[str, Any]]:
@@ -700,8 +738,8 @@ def _format_number(value: float) -> str:
 
 
 def _placeholder_zip() -> bytes:
-    """The code moto stores for every function: never run (invocations are dispatched in-process)."""
+    """The code moto stores for every function: never run (the workers run the checkout's code)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("README.txt", "imagejobs local stack: handlers run in-process from the checkout\n")
+        archive.writestr("README.txt", "imagejobs local stack: handlers run from the checkout\n")
     return buffer.getvalue()

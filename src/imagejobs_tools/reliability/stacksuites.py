@@ -1,4 +1,4 @@
-"""Suites 1-4 on the in-process local stack: duplicates, provider faults, crashes, account trouble.
+"""Suites 1-4 on the local stack: duplicates, provider faults, crashes, account trouble.
 
 Jobs go in through the public SQS endpoint; figures come from the records (DynamoDB), the
 DLQ and the simulator's own ledger and task list. Every job carries a unique prompt
@@ -6,7 +6,8 @@ DLQ and the simulator's own ledger and task list. Every job carries a unique pro
 
 Time is scaled down (documented in docs/reliability.md): visibility timeout 2 s, the intake
 claim lease 4 s, the provider read timeout 2 s and API-key cache 1 s are set from outside
-the product code (template parameters, or attributes of the loaded handler modules).
+the product code (template parameters, or `worker_plugins.scale_timers` in each function's
+execution environment).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import contextlib
 import json
 import random
 import re
-import sys
-import threading
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,8 +26,10 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
 
-from imagejobs_tools.reliability.logcapture import captured_logs, find_secret
+from imagejobs_tools.local.workers import WorkerPlugin
+from imagejobs_tools.reliability.logcapture import find_secret
 from imagejobs_tools.reliability.report import SuiteReport
+from imagejobs_tools.reliability.worker_plugins import CRASH_POINTS, crashes_fired
 
 REPO = Path(__file__).resolve().parents[3]
 TERMINAL = ("COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN")
@@ -39,15 +41,6 @@ VISIBILITY_SECONDS = 2
 KEY_CACHE_SECONDS = 1
 
 
-class InjectedCrash(Exception):
-    """Raised by the crash suite where a worker dies."""
-
-
-def runtime_exit_error() -> type[Exception]:
-    # What Lambda reports when the runtime process dies mid-invocation (errorType "Runtime.ExitError").
-    return type("Runtime.ExitError", (InjectedCrash,), {})
-
-
 @dataclass
 class Harness:
     stack: Any
@@ -57,6 +50,7 @@ class Harness:
     s3: Any = None
     secrets: Any = None
     outputs: dict[str, str] = field(default_factory=dict)
+    log_lines: list[str] = field(default_factory=list)  # everything the functions wrote
 
     def __post_init__(self) -> None:
         self.sqs = self.stack.client("sqs")
@@ -68,6 +62,9 @@ class Harness:
     @property
     def sim(self) -> Any:
         return self.stack.simulator.admin
+
+    def logs(self) -> str:
+        return "\n".join(self.log_lines)
 
     def send(self, bodies: list[dict[str, Any]]) -> None:
         queue = self.outputs["JobsQueueUrl"]
@@ -161,28 +158,6 @@ class Harness:
         return predicate()
 
 
-def _tune_handlers(read_timeout: float, lease_seconds: float, key_cache_seconds: int) -> None:
-    """Scale the handlers' timers down from outside: shorter provider timeouts, lease and key cache."""
-    import boto3
-    from imagejobs.provider import ProviderClient
-    from imagejobs.secrets import ApiKeySource
-
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("imagejobs_fn_"):
-            continue
-        runtime = getattr(module, "runtime", None)
-        if runtime is not None and hasattr(type(runtime), "provider"):
-            settings = runtime.settings
-            source = ApiKeySource(
-                settings.provider_api_key_secret, boto3.client("secretsmanager"), max_age=key_cache_seconds
-            )
-            runtime.__dict__["provider"] = ProviderClient(
-                settings.provider_base_url, source, read_timeout=read_timeout
-            )
-        if hasattr(module, "lease_seconds"):  # IntakeFunction: the claim lease, from imagejobs.sqs_retry
-            module.lease_seconds = lambda context: lease_seconds  # type: ignore[attr-defined]
-
-
 @contextlib.contextmanager
 def running_stack(
     api_key: str,
@@ -190,9 +165,19 @@ def running_stack(
     credits: int = 1_000_000,
     parameters: dict[str, str] | None = None,
     sqs_concurrency: int = 5,
+    plugins: tuple[WorkerPlugin, ...] = (),
 ) -> Iterator[Harness]:
     from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
 
+    timers = WorkerPlugin(
+        "imagejobs_tools.reliability.worker_plugins:scale_timers",
+        {
+            "readTimeoutSeconds": READ_TIMEOUT_SECONDS,
+            "leaseSeconds": LEASE_SECONDS,
+            "keyCacheSeconds": KEY_CACHE_SECONDS,
+        },
+    )
+    log_lines: list[str] = []
     config = LocalStackConfig(
         template_path=REPO / "template.yaml",
         stack_name="imagejobs-reliability",
@@ -207,10 +192,11 @@ def running_stack(
         },
         environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
         sqs_concurrency=sqs_concurrency,
+        worker_plugins=(timers, *plugins),
+        log_sink=lambda line: log_lines.append(line.text),  # list.append is atomic
     )
     with LocalStack(config) as stack:
-        _tune_handlers(READ_TIMEOUT_SECONDS, LEASE_SECONDS, key_cache_seconds=KEY_CACHE_SECONDS)
-        yield Harness(stack, api_key)
+        yield Harness(stack, api_key, log_lines=log_lines)
 
 
 def job_body(suite: str, job_id: str, **extra: Any) -> dict[str, Any]:
@@ -354,36 +340,28 @@ def _wait_settled(h: Harness, job_ids: list[str], timeout: float) -> bool:
 
 def run_duplicates(size: int, seed: int = 1) -> SuiteReport:
     """Each message delivered 1-3 times, visibility expiring mid-processing, then 10% re-sent by jobId."""
-    from imagejobs.store import JobStore
-
     rng = random.Random(seed)
     report = SuiteReport("duplicates")
     job_ids = [f"dup-{n:05d}" for n in range(size)]
     resend = max(1, size // 10)
     slow = set(rng.sample(job_ids, max(1, size // 20)))
-    original_claim = JobStore.claim_for_submit
-
-    def slow_claim(self: JobStore, job_id: str, *args: Any, **kwargs: Any) -> Any:
-        if job_id in slow:  # longer than the visibility timeout: SQS hands the message to another worker
-            time.sleep(VISIBILITY_SECONDS + 0.5)
-        return original_claim(self, job_id, *args, **kwargs)
-
+    # Longer than the visibility timeout: SQS hands the message to another worker meanwhile.
+    slow_claims = WorkerPlugin(
+        "imagejobs_tools.reliability.worker_plugins:slow_claims",
+        {"jobIds": sorted(slow), "seconds": VISIBILITY_SECONDS + 0.5},
+    )
     started = time.perf_counter()
-    with running_stack(f"sk_test_dup_{rng.getrandbits(48):012x}") as h:
-        JobStore.claim_for_submit = slow_claim  # type: ignore[method-assign]
-        try:
-            bodies = [job_body("dup", j) for j in job_ids for _ in range(rng.randint(1, 3))]
-            rng.shuffle(bodies)
-            h.send(bodies)
-            settled = _wait_settled(h, job_ids, timeout=120 + size * 1.2)
-            again = [
-                job_body("dup", j) | {"prompt": f"dup job {j}: re-sent, different"} for j in job_ids[:resend]
-            ]
-            h.send(again)
-            h.wait(lambda: h.queue_depth("JobsQueueUrl") == 0, 60)
-            time.sleep(VISIBILITY_SECONDS + 1)
-        finally:
-            JobStore.claim_for_submit = original_claim  # type: ignore[method-assign]
+    with running_stack(f"sk_test_dup_{rng.getrandbits(48):012x}", plugins=(slow_claims,)) as h:
+        bodies = [job_body("dup", j) for j in job_ids for _ in range(rng.randint(1, 3))]
+        rng.shuffle(bodies)
+        h.send(bodies)
+        settled = _wait_settled(h, job_ids, timeout=120 + size * 1.2)
+        again = [
+            job_body("dup", j) | {"prompt": f"dup job {j}: re-sent, different"} for j in job_ids[:resend]
+        ]
+        h.send(again)
+        h.wait(lambda: h.queue_depth("JobsQueueUrl") == 0, 60)
+        time.sleep(VISIBILITY_SECONDS + 1)
         ledger = collect(h)
         check_outputs(report, h, ledger)
     report.wall_seconds = time.perf_counter() - started
@@ -422,14 +400,13 @@ def run_faults(size: int, seed: int = 2) -> SuiteReport:
         f"sk_test_flt_{rng.getrandbits(48):012x}", parameters={"MaxWaitImageSeconds": "25"}
     ) as h:
         h.sim.set_faults(**faults)
-        with captured_logs(level=None) as logs:
-            h.send(
-                [
-                    job_body("flt", j, **({"providerInput": {"simLatencySeconds": 600}} if j in slow else {}))
-                    for j in job_ids
-                ]
-            )
-            settled = _wait_settled(h, job_ids, timeout=180 + size * 1.5)
+        h.send(
+            [
+                job_body("flt", j, **({"providerInput": {"simLatencySeconds": 600}} if j in slow else {}))
+                for j in job_ids
+            ]
+        )
+        settled = _wait_settled(h, job_ids, timeout=180 + size * 1.5)
         h.sim.set_faults(**{k: 0 for k in faults if k not in ("retry_after", "hang_seconds")})
         stats = h.sim.stats()
         ledger = collect(h)
@@ -467,78 +444,12 @@ def run_faults(size: int, seed: int = 2) -> SuiteReport:
         and not (ledger.records.get(j) or {}).get("lastSubmitError")
     ]
     report.check("every DLQ job's record says why (lastSubmitError)", not dlq_reasons)
-    report.check("API key absent from captured logs", not find_secret({"logs": logs.getvalue()}, h.api_key))
+    report.check("API key absent from the functions' logs", not find_secret({"logs": h.logs()}, h.api_key))
     report.check("simulator internal errors 0", int(stats.get("internalErrors", 0)) == 0)
     return report
 
 
 # ---------------------------------------------------------------------------- suite 3
-
-CRASH_POINTS = (
-    "after-submit-before-record",
-    "after-record-before-execution",
-    "mid-copy",
-    "after-copy-before-record",
-)
-
-
-@contextlib.contextmanager
-def crash_injection(targets: dict[str, str]) -> Iterator[Counter[str]]:
-    """Each targeted job's worker dies once at its crash point (class-level wrappers, no product change)."""
-    from imagejobs import intake
-    from imagejobs.copier import OutputCopier
-    from imagejobs.store import JobStore
-
-    fired: Counter[str] = Counter()
-    done: set[str] = set()
-    lock = threading.Lock()
-    exit_error = runtime_exit_error()
-
-    def should_crash(job_id: str | None, point: str) -> bool:
-        with lock:
-            if job_id is None or targets.get(job_id) != point or job_id in done:
-                return False
-            done.add(job_id)
-            fired[point] += 1
-            return True
-
-    original_submitted = JobStore.mark_submitted
-    original_start = intake.start_execution
-    original_copy = OutputCopier.copy_one
-    original_completed = JobStore.mark_completed
-
-    def mark_submitted(self: Any, job_id: str, *args: Any, **kwargs: Any) -> Any:
-        if should_crash(job_id, CRASH_POINTS[0]):
-            raise InjectedCrash("worker died after the provider accepted the task")
-        return original_submitted(self, job_id, *args, **kwargs)
-
-    def start_execution(sfn: Any, settings: Any, job_id: str, payload: Any) -> str:
-        if should_crash(job_id, CRASH_POINTS[1]):
-            raise InjectedCrash("worker died before StartExecution")
-        return original_start(sfn, settings, job_id, payload)
-
-    def copy_one(self: Any, url: str, key_stem: str, **kwargs: Any) -> Any:
-        # Output 1 of a two-output job: output 0 is already in S3 when the worker dies.
-        if key_stem.endswith("/1") and should_crash(kwargs.get("job_id"), CRASH_POINTS[2]):
-            raise exit_error("worker died mid-copy")
-        return original_copy(self, url, key_stem, **kwargs)
-
-    def mark_completed(self: Any, job_id: str, *args: Any, **kwargs: Any) -> Any:
-        if should_crash(job_id, CRASH_POINTS[3]):
-            raise exit_error("worker died after the copy, before recording COMPLETED")
-        return original_completed(self, job_id, *args, **kwargs)
-
-    JobStore.mark_submitted = mark_submitted  # type: ignore[method-assign]
-    intake.start_execution = start_execution
-    OutputCopier.copy_one = copy_one  # type: ignore[method-assign]
-    JobStore.mark_completed = mark_completed  # type: ignore[method-assign]
-    try:
-        yield fired
-    finally:
-        JobStore.mark_submitted = original_submitted  # type: ignore[method-assign]
-        intake.start_execution = original_start
-        OutputCopier.copy_one = original_copy  # type: ignore[method-assign]
-        JobStore.mark_completed = original_completed  # type: ignore[method-assign]
 
 
 def run_crashes(size: int, seed: int = 3) -> SuiteReport:
@@ -548,23 +459,28 @@ def run_crashes(size: int, seed: int = 3) -> SuiteReport:
     # Every crash point gets a quarter of the jobs; all jobs have two outputs so "mid-copy" is real.
     targets = {job: CRASH_POINTS[n % len(CRASH_POINTS)] for n, job in enumerate(job_ids)}
     started = time.perf_counter()
-    with (
-        running_stack(f"sk_test_crs_{rng.getrandbits(48):012x}") as h,
-        crash_injection(targets) as fired,
-    ):
-        h.send([job_body("crs", j, providerInput={"simOutputCount": 2}) for j in job_ids])
-        settled = _wait_settled(h, job_ids, timeout=120 + size * 1.0)
-        ledger = collect(h)
-        check_outputs(report, h, ledger)
+    with tempfile.TemporaryDirectory(prefix="imagejobs-crashes-") as markers:
+        crashes = WorkerPlugin(
+            "imagejobs_tools.reliability.worker_plugins:crashes", {"markers": markers, "targets": targets}
+        )
+        with running_stack(f"sk_test_crs_{rng.getrandbits(48):012x}", plugins=(crashes,)) as h:
+            h.send([job_body("crs", j, providerInput={"simOutputCount": 2}) for j in job_ids])
+            settled = _wait_settled(h, job_ids, timeout=120 + size * 1.0)
+            ledger = collect(h)
+            check_outputs(report, h, ledger)
+            fired = crashes_fired(Path(markers))
+            exits = sum(pool.stats.exits for pool in h.stack.dispatcher.pools.values())
     report.wall_seconds = time.perf_counter() - started
     analyse(report, job_ids, ledger)
-    report.extra["crashes fired"] = dict(fired)
+    report.extra["crashes fired"] = fired
+    report.extra["execution environments killed (Runtime.ExitError)"] = exits
     by_point: dict[str, Counter[str]] = {point: Counter() for point in CRASH_POINTS}
     for job, point in targets.items():
         by_point[point][str(ledger.records.get(job, {}).get("status"))] += 1
     report.extra["outcome by crash point"] = {p: dict(c) for p, c in by_point.items()}
     report.check("settled before the timeout", settled)
     report.check("every crash point fired", all(fired[p] for p in CRASH_POINTS))
+    report.check("every crash killed its execution environment", exits == sum(fired.values()))
     unflagged = [
         j for j, r in ledger.records.items() if r.get("status") not in ("COMPLETED", "SUBMIT_UNKNOWN")
     ]
@@ -594,7 +510,7 @@ def run_account(size: int, seed: int = 4) -> SuiteReport:
     api_key = f"sk_test_acc_{rng.getrandbits(48):012x}"
     phases: dict[str, Any] = {}
     started = time.perf_counter()
-    with running_stack(api_key) as h, captured_logs(level=None) as logs:
+    with running_stack(api_key) as h:
 
         def seen_error(jobs: list[str], code: str) -> Callable[[], bool]:
             def check() -> bool:
@@ -651,7 +567,7 @@ def run_account(size: int, seed: int = 4) -> SuiteReport:
     report.check("every phase behaved (see phases)", all(v for k, v in phases.items() if k != "401 charged"))
     report.check("all jobs COMPLETED once fixed", report.terminal.get("COMPLETED", 0) == len(job_ids))
     report.check("provider tasks == jobs", report.provider_tasks == len(job_ids))
-    keys = {"logs": logs.getvalue(), "records": json.dumps(ledger.records, default=str)}
+    keys = {"logs": h.logs(), "records": json.dumps(ledger.records, default=str)}
     report.extra["log bytes grepped"] = len(keys["logs"])
     report.check("API keys (right and wrong) absent from logs and records", not find_secret(keys, api_key))
     return report

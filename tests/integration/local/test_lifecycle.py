@@ -1,18 +1,16 @@
-"""Start/stop of the local stack: nothing leaks (threads, port, environment, moto hooks, modules)."""
+"""Start/stop of the local stack: nothing leaks (threads, port, environment, moto hooks, worker processes)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from imagejobs_tools.local import LocalStack, LocalStackError
-from tests.integration.local.conftest import FIXTURES, fixture_config
+from tests.integration.local.conftest import fixture_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("localstack")]
 
@@ -32,8 +30,6 @@ def test_stop_leaves_no_threads_port_environment_or_hooks(tmp_path: Path) -> Non
     original_entrypoint = ExecutionWorker.__dict__["_get_evaluation_entrypoint"]
     original_listing = backends.list_of_moto_modules
     environ_before = dict(os.environ)
-    # Another test in this worker may have loaded the handler under that name: stop() restores it.
-    intake_before = sys.modules.get("imagejobs_fn_intake")
     threads_before = {t.ident for t in threading.enumerate() if not t.daemon}
     state_file = tmp_path / ".imagejobs" / "local-stack.json"
 
@@ -43,7 +39,10 @@ def test_stop_leaves_no_threads_port_environment_or_hooks(tmp_path: Path) -> Non
     assert _port_open(port)
     assert state_file.is_file() and info.endpoint_url in state_file.read_text()
     assert os.environ["AWS_ENDPOINT_URL"] == info.endpoint_url
-    assert sys.modules["imagejobs_fn_intake"] is not intake_before
+    task = info.functions["TaskFunction"]
+    stack.client("lambda").invoke(FunctionName=task, Payload=b'{"id": "lifecycle"}')
+    (worker,) = stack.dispatcher.pools[task]._idle
+    assert worker.alive
     assert any(t.name.startswith("imagejobs-sqs-poller") for t in threading.enumerate())
     assert ExecutionWorker.__dict__["_get_evaluation_entrypoint"] is not original_entrypoint
     stack.stop()
@@ -53,7 +52,7 @@ def test_stop_leaves_no_threads_port_environment_or_hooks(tmp_path: Path) -> Non
     assert LambdaFunction.__dict__["_invoke_lambda"] is original_hook
     assert ExecutionWorker.__dict__["_get_evaluation_entrypoint"] is original_entrypoint
     assert backends.list_of_moto_modules is original_listing
-    assert sys.modules.get("imagejobs_fn_intake") is intake_before
+    assert worker.process.returncode is not None  # the execution environment is gone
     assert dict(os.environ) == environ_before
     assert not [t.name for t in threading.enumerate() if t.name.startswith("imagejobs-sqs-poller")]
     assert {t.ident for t in threading.enumerate() if not t.daemon} <= threads_before
@@ -63,24 +62,6 @@ def test_stop_leaves_no_threads_port_environment_or_hooks(tmp_path: Path) -> Non
 def test_only_one_stack_per_process() -> None:
     with LocalStack(fixture_config()), pytest.raises(LocalStackError, match="already running"):
         LocalStack(fixture_config()).start()
-
-
-def test_functions_that_disagree_on_a_variable_are_refused(tmp_path: Path) -> None:
-    # One process runs every handler, so os.environ can only hold one value per variable.
-    copy = tmp_path / "fixtures"
-    shutil.copytree(FIXTURES, copy)
-    template = copy / "template.yaml"
-    text = template.read_text().replace(
-        "      Handler: app.lambda_handler\n      Timeout: 10\n",
-        "      Handler: app.lambda_handler\n      Timeout: 10\n"
-        "      Environment:\n        Variables:\n          GREETING: bonjour\n",
-    )
-    assert "bonjour" in text
-    template.write_text(text)
-    environ_before = dict(os.environ)
-    with pytest.raises(LocalStackError, match=r"GREETING .*IntakeFunction='hello'.*TaskFunction='bonjour'"):
-        LocalStack(fixture_config(template_path=template)).start()
-    assert dict(os.environ) == environ_before  # a failed start cleans up too
 
 
 def test_unknown_parameter_override_is_a_clear_error() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import os
 import uuid
 
 import pytest
@@ -47,7 +47,7 @@ def test_invoke_hook_is_installed_and_dispatches_to_the_handler(fixture_stack: L
     assert json.loads(response["Payload"].read()) == {"id": item_id, "wait": 0, "done": True}
     item = get_item(fixture_stack, item_id)
     assert item is not None and item["status"] == "DONE"
-    assert 0 < int(item["remainingMs"]) <= 10_000  # the template's Timeout for TaskFunction
+    assert 0 < int(item["remainingMs"]) <= 2_000  # the template's Timeout for TaskFunction
 
 
 def test_handler_exception_becomes_a_lambda_error_payload(fixture_stack: LocalStack) -> None:
@@ -62,13 +62,81 @@ def test_handler_exception_becomes_a_lambda_error_payload(fixture_stack: LocalSt
     assert isinstance(payload["stackTrace"], list) and payload["stackTrace"]
 
 
-def test_handlers_load_once_under_distinct_module_names(fixture_stack: LocalStack) -> None:
-    intake = sys.modules["imagejobs_fn_intake"]
-    task = sys.modules["imagejobs_fn_task"]
-    assert intake is not task
-    assert intake.__file__ and intake.__file__.endswith("functions/intake/app.py")
-    # Imported with its own function's environment set.
-    assert fixture_stack.info.functions["IntakeFunction"] == intake.LOADED_AS
+def test_each_function_runs_in_its_own_warm_process_with_its_own_environment(
+    fixture_stack: LocalStack,
+) -> None:
+    item_id = unique("env")
+    send(fixture_stack, {"id": item_id, "mode": "ok"})
+    item = wait_for(lambda: (i := get_item(fixture_stack, item_id)) and i["status"] == "DONE" and i)
+    intake_pid, task_pid = int(item["pid"]), int(item["taskPid"])
+    assert len({intake_pid, task_pid, os.getpid()}) == 3
+    assert item["loadedAs"] == fixture_stack.info.functions["IntakeFunction"]  # set before the import
+    assert item["taskOnlySeen"] is False  # TaskFunction's own variable stays TaskFunction's
+    assert item["taskEnv"] == "task"
+    # Warm: the next invocation of the function reuses the idle environment.
+    task = fixture_stack.info.functions["TaskFunction"]
+    again = unique("warm")
+    fixture_stack.client("lambda").invoke(FunctionName=task, Payload=json.dumps({"id": again}).encode())
+    assert int(get_item(fixture_stack, again)["taskPid"]) in {
+        w.process.pid for w in fixture_stack.dispatcher.pools[task]._idle
+    }
+
+
+def test_a_task_past_its_timeout_fails_as_sandbox_timedout_for_the_state_machine(
+    fixture_stack: LocalStack,
+) -> None:
+    task = fixture_stack.info.functions["TaskFunction"]
+    timeouts_before = fixture_stack.dispatcher.pools[task].stats.timeouts
+    item_id = unique("timeout")
+    send(fixture_stack, {"id": item_id, "mode": "ok", "taskSleep": 5})
+    wait_for(lambda: get_item(fixture_stack, item_id))
+    execution = finished_execution(fixture_stack, item_id)
+    assert execution["status"] == "FAILED" and execution["error"] == "TaskFailed"
+    history = fixture_stack.client("stepfunctions").get_execution_history(
+        executionArn=execution["executionArn"]
+    )
+    (failed,) = [e["taskFailedEventDetails"] for e in history["events"] if e["type"] == "TaskFailed"]
+    assert failed["error"] == "Sandbox.Timedout"
+    assert "Task timed out after 2.00 seconds" in failed["cause"]
+    assert fixture_stack.dispatcher.pools[task].stats.timeouts == timeouts_before + 1
+    assert any(
+        line.logical_id == "TaskFunction" and "Task timed out after 2.00 seconds" in line.text
+        for line in fixture_stack.function_logs
+    )
+
+
+@pytest.mark.parametrize("mode", ["hang_once", "die_once"])
+def test_a_batch_whose_invocation_times_out_or_dies_is_not_deleted_and_comes_back(
+    fixture_stack: LocalStack, mode: str
+) -> None:
+    intake = fixture_stack.info.functions["IntakeFunction"]
+    stats = fixture_stack.dispatcher.pools[intake].stats
+    before = (stats.timeouts, stats.exits)
+    item_id = unique(mode)
+    send(fixture_stack, {"id": item_id, "mode": mode})
+    item = wait_for(lambda: get_item(fixture_stack, item_id), timeout=30)
+    assert item["receiveCount"] == "2"  # the failed receive left the message on the queue
+    expected = (before[0] + 1, before[1]) if mode == "hang_once" else (before[0], before[1] + 1)
+    # The queue's visibility (2 s) is shorter than the Timeout (3 s): the retry may finish first.
+    wait_for(lambda: (stats.timeouts, stats.exits) == expected, timeout=10)
+
+
+def test_log_lines_carry_their_own_function_and_request(fixture_stack: LocalStack) -> None:
+    task = fixture_stack.info.functions["TaskFunction"]
+    response = fixture_stack.client("lambda").invoke(
+        FunctionName=task, Payload=json.dumps({"id": "x", "taskError": "logged boom"}).encode()
+    )
+    assert response["FunctionError"] == "Handled"
+    lines = [line for line in list(fixture_stack.function_logs) if "logged boom" in line.text]
+    assert lines and all(line.logical_id == "TaskFunction" and line.function_name == task for line in lines)
+    (request_id,) = {line.request_id for line in lines}
+    assert request_id is not None
+    report = [
+        line
+        for line in list(fixture_stack.function_logs)
+        if line.text.startswith(f"REPORT RequestId: {request_id}")
+    ]
+    assert report and "Memory Size: 256 MB" in report[0].text
 
 
 def test_message_flows_through_queue_function_and_state_machine(fixture_stack: LocalStack) -> None:
@@ -152,7 +220,8 @@ def test_scaling_config_bounds_concurrent_invocations(fixture_stack: LocalStack)
     send(fixture_stack, *({"id": i, "mode": "slow"} for i in ids[10:]))
     items = [wait_for(lambda i=i: get_item(fixture_stack, i)) for i in ids]
     # ScalingConfig.MaximumConcurrency is 2 in the fixture template: reached, never exceeded.
-    assert max(int(item["peak"]) for item in items) == 2
+    assert fixture_stack.dispatcher.pools[intake].stats.peak == 2
+    assert len({item["pid"] for item in items}) <= 2
 
 
 def test_outputs_point_at_the_local_endpoint(fixture_stack: LocalStack) -> None:

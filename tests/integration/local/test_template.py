@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from imagejobs_tools.local.pollers import failed_message_ids, to_lambda_record
-from imagejobs_tools.local.stack import _union_environment, local_queue_url
+from imagejobs_tools.local.stack import local_queue_url
 from imagejobs_tools.local.template import (
     TemplateError,
     evaluate_condition,
@@ -89,12 +89,6 @@ def test_conditions_evaluate_over_parameters_and_defaults() -> None:
     assert evaluate_condition(cfn, "Create", {"Arn": "arn:x"}) is False
     with pytest.raises(TemplateError, match="Nope"):
         evaluate_condition(cfn, "Nope", {})
-
-
-def test_environment_union_refuses_disagreement() -> None:
-    assert _union_environment({"A": {"X": "1"}, "B": {"X": "1", "Y": "2"}}) == {"X": "1", "Y": "2"}
-    with pytest.raises(Exception, match=r"X \(A='1', B='2'\)"):
-        _union_environment({"A": {"X": "1"}, "B": {"X": "2"}})
 
 
 @pytest.mark.parametrize(
