@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from botocore.config import Config
 from imagejobs_tools.endpoints import connect_problem
 from imagejobs_tools.local import moto_fixes, moto_speedups, server_tuning
 from imagejobs_tools.local.dispatch import LambdaDispatcher
+from imagejobs_tools.local.logview import FunctionLogLine
 from imagejobs_tools.local.pollers import DEFAULT_CONCURRENCY, SqsMapping, SqsPoller
 from imagejobs_tools.local.template import (
     RESOLVE_OUTPUT_PREFIX,
@@ -83,6 +85,8 @@ class LocalStackConfig:
     environment_overrides: dict[str, str] = field(default_factory=dict)
     sqs_concurrency: int = DEFAULT_CONCURRENCY  # pollers per queue when ScalingConfig is absent
     state_file: Path | None = None  # e.g. .imagejobs/local-stack.json
+    # every line a function writes (None: kept only in the stack's recent-lines buffer)
+    log_sink: Callable[[FunctionLogLine], None] | None = None
 
 
 @dataclass
