@@ -57,7 +57,12 @@ def register(subparsers: Any) -> None:
 
     def common(sub: argparse.ArgumentParser, latency: str, poll: int) -> None:
         sub.add_argument("--template", type=Path, default=Path("template.yaml"), help="SAM template")
-        sub.add_argument("--port", type=int, default=0, help="AWS endpoint port (default: a free one)")
+        sub.add_argument(
+            "--port",
+            type=int,
+            default=0,
+            help="AWS endpoint port (default: a free one); the same port gives the same resource names",
+        )
         sub.add_argument("--sim-port", type=int, default=0, help="simulator port (default: a free one)")
         sub.add_argument(
             "--sim-latency",
