@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from imagejobs_tools.local.logview import LOG_FORMATS, CurrentStdout, LogView
+
 DEFAULT_STATE_FILE = Path(".imagejobs/local-stack.json")
 
 
@@ -54,7 +56,12 @@ def register(subparsers: Any) -> None:
 
     def common(sub: argparse.ArgumentParser, latency: str, poll: int) -> None:
         sub.add_argument("--template", type=Path, default=Path("template.yaml"), help="SAM template")
-        sub.add_argument("--port", type=int, default=0, help="AWS endpoint port (default: a free one)")
+        sub.add_argument(
+            "--port",
+            type=int,
+            default=0,
+            help="AWS endpoint port (default: a free one); the same port gives the same resource names",
+        )
         sub.add_argument("--sim-port", type=int, default=0, help="simulator port (default: a free one)")
         sub.add_argument(
             "--sim-latency",
@@ -93,6 +100,16 @@ def register(subparsers: Any) -> None:
     )
     common(up, "3:8", 2)
     up.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE, help="where to write endpoints")
+    up.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="the functions' logs: one short line per event (text, default) or their own JSON, one "
+        "object per line on stdout with everything else on stderr (json)",
+    )
+    up.add_argument(
+        "--show-metrics", action="store_true", help="also show the EMF metric lines Powertools Metrics prints"
+    )
     up.set_defaults(func=_run_up)
 
     demo = commands.add_parser(
@@ -131,8 +148,13 @@ def _run_up(args: argparse.Namespace) -> int:
 
     from imagejobs_tools.local import LocalStack, LocalStackError
 
+    # JSON logs are for jq or a log shipper: stdout carries them alone, the rest goes to stderr. Text
+    # goes through whatever sys.stdout is at the time, so rich's spinner can print it above itself.
+    json_logs = args.log_format == "json"
+    console_stream = sys.stderr if json_logs else sys.stdout
     # Not a terminal (CI, a pipe): rich would wrap the tables at 80 columns and truncate job ids.
-    console = Console(emoji=False, width=None if sys.stdout.isatty() else 160)
+    console = Console(emoji=False, stderr=json_logs, width=None if console_stream.isatty() else 160)
+    log_view = LogView(sys.stdout if json_logs else CurrentStdout(), args.log_format, args.show_metrics)
     # SIGTERM (CI, `kill`, a supervisor) stops cleanly, also while the stack is still starting: the
     # exception interrupts the start, and the event ends the wait even if something caught it.
     terminated = threading.Event()
@@ -142,7 +164,7 @@ def _run_up(args: argparse.Namespace) -> int:
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
-    stack = LocalStack(build_config(args, state_file=args.state_file))
+    stack = LocalStack(build_config(args, state_file=args.state_file, log_sink=log_view))
     try:
         with console.status("starting the local stack…"):
             stack.start()

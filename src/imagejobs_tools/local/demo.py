@@ -197,6 +197,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from imagejobs_tools.local import LocalStack, LocalStackError
     from imagejobs_tools.local.command import build_config
+    from imagejobs_tools.local.logview import CurrentStdout, LogView
 
     # Not a terminal (CI, a pipe): rich would wrap the tables at 80 columns and truncate job ids.
     console = Console(emoji=False, width=None if sys.stdout.isatty() else 160)
@@ -204,6 +205,8 @@ def run_demo(args: argparse.Namespace) -> int:
         args,
         # Keep the terminal for the demo: handler logs at ERROR only, no EMF metric lines.
         environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
+        # Through sys.stdout as it is at each line: above the live progress table while it shows.
+        log_sink=LogView(CurrentStdout()),
     )
     if "LogLevel" not in config.parameter_overrides:
         config.parameter_overrides["LogLevel"] = "ERROR"

@@ -10,6 +10,7 @@ provider URL is given. See docs/local-stack.md.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -21,8 +22,9 @@ import sys
 import threading
 import time
 import zipfile
+import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,7 +193,8 @@ class LocalStack:
             prepared, parameters = self._prepare(provider_url, endpoint)
             timings["translateSeconds"] = time.perf_counter() - step
             step = time.perf_counter()
-            outputs, resources, types = self._create_stack(prepared, parameters)
+            with self._stable_names(endpoint):
+                outputs, resources, types = self._create_stack(prepared, parameters)
             timings["createStackSeconds"] = time.perf_counter() - step
             step = time.perf_counter()
             self._fix_state_machines(prepared, outputs, resources)
@@ -373,6 +376,21 @@ class LocalStack:
         except TemplateError as exc:
             raise LocalStackError(str(exc)) from exc
         return prepared, parameters
+
+    @contextlib.contextmanager
+    def _stable_names(self, endpoint: str) -> Iterator[None]:
+        """With a fixed --port, the same physical names (random suffixes from moto's seedable random
+        source) on every start, so the commands `local up` prints keep working after a restart."""
+        if not self.config.port:
+            yield
+            return
+        _seed_moto(endpoint, zlib.crc32(f"{self.config.stack_name}:{self.config.port}".encode()))
+        try:
+            yield
+        finally:
+            # Only the names: SQS message ids are a job's default id, and a restarted stack must not
+            # hand out the last run's job ids again (downloads are kept by job id).
+            _seed_moto(endpoint, secrets.randbits(64))
 
     def _create_stack(
         self, prepared: PreparedTemplate, parameters: dict[str, str]
@@ -697,6 +715,11 @@ def _state_file_endpoint(path: Path | None) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return endpoint if isinstance(endpoint, str) else None
+
+
+def _seed_moto(endpoint: str, seed: int) -> None:
+    """Seed moto's `mock_random`, the source of its generated names and ids."""
+    requests.post(f"{endpoint}/moto-api/seed", params={"a": str(seed)}, timeout=10).raise_for_status()
 
 
 def port_is_free(port: int) -> bool:

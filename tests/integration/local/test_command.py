@@ -36,6 +36,16 @@ def test_up_defaults() -> None:
     assert demo.sim_latency == (1.0, 3.0) and demo.fast
 
 
+def test_up_log_view_options(capsys: pytest.CaptureFixture[str]) -> None:
+    defaults = build_parser().parse_args(["local", "up"])
+    assert (defaults.log_format, defaults.show_metrics) == ("text", False)
+    chosen = build_parser().parse_args(["local", "up", "--log-format", "json", "--show-metrics"])
+    assert (chosen.log_format, chosen.show_metrics) == ("json", True)
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["local", "up", "--log-format", "yaml"])
+    assert exit_info.value.code == 2 and "invalid choice: 'yaml'" in capsys.readouterr().err
+
+
 def test_demo_batch_shape() -> None:
     jobs = demo_jobs("abc", "bucket")
     ratios = {job.message.get("aspectRatio") for job in jobs if job.expected == "COMPLETED"}
