@@ -175,12 +175,13 @@ class Worker:
         )
         plugins = [[plugin.target, plugin.options] for plugin in options.plugins]
         reply = self._request({"type": "init", "plugins": plugins}, options.init_timeout_seconds)
-        if reply is None or reply.get("type") != "ready":
+        if not reply or reply.get("type") != "ready":
             self.close()
-            if reply is None:
+            if not reply:
                 error = service_error_payload(
                     f"{spec.logical_id}: the execution environment did not start within "
-                    f"{options.init_timeout_seconds:g} s (exit code {self.process.returncode})"
+                    f"{options.init_timeout_seconds:g} s (exit code {self.process.returncode}; "
+                    "its output is in the function's log)"
                 )
             else:
                 error = reply.get("error") or service_error_payload("init failed")
@@ -204,7 +205,7 @@ class Worker:
             LOG.exception("log sink failed")
 
     def _request(self, message: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-        """Send a message and wait for the answer; None when the worker died or the time ran out."""
+        """Send a message and wait for the answer; None when the time ran out, {} when the worker died."""
         try:
             self._connection.send_bytes(json.dumps(message).encode("utf-8"))
             if not self._connection.poll(timeout):
@@ -212,7 +213,12 @@ class Worker:
             answer: dict[str, Any] = json.loads(self._connection.recv_bytes())
             return answer
         except (EOFError, OSError):
-            return None
+            # The connection closes as the process exits: reap it, so it reads as exited, not hung.
+            try:
+                self.process.wait(timeout=LOG_DRAIN_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+            return {}
 
     def invoke(self, request_id: str, event: str) -> InvocationOutcome:
         spec = self.spec
@@ -225,7 +231,7 @@ class Worker:
         reply = self._request({**message, "deadlineMs": deadline_ms}, spec.timeout_seconds)
         seconds = time.perf_counter() - started
         self.invocations += 1
-        if reply is None and self.alive:
+        if reply is None:
             self.timed_out = True
             self.terminate()
             self.process.wait()
@@ -237,7 +243,8 @@ class Worker:
                 json.dumps(timed_out_payload(request_id, spec.timeout_seconds)),
                 True,
             )
-        elif reply is None:
+        elif not reply:
+            self.terminate()  # closed its end without exiting: as good as dead
             self.process.wait()
             outcome = (json.dumps(exited_payload(request_id, self.process.returncode)), True)
         else:
