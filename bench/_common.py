@@ -123,22 +123,25 @@ def _status_kb(pid: int | str, field_name: str) -> float:
 
 @dataclass
 class ResourceSampler:
-    """Samples this process's RSS, CPU time and thread count every ``interval`` seconds."""
+    """Samples the whole stack every ``interval`` seconds: this process and its descendants (the
+    functions' worker processes): summed RSS, CPU time and this process's thread count."""
 
     interval: float = 0.25
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # the most the stack's processes held at once
+    peak_processes: int = 0
     peak_threads: int = 0
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _cpu_start: float = 0.0
     _wall_start: float = 0.0
+    _cpu_by_pid: dict[int, float] = field(default_factory=dict)  # last CPU seconds seen per process
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
 
     def __enter__(self) -> ResourceSampler:
-        times = os.times()
-        self._cpu_start = times.user + times.system
+        self._cpu_by_pid = {pid: process_cpu_seconds(pid) for pid in stack_pids()}
+        self._cpu_start = sum(self._cpu_by_pid.values())
         self._wall_start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="bench-resource-sampler", daemon=True)
         self._thread.start()
@@ -149,18 +152,42 @@ class ResourceSampler:
         if self._thread is not None:
             self._thread.join(5)
         self._sample()
-        times = os.times()
-        self.cpu_seconds = times.user + times.system - self._cpu_start
+        self.cpu_seconds = sum(self._cpu_by_pid.values()) - self._cpu_start
         self.wall_seconds = time.perf_counter() - self._wall_start
 
     def _sample(self) -> None:
-        self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(), peak_rss_mb())
+        pids = stack_pids()
+        for pid in pids:
+            self._cpu_by_pid[pid] = max(self._cpu_by_pid.get(pid, 0.0), process_cpu_seconds(pid))
+        self.peak_rss_mb = max(self.peak_rss_mb, sum(rss_mb(pid) for pid in pids), peak_rss_mb())
+        self.peak_processes = max(self.peak_processes, len(pids))
         self.peak_threads = max(self.peak_threads, threading.active_count())
         self.samples += 1
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample()
+
+
+def stack_pids() -> list[int]:
+    """This process and every descendant (Linux /proc; just this process elsewhere)."""
+    found = [os.getpid()]
+    for pid in found:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                found.extend(int(child) for child in (task / "children").read_text().split())
+            except OSError:
+                continue
+    return found
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _short_frame(frame: str) -> str:
@@ -309,9 +336,9 @@ count_aws_requests = count_aws_calls
 
 
 def instrument_dispatcher(stack: Any, log: InvocationLog) -> None:
-    """Time every in-process invocation (the dispatcher's observer hook, removed when the stack stops)."""
+    """Time every invocation (the dispatcher's observer hook, removed when the stack stops)."""
     for loaded in stack.dispatcher.functions.values():
-        log.memory_mb[loaded.source.logical_id] = loaded.memory_mb
+        log.memory_mb[loaded.logical_id] = loaded.memory_mb
 
     def record(done: InvocationRecord) -> None:
         log.add(

@@ -6,10 +6,12 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -150,7 +152,11 @@ def emf_blob() -> str:
     metrics.add_metric(name="JobsCompleted", unit="Count", value=1)
     metrics.add_metric(name="JobLatencySeconds", unit="Seconds", value=2.5)
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    # Other tests in this process may leave metrics disabled through the environment.
+    with (
+        mock.patch.dict(os.environ, {"POWERTOOLS_METRICS_DISABLED": "false"}),
+        contextlib.redirect_stdout(printed),
+    ):
         metrics.flush_metrics()
     [blob] = printed.getvalue().splitlines()
     return blob
