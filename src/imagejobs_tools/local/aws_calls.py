@@ -436,10 +436,6 @@ class CallRecorder:
         with self._lock:
             return list(self._calls)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._calls.clear()
-
     def install(self) -> Callable[[], None]:
         """Start recording; the returned callable stops it (call it once). One recorder at a time."""
         application = _dispatcher_class()
@@ -476,7 +472,7 @@ class CallRecorder:
         if path.startswith("/moto-api"):
             return  # moto's own control API, not AWS
         try:
-            call = self.decode(environ, body, status)
+            call = self._decode(environ, body, status)
         except Exception as error:  # never fail the request: record what could not be decoded
             LOG.debug("could not decode %s %s", environ.get("REQUEST_METHOD"), path, exc_info=True)
             call = RecordedCall(
@@ -485,7 +481,7 @@ class CallRecorder:
         with self._lock:
             self._calls.append(call)
 
-    def decode(self, environ: dict[str, Any], body: bytes, status: int) -> RecordedCall:
+    def _decode(self, environ: dict[str, Any], body: bytes, status: int) -> RecordedCall:
         """The RecordedCall for one WSGI request (its body already read)."""
         from moto.core.request import Request
 

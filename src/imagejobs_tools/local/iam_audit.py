@@ -376,12 +376,6 @@ class FunctionCallAudit:
             self._undo()
             self._undo = None
 
-    def __enter__(self) -> FunctionCallAudit:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.uninstall()
-
     def credentials_for(self, logical_id: str) -> dict[str, str]:
         """Environment credentials for `logical_id`'s worker: a session of its own role (the same
         ones on every call for that function)."""

@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
+from imagejobs_tools.local import aws_calls
 from imagejobs_tools.local.aws_calls import (
     ArnContext,
+    CallRecorder,
+    CallRecorderError,
     Signer,
     UnmappedOperation,
     derive_accesses,
@@ -219,3 +223,16 @@ def test_the_signer_comes_from_the_sigv4_header_or_a_presigned_url() -> None:
         "ASIAFUNCTION", "s3", REGION
     )
     assert request_signer(None, {}, REGION) == Signer(None, "", REGION)
+
+
+def test_the_recorder_hooks_moto_once_and_its_undo_restores_moto() -> None:
+    aws_calls.check()
+    before = DomainDispatcherApplication.__dict__["__call__"]
+    undo = CallRecorder().install()
+    try:
+        assert DomainDispatcherApplication.__dict__["__call__"] is not before
+        with pytest.raises(CallRecorderError, match="already installed"):
+            CallRecorder().install()
+    finally:
+        undo()
+    assert DomainDispatcherApplication.__dict__["__call__"] is before
