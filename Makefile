@@ -9,11 +9,14 @@ STAMP := $(VENV)/.installed-stamp
 # checkov pins a boto3 far older than aws-sam-cli's: its own venv (requirements-checkov.txt).
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
+# The IAM audit's evaluator (docs/local-stack.md): @cloud-copilot/iam-simulate, pinned by package-lock.json.
+IAM_DIR := tools/iam
+IAM_STAMP := $(IAM_DIR)/node_modules/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: venv checkov scan demo up test lint typecheck unit bench reliability clean
+.PHONY: venv checkov iam-evaluator scan demo up test lint typecheck unit bench reliability clean
 
 venv: $(STAMP)
 
@@ -30,6 +33,12 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
+
+iam-evaluator: $(IAM_STAMP)
+
+$(IAM_STAMP): $(IAM_DIR)/package.json $(IAM_DIR)/package-lock.json
+	cd $(IAM_DIR) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $(IAM_STAMP)
 
 # The security review (docs/deploy.md): checkov on template.yaml as a reviewer runs it, then the
 # tests that also scan the deployed (translated) template with and without the options.
@@ -53,12 +62,12 @@ typecheck: $(STAMP)
 	@# every handler module is named app.py: check each on its own
 	@for f in $(wildcard functions/*/app.py); do $(BIN)/mypy --no-error-summary $$f || exit 1; done
 
-test: $(STAMP) $(CHECKOV_STAMP)
+test: $(STAMP) $(CHECKOV_STAMP) $(IAM_STAMP)
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory typecheck
 	$(BIN)/pytest -n 2 --dist loadgroup tests
 
-unit: $(STAMP)
+unit: $(STAMP) $(IAM_STAMP)
 	$(BIN)/pytest tests/unit
 
 # Full-size figures (minutes each; docs/performance.md and docs/reliability.md). The test suite
@@ -71,4 +80,4 @@ reliability: $(STAMP)
 	$(BIN)/python -m imagejobs_tools.reliability all
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache demo-output .imagejobs
+	rm -rf $(VENV) $(CHECKOV_VENV) $(IAM_DIR)/node_modules .aws-sam .pytest_cache .mypy_cache .ruff_cache demo-output .imagejobs
