@@ -156,14 +156,13 @@ def main() -> None:
     with local_stack(poll_interval=POLL_INTERVAL, sim_latency=(generation, generation)) as stack:
         instrument_dispatcher(stack, invocations)
         sfn = stack.client("stepfunctions")
-        requests.excluded.add(id(sfn))
         run = f"cost{int(time.time())}"
         ids = {f"{run}-{index:04d}" for index in range(jobs)}
-        with count_aws_requests(requests):
-            send_jobs(stack, ({"jobId": j, "prompt": PROMPT} for j in sorted(ids)), requests)
+        with count_aws_requests(stack, requests):
+            send_jobs(stack, ({"jobId": j, "prompt": PROMPT} for j in sorted(ids)))
 
             def all_done() -> list[dict[str, Any]] | None:
-                records = [r for r in scan_records(stack, requests) if r["jobId"] in ids]
+                records = [r for r in scan_records(stack) if r["jobId"] in ids]
                 done = [r for r in records if r.get("status") in {"COMPLETED", "FAILED", "TIMED_OUT"}]
                 return records if len(done) == jobs else None
 

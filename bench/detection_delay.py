@@ -136,7 +136,11 @@ def main() -> None:
             1000 * summary(store_durations).get("p50", float("nan")),
             "",
         ),
-        ("peak RSS MB (every stack process)", round(resources.peak_rss_mb, 1), f"{resources.peak_processes} processes"),
+        (
+            "peak RSS MB (every stack process)",
+            round(resources.peak_rss_mb, 1),
+            f"{resources.peak_processes} processes",
+        ),
         (
             "CPU seconds / wall seconds",
             f"{resources.cpu_seconds:.0f} / {resources.wall_seconds:.0f}",

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -90,3 +94,60 @@ def function_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     yield env
+
+
+# -- IAM audit over the whole session ---------------------------------------------------------
+# Every local stack writes its functions' audit when it stops (imagejobs_tools.local.iam_audit);
+# the session fails on any call a function's role would deny, and, when the session ran the
+# end-to-end and reliability tests, on any granted action no run used.
+
+IAM_AUDIT_KEY = pytest.StashKey[Path]()
+IAM_FINDINGS_KEY = pytest.StashKey[list[str]]()
+# Granted on purpose but not exercised by any local run, with the reason.
+IAM_GRANTS_UNUSED_LOCALLY = {
+    ("S3IntakeFunction", "s3:GetObjectVersion"): (
+        "the bucket is versioned and S3 events name the version on AWS; moto's events carry no versionId"
+    ),
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from imagejobs_tools.local.iam_audit import REPORT_DIR_VARIABLE
+
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller set the directory
+        return
+    directory = Path(tempfile.mkdtemp(prefix="imagejobs-iam-"))
+    os.environ[REPORT_DIR_VARIABLE] = str(directory)  # xdist workers and subprocesses inherit it
+    config.stash[IAM_AUDIT_KEY] = directory
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from imagejobs_tools.local.iam_audit import combine_reports
+
+    directory = session.config.stash.get(IAM_AUDIT_KEY, None)
+    if directory is None:
+        return
+    combined = combine_reports(directory, REPO_ROOT / "template.yaml")
+    findings = [
+        f"DENIED {d['function']}: {d['action']} on {d['resource']} ({d['decision']})" for d in combined.denied
+    ]
+    findings += [f"UNMAPPED {m['function']}: {m['service']}:{m['operation']}" for m in combined.unmapped]
+    ran = {Path(str(item.path)).relative_to(REPO_ROOT).parts[:2] for item in session.items}
+    if combined.runs and {("tests", "e2e"), ("tests", "reliability")} <= ran:
+        findings += [
+            f"UNUSED {function}: {action} ({policy} {statement}): no call in {combined.runs} stacks"
+            for function, action, policy, statement in combined.never_used
+            if (function, action) not in IAM_GRANTS_UNUSED_LOCALLY
+        ]
+    session.config.stash[IAM_FINDINGS_KEY] = findings
+    if findings and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    findings = config.stash.get(IAM_FINDINGS_KEY, None)
+    if findings:
+        terminalreporter.section("IAM audit: template.yaml's roles against the functions' calls")
+        for line in findings:
+            terminalreporter.write_line(line)

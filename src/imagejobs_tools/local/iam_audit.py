@@ -409,3 +409,47 @@ class FunctionCallAudit:
 
     def report(self) -> AuditReport:
         return audit(self.function_calls(), self.policies, self.evaluator)
+
+
+# Where a stack that stops writes its audit (one JSON file per stack); tests set it for a session.
+REPORT_DIR_VARIABLE = "IMAGEJOBS_IAM_REPORT_DIR"
+
+
+def write_report(directory: Path, template: Path, report: AuditReport) -> Path:
+    """One stack's audit, for `combine_reports` (a file per stack, named uniquely)."""
+    import os
+    import uuid
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps({"template": str(template.resolve()), **report.to_dict()}), encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class CombinedAudit:
+    """Many stacks' audits of one template: every denied call, and the grants no run used."""
+
+    runs: int
+    denied: list[dict[str, Any]]
+    unmapped: list[dict[str, Any]]
+    never_used: list[tuple[str, str, str, str]]  # (function, action, policy, statement)
+
+
+def combine_reports(directory: Path, template: Path) -> CombinedAudit:
+    reports = []
+    for path in sorted(directory.glob("*.json")):
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if document["template"] == str(template.resolve()):
+            reports.append(document)
+    unused_sets = [
+        {(u["function"], u["action"], u["policy"], u["statement"]) for u in report["unused"]}
+        for report in reports
+    ]
+    never_used = set.intersection(*unused_sets) if unused_sets else set()
+    return CombinedAudit(
+        runs=len(reports),
+        denied=[d for report in reports for d in report["denied"]],
+        unmapped=[m for report in reports for m in report["unmapped"]],
+        never_used=sorted(never_used),
+    )

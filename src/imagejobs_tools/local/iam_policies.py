@@ -24,6 +24,20 @@ from urllib.parse import urlsplit
 from imagejobs_tools.local.template import TemplateError, evaluate_condition
 
 # AWS managed policies (the name after `arn:aws:iam::aws:policy/`) left out of the audit, and why.
+# AWS managed policies whose calls the handlers make, as AWS publishes them (logs actions left
+# out for the reason IGNORED_MANAGED_POLICIES gives for AWSLambdaBasicExecutionRole).
+AWS_MANAGED_POLICY_DOCUMENTS: dict[str, dict[str, Any]] = {
+    "service-role/AWSLambdaSQSQueueExecutionRole": {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+                "Resource": "*",
+            }
+        ],
+    },
+}
 IGNORED_MANAGED_POLICIES = {
     "service-role/AWSLambdaBasicExecutionRole": (
         "logs:CreateLogGroup/CreateLogStream/PutLogEvents, used by the Lambda runtime to ship the "
@@ -126,6 +140,9 @@ def _role_policies(
             policies.append(NamedPolicy(logical_id, resolver.resolve(attached["PolicyDocument"])))
             continue
         match = _AWS_MANAGED_POLICY.match(arn)
+        if match is not None and match.group("name") in AWS_MANAGED_POLICY_DOCUMENTS:
+            policies.append(NamedPolicy(arn, AWS_MANAGED_POLICY_DOCUMENTS[match.group("name")]))
+            continue
         if match is None or match.group("name") not in IGNORED_MANAGED_POLICIES:
             raise TemplateError(
                 f"{role_id}.ManagedPolicyArns: {arn} is unknown to the audit: map it to its document "

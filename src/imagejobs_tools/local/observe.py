@@ -1,8 +1,11 @@
-"""Counting the AWS API calls made in this process (benchmarks, cost estimates).
+"""Counting the AWS API calls the local stack serves (benchmarks, cost estimates).
 
-Handlers build plain boto3 clients, and moto's interpreter builds its own, so the one place
-every call passes is botocore's `BaseClient._make_api_call`; `count_aws_calls` wraps it for
-the duration of a `with` block and restores it after.
+The functions run in worker processes of their own, so calls are counted where they all
+arrive: the moto server, through the requests the stack's IAM audit records
+(`aws_calls.CallRecorder`). Calls signed with an excluded access key are left out: by default
+the callers' own clients (the stack's `testing` key, which tests, benchmarks and the CLI use);
+what remains is what the functions, the SQS pollers (their functions' roles) and the Step
+Functions interpreter asked for.
 """
 
 from __future__ import annotations
@@ -14,19 +17,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from imagejobs_tools.local.aws_calls import SERVICE_MODEL_NAMES
+from imagejobs_tools.local.iam_audit import SETUP_KEY
+
 
 @dataclass
 class AwsCallCounts:
     """Calls by ``service.Operation`` (e.g. ``dynamodb.UpdateItem``)."""
 
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
-    excluded: set[int] = field(default_factory=set)  # id() of clients not to count (the caller's own)
+    excluded_keys: set[str] = field(default_factory=lambda: {SETUP_KEY})
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def exclude(self, client: Any) -> Any:
-        """Do not count calls made through ``client``; returns it."""
-        self.excluded.add(id(client))
-        return client
 
     def add(self, key: str) -> None:
         with self.lock:
@@ -34,19 +35,15 @@ class AwsCallCounts:
 
 
 @contextmanager
-def count_aws_calls(counts: AwsCallCounts) -> Iterator[AwsCallCounts]:
-    """Count every botocore API call in this process (all threads) while the block runs."""
-    from botocore.client import BaseClient
-
-    original = BaseClient.__dict__["_make_api_call"]
-
-    def counting(self: Any, operation_name: str, api_params: Any) -> Any:
-        if id(self) not in counts.excluded:
-            counts.add(f"{self.meta.service_model.service_name}.{operation_name}")
-        return original(self, operation_name, api_params)
-
-    setattr(BaseClient, "_make_api_call", counting)  # noqa: B010 (private: not in the stubs)
+def count_aws_calls(stack: Any, counts: AwsCallCounts) -> Iterator[AwsCallCounts]:
+    """Count the requests `stack`'s moto server handles while the block runs (filled in at its end)."""
+    if stack.iam_audit is None:
+        raise RuntimeError("counting AWS calls needs the stack's IAM audit (LocalStackConfig.iam_audit)")
+    recorder = stack.iam_audit.recorder
+    start = len(recorder.calls())
     try:
         yield counts
     finally:
-        setattr(BaseClient, "_make_api_call", original)  # noqa: B010
+        for call in recorder.calls()[start:]:
+            if call.access_key_id not in counts.excluded_keys and call.operation:
+                counts.add(f"{SERVICE_MODEL_NAMES.get(call.service, call.service)}.{call.operation}")

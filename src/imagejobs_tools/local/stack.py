@@ -37,6 +37,8 @@ from botocore.config import Config
 from imagejobs_tools.endpoints import connect_problem
 from imagejobs_tools.local import moto_fixes, moto_speedups, server_tuning
 from imagejobs_tools.local.dispatch import LambdaDispatcher
+from imagejobs_tools.local.iam_audit import REPORT_DIR_VARIABLE, AuditReport, FunctionCallAudit, write_report
+from imagejobs_tools.local.iam_policies import DeployedStack
 from imagejobs_tools.local.logview import FunctionLogLine
 from imagejobs_tools.local.pollers import DEFAULT_CONCURRENCY, SqsMapping, SqsPoller
 from imagejobs_tools.local.template import (
@@ -96,6 +98,10 @@ class LocalStackConfig:
     function_concurrency: int = DEFAULT_FUNCTION_CONCURRENCY
     # Test tooling the functions' runtimes load after the handler (workers.WorkerPlugin).
     worker_plugins: tuple[WorkerPlugin, ...] = ()
+    # Record every function's AWS calls and decide them against its role (LocalStack.iam_report()).
+    iam_audit: bool = True
+    # Where the audit is written when the stack stops (iam_audit.combine_reports reads them).
+    iam_report_dir: Path | None = field(default_factory=lambda: _path_from_environment(REPORT_DIR_VARIABLE))
     # Every line a function writes (None: kept only in the stack's recent-lines buffer).
     log_sink: Callable[[FunctionLogLine], None] | None = None
     state_file: Path | None = None  # e.g. .imagejobs/local-stack.json
@@ -131,6 +137,7 @@ class LocalStack:
     def __init__(self, config: LocalStackConfig | None = None) -> None:
         self.config = config or LocalStackConfig()
         # The most recent lines the functions wrote, for tests and tooling.
+        self.iam_audit: FunctionCallAudit | None = None
         self.function_logs: deque[FunctionLogLine] = deque(maxlen=RECENT_LOG_LINES)
         self.dispatcher = LambdaDispatcher(WorkerOptions(plugins=self.config.worker_plugins), self._log_line)
         self.pollers: list[SqsPoller] = []
@@ -199,6 +206,7 @@ class LocalStack:
             step = time.perf_counter()
             self._fix_state_machines(prepared, outputs, resources)
             self._remove_moto_event_source_mappings()
+            self._start_iam_audit(prepared, parameters, resources, types)
             functions = self._load_functions(prepared, resources)
             self._set_api_key_secret(resources, types)
             self._apply_bucket_notifications(prepared, outputs, resources)
@@ -250,6 +258,10 @@ class LocalStack:
                 inner.server_close()
             self._server = None
         self.dispatcher.uninstall()
+        if self.iam_audit is not None:
+            self.iam_audit.uninstall()  # what it recorded stays, for iam_report() after the stop
+            if self.config.iam_report_dir is not None and self._info is not None:
+                write_report(self.config.iam_report_dir, self.config.template_path, self.iam_audit.report())
         if self._undo_server_tuning is not None:
             self._undo_server_tuning()
             self._undo_server_tuning = None
@@ -581,12 +593,32 @@ class LocalStack:
         return {**variables, **service, **local, **self.config.environment_overrides}
 
     def _function_credentials(self, logical_id: str) -> dict[str, str]:
-        """The credentials a function's environment gets (Lambda: its role's session)."""
-        return {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-        }
+        """The credentials a function's environment gets, as on Lambda: a session of its own role
+        (from moto's STS, so the IAM audit knows whose calls they are)."""
+        if self.iam_audit is None:
+            return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+        return self.iam_audit.credentials_for(logical_id)
+
+    def _start_iam_audit(
+        self,
+        prepared: PreparedTemplate,
+        parameters: dict[str, str],
+        resources: dict[str, str],
+        types: dict[str, str],
+    ) -> None:
+        if not self.config.iam_audit:
+            return
+        deployed = DeployedStack(
+            self.config.stack_name, self.config.region, FAKE_ACCOUNT_ID, parameters, resources, types
+        )
+        self.iam_audit = FunctionCallAudit.from_template(prepared.cfn, deployed)
+        self.iam_audit.install(self.endpoint_url)
+
+    def iam_report(self) -> AuditReport:
+        """Every call a function made so far, decided against its role (denied, unused, unmapped)."""
+        if self.iam_audit is None:
+            raise LocalStackError("the IAM audit is off (LocalStackConfig.iam_audit)")
+        return self.iam_audit.report()
 
     def _apply_bucket_notifications(
         self, prepared: PreparedTemplate, outputs: dict[str, str], resources: dict[str, str]
@@ -646,7 +678,15 @@ class LocalStack:
                 report_batch_item_failures=source.report_batch_item_failures,
                 concurrency=source.maximum_concurrency or self.config.sqs_concurrency,
             )
-            poller = SqsPoller(mapping, self.client("sqs"), lambda_client, self.config.region)
+            # The event source mapping polls with the function's role, as on AWS.
+            credentials = self._function_credentials(source.function_logical_id)
+            sqs_client = boto3.Session(
+                aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+                aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
+                region_name=self.config.region,
+            ).client("sqs", endpoint_url=self.endpoint_url, config=Config(retries={"max_attempts": 2}))
+            poller = SqsPoller(mapping, sqs_client, lambda_client, self.config.region)
             poller.start()
             self.pollers.append(poller)
 
@@ -737,6 +777,11 @@ def local_queue_url(value: str, endpoint: str) -> str:
     """moto's CloudFormation returns AWS-looking queue URLs; show users ones that point at the stack."""
     match = _AWS_QUEUE_URL.match(value)
     return f"{endpoint}/{match.group(1)}" if match else value
+
+
+def _path_from_environment(variable: str) -> Path | None:
+    value = os.environ.get(variable, "").strip()
+    return Path(value) if value else None
 
 
 def _sqs_maximum_concurrency(prepared: PreparedTemplate) -> dict[str, int]:

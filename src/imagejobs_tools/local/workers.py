@@ -18,6 +18,7 @@ everything the function writes, one `FunctionLogLine` each.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -214,10 +215,8 @@ class Worker:
             return answer
         except (EOFError, OSError):
             # The connection closes as the process exits: reap it, so it reads as exited, not hung.
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=LOG_DRAIN_SECONDS)
-            except subprocess.TimeoutExpired:
-                pass
             return {}
 
     def invoke(self, request_id: str, event: str) -> InvocationOutcome:

@@ -265,7 +265,11 @@ def test_step_functions_lambda_client_invokes_in_process_with_invoke_api_answers
     task = fixture_stack.info.functions["TaskFunction"]
     arn = fixture_stack.dispatcher.functions[task].arn
     item_id = unique("in-process")
-    with count_aws_calls(AwsCallCounts()) as counts:
+    # Everything but the pollers' calls (their functions' keys): the interpreter's own included.
+    pollers = {
+        fixture_stack.iam_audit.credentials_for(f)["AWS_ACCESS_KEY_ID"] for f in fixture_stack.info.functions
+    }
+    with count_aws_calls(fixture_stack, AwsCallCounts(excluded_keys=pollers)) as counts:
         ok = client.invoke(FunctionName=arn, Payload=json.dumps({"id": item_id, "wait": 0}).encode())
         boom = json.dumps({"id": "x", "taskError": "boom"}).encode()
         failed = client.invoke(FunctionName=task, Payload=boom)
