@@ -5,9 +5,10 @@ the shared layer's built size (`sam build` into a temporary directory).
     .venv/bin/python bench/cold_start.py --smoke    # 1 run per handler, no sam build
 
 Each run is a fresh interpreter with the environment a Lambda runtime gives
-(`LAMBDA_TASK_ROOT`, `AWS_LAMBDA_FUNCTION_NAME`, the template's Globals), so
-Powertools Tracer behaves as with `Tracing: Active`. The figure is the `app`
-line's cumulative import time (the interpreter's own start-up is excluded).
+(`LAMBDA_TASK_ROOT`, `AWS_LAMBDA_FUNCTION_NAME`, a value for every variable the functions
+read: each parses its settings at import), so Powertools Tracer behaves as with
+`Tracing: Active`. The figure is the `app` line's cumulative import time (the interpreter's
+own start-up is excluded).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def lambda_like_env(function: str) -> dict[str, str]:
             "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:imagejobs-jobs",
             "PROVIDER_BASE_URL": "https://provider.example.com",
             "PROVIDER_API_KEY_SECRET": "secret",
+            "JOBS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/jobs",
             "LOG_LEVEL": "INFO",
         }
     )

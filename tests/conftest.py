@@ -29,7 +29,11 @@ def load_handler(name: str) -> ModuleType:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]  # as a failed import leaves no module behind
+        raise
     return module
 
 
@@ -70,7 +74,9 @@ def lambda_context() -> FakeLambdaContext:
     return FakeLambdaContext()
 
 
-FUNCTION_ENV = {
+# A value for every variable some function reads, as a deployed stack would set them: each
+# function's template Environment is a subset (tests/template/test_function_environment.py).
+SAMPLE_ENV = {
     "JOBS_TABLE": "imagejobs-jobs",
     "OUTPUT_BUCKET": "imagejobs-outputs",
     "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:imagejobs-job",
@@ -83,14 +89,16 @@ FUNCTION_ENV = {
     "MAX_OUTPUT_BYTES": str(64 * 1024 * 1024),
     "URL_ALLOW_HOSTS": "",
     "PRESIGN_TTL_SECONDS": "900",
+    "JOBS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/imagejobs-JobsQueue-EXAMPLE",
     "LOG_LEVEL": "INFO",
 }
 
 
 @pytest.fixture
 def function_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """The Globals environment of every function (override entries with monkeypatch)."""
-    env = dict(FUNCTION_ENV)
+    """SAMPLE_ENV in os.environ (override entries with monkeypatch before loading a handler:
+    handlers read their settings at import)."""
+    env = dict(SAMPLE_ENV)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     yield env

@@ -7,12 +7,14 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from imagejobs.config import IntakeSettings
 from imagejobs.intake import handle_job_message, note_last_receive
 from imagejobs.observability import logger, metrics, tracer, unbind_job
-from imagejobs.runtime import Runtime
+from imagejobs.runtime import IntakeRuntime
 from imagejobs.sqs_retry import RetryLater, lease_seconds, redeliver_after
 
-runtime = Runtime()
+# Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
+runtime = IntakeRuntime(IntakeSettings.from_env())
 
 
 def _receive_count(record: SQSRecord) -> int | None:

@@ -7,11 +7,13 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from imagejobs.config import S3IntakeSettings
 from imagejobs.observability import logger, metrics, tracer
-from imagejobs.runtime import Runtime
+from imagejobs.runtime import S3IntakeRuntime
 from imagejobs.uploads import handle_upload_message
 
-runtime = Runtime()
+# Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
+runtime = S3IntakeRuntime(S3IntakeSettings.from_env())
 
 
 class RetryLater(Exception):

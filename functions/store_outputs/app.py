@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from imagejobs.config import StoreOutputsSettings
 from imagejobs.observability import logger, metrics, tracer
-from imagejobs.runtime import Runtime
+from imagejobs.runtime import StoreOutputsRuntime
 from imagejobs.workflow import store_outputs_step
 
-runtime = Runtime()
+# Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
+runtime = StoreOutputsRuntime(StoreOutputsSettings.from_env())
 RECORD_MARGIN_SECONDS = 20.0  # left for recording COMPLETED after the downloads
 
 

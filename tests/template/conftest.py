@@ -87,6 +87,14 @@ def resources_of_type(template: Template, resource_type: str) -> dict[str, dict[
     return {name: res for name, res in template["Resources"].items() if res["Type"] == resource_type}
 
 
+def function_environments(translated: Template) -> dict[str, dict[str, Any]]:
+    """Each function's variables as SAM deploys them: Globals' merged into its own Environment."""
+    return {
+        name: function["Properties"].get("Environment", {}).get("Variables", {})
+        for name, function in resources_of_type(translated, "AWS::Lambda::Function").items()
+    }
+
+
 def iam_statements(template: Template) -> Iterator[tuple[str, dict[str, Any]]]:
     """(resource name, statement) for every inline IAM statement of every role and policy."""
     for name, resource in template["Resources"].items():

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from imagejobs.jobs import JobValidationError, parse_job
 
-from .conftest import REPO_ROOT, Template, architecture_section
+from .conftest import REPO_ROOT, Template, architecture_section, function_environments
 
 pytestmark = pytest.mark.template
 
@@ -41,16 +41,18 @@ def test_every_event_file_is_json(path: Path) -> None:
     assert isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
 
 
-def test_env_json_sets_every_template_variable_for_every_function(sam_template: Template) -> None:
+def test_env_json_sets_each_functions_template_variables(translated_template: Template) -> None:
+    # sam local passes a function only the variables its template Environment declares.
     env = _event("env.json")
-    variables = set(sam_template["Globals"]["Function"]["Environment"]["Variables"])
-    functions = {n for n, r in sam_template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
-    assert functions <= set(env)
-    for function in functions:
-        assert set(env[function]) == variables, function
+    environments = function_environments(translated_template)
+    assert set(env) == set(environments)
+    for function, variables in environments.items():
+        assert set(env[function]) == set(variables), function
         assert all(isinstance(value, str) for value in env[function].values()), function
-        # The simulator runs on the host; http to it is allowed only through URL_ALLOW_HOSTS.
+    # The simulator runs on the host; http to it is allowed only through URL_ALLOW_HOSTS.
+    for function in ("IntakeFunction", "PollFunction"):
         assert env[function]["PROVIDER_BASE_URL"] == f"http://{SIMULATOR}"
+    for function in ("IntakeFunction", "StoreOutputsFunction", "S3IntakeFunction"):
         assert SIMULATOR in env[function]["URL_ALLOW_HOSTS"].split(",")
 
 

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from .conftest import ARTIFACT_BUCKET, Template
+from .conftest import ARTIFACT_BUCKET, Template, function_environments
 
 pytestmark = pytest.mark.template
 
@@ -83,19 +83,36 @@ def test_stack_creates_with_every_output(moto_stack: dict[str, Any], translated_
     assert moto_stack["skipped"] <= SKIPPED_BY_MOTO
 
 
-def test_created_functions_point_at_the_created_resources(moto_stack: dict[str, Any]) -> None:
+def test_created_functions_point_at_the_created_resources(
+    moto_stack: dict[str, Any], translated_template: Template
+) -> None:
     outputs = {output["OutputKey"]: output["OutputValue"] for output in moto_stack["stack"]["Outputs"]}
-    functions = boto3.client("lambda", region_name=REGION).list_functions()["Functions"]
-    assert len(functions) == 5
-    for function in functions:
-        variables = function["Environment"]["Variables"]
-        assert variables["JOBS_TABLE"] == outputs["JobsTableName"]
-        assert variables["OUTPUT_BUCKET"] == outputs["OutputBucketName"]
-        assert variables["STATE_MACHINE_ARN"] == outputs["StateMachineArn"]
-        assert variables["PROVIDER_API_KEY_SECRET"] == SECRET_ARN
-        assert variables["JOBS_QUEUE_URL"] == outputs["JobsQueueUrl"]
-        assert variables["INPUTS_PREFIX"] == outputs["InputsPrefix"] == "inputs/"
-        assert variables["BATCHES_PREFIX"] == outputs["BatchesPrefix"] == "batches/"
+    resolved = {
+        "JOBS_TABLE": outputs["JobsTableName"],
+        "OUTPUT_BUCKET": outputs["OutputBucketName"],
+        "STATE_MACHINE_ARN": outputs["StateMachineArn"],
+        "PROVIDER_API_KEY_SECRET": SECRET_ARN,
+        "JOBS_QUEUE_URL": outputs["JobsQueueUrl"],
+        "INPUTS_PREFIX": outputs["InputsPrefix"],
+        "BATCHES_PREFIX": outputs["BatchesPrefix"],
+    }
+    assert (resolved["INPUTS_PREFIX"], resolved["BATCHES_PREFIX"]) == ("inputs/", "batches/")
+    declared = function_environments(translated_template)
+    resources = boto3.client("cloudformation", region_name=REGION).describe_stack_resources(StackName=STACK)
+    names = {
+        r["LogicalResourceId"]: r["PhysicalResourceId"]
+        for r in resources["StackResources"]
+        if r.get("LogicalResourceId") in declared  # moto lists the resources it skipped without one
+    }
+    assert set(names) == set(declared)
+    lambda_client = boto3.client("lambda", region_name=REGION)
+    for logical_id, name in names.items():
+        variables = lambda_client.get_function_configuration(FunctionName=name)["Environment"]["Variables"]
+        assert set(variables) == set(declared[logical_id]), logical_id
+        for variable in resolved.keys() & variables.keys():
+            assert variables[variable] == resolved[variable], f"{logical_id}: {variable}"
+    # Every resolved variable reaches at least one function (none is left unchecked).
+    assert set(resolved) <= {v for variables in declared.values() for v in variables}
     sqs = boto3.client("sqs", region_name=REGION)
     attributes = sqs.get_queue_attributes(QueueUrl=outputs["JobsQueueUrl"], AttributeNames=["All"])[
         "Attributes"

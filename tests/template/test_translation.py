@@ -261,32 +261,45 @@ def test_jobs_queue_redrives_to_an_encrypted_dead_letter_queue(translated_templa
         _assert_queue_encrypted(properties)
 
 
-def _documented_environment() -> dict[str, str | None]:
-    """Variable -> fixed value (None when set from a parameter or resource), from the architecture doc."""
+def _documented_environment() -> dict[str, tuple[set[str] | None, str | None]]:
+    """Variable -> (functions reading it, None for every function; fixed value or None), from the
+    table in docs/architecture.md."""
     section = architecture_section("Function environment")
-    found = re.findall(r"`([A-Z][A-Z0-9_]+)(?:=([^`]*))?`", section)
-    assert len(found) >= 10, "could not read the variable list from docs/architecture.md"
-    return {name: (value or None) for name, value in found}
+    documented: dict[str, tuple[set[str] | None, str | None]] = {}
+    for variables, readers in re.findall(r"^\| (`[A-Z].*?) \| (.*?) \|", section, flags=re.M):
+        functions = (
+            None
+            if readers.startswith("every function")
+            else {f"{name.strip()}Function" for name in readers.split(",")}
+        )
+        for name, value in re.findall(r"`([A-Z][A-Z0-9_]+)(?:=([^`]*))?`", variables):
+            documented[name] = (functions, value or None)
+    assert len(documented) >= 10, "could not read the variable table from docs/architecture.md"
+    return documented
 
 
-def test_every_function_gets_every_documented_environment_variable(translated_template: Template) -> None:
+def test_the_documented_environment_is_each_functions_template_environment(
+    translated_template: Template,
+) -> None:
     documented = _documented_environment()
     functions = resources_of_type(translated_template, "AWS::Lambda::Function")
-    assert len(functions) >= 4
-    environments = [f["Properties"]["Environment"]["Variables"] for f in functions.values()]
-    for name, variables in zip(functions, environments, strict=True):
-        missing = sorted(set(documented) - set(variables))
-        assert missing == [], f"{name} lacks {missing}"
-        for variable, value in documented.items():
+    assert len(functions) == 5
+    for name, function in functions.items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        expected = {v for v, (readers, _) in documented.items() if readers is None or name in readers}
+        assert set(variables) == expected, name
+        for variable in expected:
+            value = documented[variable][1]
             if value is not None:
                 assert variables[variable] == value, f"{name}: {variable}"
-    assert all(env == environments[0] for env in environments), "functions must share one environment"
 
 
 def test_state_machine_arn_variable_names_the_state_machine(translated_template: Template) -> None:
     resources = translated_template["Resources"]
     name = resources["JobStateMachine"]["Properties"]["StateMachineName"]["Fn::Sub"]
-    env_arn = _function(translated_template, "PollFunction")["Environment"]["Variables"]["STATE_MACHINE_ARN"]
+    env_arn = _function(translated_template, "IntakeFunction")["Environment"]["Variables"][
+        "STATE_MACHINE_ARN"
+    ]
     assert env_arn["Fn::Sub"].endswith(f":stateMachine:{name}")
     start = next(
         s
@@ -370,7 +383,9 @@ def test_state_machine_may_start_only_executions_of_itself(translated_template: 
     definition = json.loads((REPO_ROOT / "statemachine" / "job.asl.json").read_text(encoding="utf-8"))
     resources = {state.get("Resource") for state in definition["States"].values()}
     assert "arn:aws:states:::states:startExecution" in resources
-    env_arn = _function(translated_template, "PollFunction")["Environment"]["Variables"]["STATE_MACHINE_ARN"]
+    env_arn = _function(translated_template, "IntakeFunction")["Environment"]["Variables"][
+        "STATE_MACHINE_ARN"
+    ]
     starts = [
         statement
         for statement in _statements_of(translated_template, "JobStateMachineRole")
@@ -547,18 +562,24 @@ def test_s3_intake_gets_only_what_it_needs(translated_template: Template) -> Non
     assert role == {"Fn::GetAtt": ["S3IntakeFunctionRole", "Arn"]}
 
 
-def test_upload_variables_are_in_every_function_environment(translated_template: Template) -> None:
-    expected = {
+def test_upload_variables_are_in_the_functions_that_read_them(translated_template: Template) -> None:
+    upload = {
         "INPUTS_PREFIX": {"Ref": "InputsPrefix"},
         "BATCHES_PREFIX": {"Ref": "BatchesPrefix"},
         "RECIPES_PREFIX": {"Ref": "RecipesPrefix"},
         "MAX_UPLOAD_BYTES": {"Ref": "MaxUploadBytes"},
-        "JOBS_QUEUE_URL": {"Ref": "JobsQueue"},
+    }
+    readers = {
+        "S3IntakeFunction": set(upload),
+        # It reads the trigger prefixes only to refuse an OUTPUT_PREFIX under them.
+        "StoreOutputsFunction": {"INPUTS_PREFIX", "BATCHES_PREFIX"},
     }
     for name, function in resources_of_type(translated_template, "AWS::Lambda::Function").items():
         variables = function["Properties"]["Environment"]["Variables"]
-        for variable, value in expected.items():
-            assert variables[variable] == value, f"{name}: {variable}"
+        present = {variable: variables[variable] for variable in upload if variable in variables}
+        assert present == {variable: upload[variable] for variable in readers.get(name, ())}, name
+    s3_intake = _function(translated_template, "S3IntakeFunction")["Environment"]["Variables"]
+    assert s3_intake["JOBS_QUEUE_URL"] == {"Ref": "JobsQueue"}
 
 
 def test_upload_outputs(translated_template: Template) -> None:

@@ -1,12 +1,18 @@
-"""Function configuration: every environment variable the handlers read (docs/architecture.md)."""
+"""Function configuration: one environment model per handler, composed from shared field groups.
+
+Each field names the environment variable it is read from (``variable(...)``), so a handler's
+model is exactly the set of variables that handler reads; its ``from_env`` runs at module import,
+so a missing or invalid variable fails the function's init, naming the variable
+(docs/architecture.md, "Function environment").
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -25,6 +31,13 @@ def _required(environ: Mapping[str, str], name: str) -> str:
     if not value:
         raise ConfigError(name, "is required but missing or empty")
     return value
+
+
+def _http_url(environ: Mapping[str, str], name: str) -> str:
+    url = _required(environ, name).rstrip("/")
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError(name, f"must be an http(s) URL, got {url!r}")
+    return url
 
 
 def _number(
@@ -77,91 +90,165 @@ def _prefix(environ: Mapping[str, str], name: str, default: str) -> str:
     return value if value.endswith("/") else value + "/"
 
 
+def _refuse_overlaps(triggers: Mapping[str, str], others: Mapping[str, str]) -> None:
+    """No recursion: nothing written or read as configuration may lie under (or over) a prefix
+    whose uploads start work. Names the overlapping variable of ``others``."""
+    for trigger, trigger_value in triggers.items():
+        for other, value in others.items():
+            if other != trigger and (value.startswith(trigger_value) or trigger_value.startswith(value)):
+                raise ConfigError(
+                    other, f"{value!r} overlaps {trigger} {trigger_value!r} (uploads there start jobs)"
+                )
+
+
+_SOURCE = "imagejobs.environment"
+
+
 @dataclass(frozen=True)
-class Settings:
-    jobs_table: str
-    output_bucket: str
-    state_machine_arn: str
-    provider_base_url: str
-    provider_api_key_secret: str
-    poll_interval_seconds: int = 2
-    max_wait_image_seconds: int = 600
-    max_wait_video_seconds: int = 1800
-    output_prefix: str = "outputs/"
-    max_output_bytes: int = 512 * 1024 * 1024
-    url_allow_hosts: tuple[str, ...] = ()
-    presign_ttl_seconds: int = 3600
-    # EXPRESS executions stop at 5 minutes: a job's execution hands over to a fresh one after this
-    # many seconds (statemachine/job.asl.json, HandOver). 0 = never (STANDARD).
-    handover_after_seconds: float = 0.0
-    # S3 upload triggers (docs/uploads.md); only S3IntakeFunction needs JOBS_QUEUE_URL.
-    inputs_prefix: str = "inputs/"
-    batches_prefix: str = "batches/"
-    recipes_prefix: str = "recipes/"
-    max_upload_bytes: int = 50 * 1024 * 1024
-    jobs_queue_url: str = ""
-    # JobsQueue's redrive maxReceiveCount (template parameter JobsMaxReceiveCount): the receive
-    # after which a failed job message goes to the DLQ. 0 = unknown (nothing noted on the record).
-    jobs_max_receive_count: int = 0
-    service_name: str = "imagejobs"
-    metrics_namespace: str = "ImageJobs"
-    log_level: str = "INFO"
+class _Source:
+    name: str
+    read: Callable[..., Any]
+    options: tuple[Any, ...]
+
+
+def variable(name: str, read: Callable[..., Any], *options: Any) -> dict[str, _Source]:
+    """Field metadata: the field's value is ``read(environ, name, *options)``."""
+    return {_SOURCE: _Source(name, read, options)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvironmentSettings:
+    """Root of every field group and handler model: reads each field from its variable."""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         env = os.environ if environ is None else environ
-        base_url = _required(env, "PROVIDER_BASE_URL").rstrip("/")
-        if not base_url.startswith(("https://", "http://")):
-            raise ConfigError("PROVIDER_BASE_URL", f"must be an http(s) URL, got {base_url!r}")
-        log_level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
-        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ConfigError(
-                "LOG_LEVEL", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {log_level!r}"
-            )
-        return cls(
-            jobs_table=_required(env, "JOBS_TABLE"),
-            output_bucket=_required(env, "OUTPUT_BUCKET"),
-            state_machine_arn=_required(env, "STATE_MACHINE_ARN"),
-            provider_base_url=base_url,
-            provider_api_key_secret=_required(env, "PROVIDER_API_KEY_SECRET"),
-            poll_interval_seconds=_number(env, "POLL_INTERVAL_SECONDS", 2, int, 0),
-            max_wait_image_seconds=_number(env, "MAX_WAIT_IMAGE_SECONDS", 600, int, 1),
-            max_wait_video_seconds=_number(env, "MAX_WAIT_VIDEO_SECONDS", 1800, int, 1),
-            output_prefix=_prefix(env, "OUTPUT_PREFIX", "outputs/"),
-            max_output_bytes=_number(env, "MAX_OUTPUT_BYTES", 512 * 1024 * 1024, int, 1),
-            url_allow_hosts=_allow_hosts(env, "URL_ALLOW_HOSTS"),
-            presign_ttl_seconds=_number(env, "PRESIGN_TTL_SECONDS", 3600, int, 1),
-            handover_after_seconds=_handover_after(env, "HANDOVER_AFTER_SECONDS"),
-            inputs_prefix=_prefix(env, "INPUTS_PREFIX", "inputs/"),
-            batches_prefix=_prefix(env, "BATCHES_PREFIX", "batches/"),
-            recipes_prefix=_prefix(env, "RECIPES_PREFIX", "recipes/"),
-            max_upload_bytes=_number(env, "MAX_UPLOAD_BYTES", 50 * 1024 * 1024, int, 1),
-            jobs_queue_url=env.get("JOBS_QUEUE_URL", "").strip(),
-            jobs_max_receive_count=_number(env, "JOBS_MAX_RECEIVE_COUNT", 0, int, 0),
-            service_name=env.get("POWERTOOLS_SERVICE_NAME", "").strip() or "imagejobs",
-            metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", "").strip() or "ImageJobs",
-            log_level=log_level,
-        )
+        values = {}
+        for each in fields(cls):
+            source: _Source = each.metadata[_SOURCE]
+            values[each.name] = source.read(env, source.name, *source.options)
+        return cls(**values)
 
     def __post_init__(self) -> None:
-        # No recursion: outputs (and the prefixes read as configuration) must never lie under a
-        # prefix whose uploads start work, nor may the two trigger prefixes overlap.
-        named = {
-            "OUTPUT_PREFIX": self.output_prefix,
-            "INPUTS_PREFIX": self.inputs_prefix,
-            "BATCHES_PREFIX": self.batches_prefix,
-            "RECIPES_PREFIX": self.recipes_prefix,
-        }
-        for trigger in ("INPUTS_PREFIX", "BATCHES_PREFIX"):
-            for other, value in named.items():
-                if (
-                    other != trigger
-                    and value
-                    and (value.startswith(named[trigger]) or named[trigger].startswith(value))
-                ):
-                    raise ConfigError(
-                        other, f"{value!r} overlaps {trigger} {named[trigger]!r} (uploads there start jobs)"
-                    )
+        """Cross-field checks: each group's ``__post_init__`` checks its own fields, then calls super()."""
+
+
+# ----------------------------------------------------------------------------- field groups
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRecordsSettings(EnvironmentSettings):
+    jobs_table: str = field(metadata=variable("JOBS_TABLE", _required))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderSettings(EnvironmentSettings):
+    provider_base_url: str = field(metadata=variable("PROVIDER_BASE_URL", _http_url))
+    # A Secrets Manager name or ARN: the key itself never sits in the environment.
+    provider_api_key_secret: str = field(metadata=variable("PROVIDER_API_KEY_SECRET", _required))
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputBucketSettings(EnvironmentSettings):
+    # The stack's bucket: outputs, uploads, and the only bucket s3:// input images may name.
+    output_bucket: str = field(metadata=variable("OUTPUT_BUCKET", _required))
+
+
+@dataclass(frozen=True, kw_only=True)
+class UrlPolicySettings(EnvironmentSettings):
+    # host:port entries exempt from the https / public-address URL checks (the local stack only).
+    url_allow_hosts: tuple[str, ...] = field(metadata=variable("URL_ALLOW_HOSTS", _allow_hosts))
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobInputSettings(OutputBucketSettings, UrlPolicySettings):
+    """What ``jobs.parse_job`` checks a job's input URLs against."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobsQueueSettings(EnvironmentSettings):
+    jobs_queue_url: str = field(metadata=variable("JOBS_QUEUE_URL", _required))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutionSettings(EnvironmentSettings):
+    """The wait-loop a submitted job starts (statemachine/job.asl.json) and its execution input."""
+
+    state_machine_arn: str = field(metadata=variable("STATE_MACHINE_ARN", _required))
+    poll_interval_seconds: int = field(metadata=variable("POLL_INTERVAL_SECONDS", _number, 2, int, 0))
+    max_wait_image_seconds: int = field(metadata=variable("MAX_WAIT_IMAGE_SECONDS", _number, 600, int, 1))
+    max_wait_video_seconds: int = field(metadata=variable("MAX_WAIT_VIDEO_SECONDS", _number, 1800, int, 1))
+    # EXPRESS executions stop at 5 minutes: a job's execution hands over to a fresh one after this
+    # many seconds (statemachine/job.asl.json, HandOver). 0 = never (STANDARD).
+    handover_after_seconds: float = field(metadata=variable("HANDOVER_AFTER_SECONDS", _handover_after))
 
     def max_wait_seconds(self, kind: str) -> int:
         return self.max_wait_video_seconds if kind == "video" else self.max_wait_image_seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerPrefixSettings(EnvironmentSettings):
+    """The prefixes whose uploads start work (docs/uploads.md); they must not overlap each other."""
+
+    inputs_prefix: str = field(metadata=variable("INPUTS_PREFIX", _prefix, "inputs/"))
+    batches_prefix: str = field(metadata=variable("BATCHES_PREFIX", _prefix, "batches/"))
+
+    def trigger_prefixes(self) -> dict[str, str]:
+        return {"INPUTS_PREFIX": self.inputs_prefix, "BATCHES_PREFIX": self.batches_prefix}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _refuse_overlaps(self.trigger_prefixes(), self.trigger_prefixes())
+
+
+# ----------------------------------------------------------------------------- one model per handler
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntakeSettings(
+    JobRecordsSettings, ProviderSettings, JobInputSettings, JobsQueueSettings, ExecutionSettings
+):
+    """IntakeFunction: validate, record, submit once, start the wait-loop."""
+
+    presign_ttl_seconds: int = field(metadata=variable("PRESIGN_TTL_SECONDS", _number, 3600, int, 1))
+    # JobsQueue's redrive maxReceiveCount (template parameter JobsMaxReceiveCount): the receive
+    # after which a failed job message goes to the DLQ. 0 = unknown (nothing noted on the record).
+    jobs_max_receive_count: int = field(metadata=variable("JOBS_MAX_RECEIVE_COUNT", _number, 0, int, 0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PollSettings(ProviderSettings):
+    """PollFunction: only talks to the provider (the job's state travels in the execution)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreOutputsSettings(
+    JobRecordsSettings, OutputBucketSettings, UrlPolicySettings, TriggerPrefixSettings
+):
+    """StoreOutputsFunction: streams outputs into the bucket, never under a prefix whose uploads
+    start work (it reads the trigger prefixes only to refuse such an OUTPUT_PREFIX)."""
+
+    output_prefix: str = field(metadata=variable("OUTPUT_PREFIX", _prefix, "outputs/"))
+    max_output_bytes: int = field(metadata=variable("MAX_OUTPUT_BYTES", _number, 512 * 1024 * 1024, int, 1))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _refuse_overlaps(self.trigger_prefixes(), {"OUTPUT_PREFIX": self.output_prefix})
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalizeSettings(JobRecordsSettings):
+    """FinalizeFunction: records a terminal FAILED / TIMED_OUT job."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class S3IntakeSettings(JobRecordsSettings, JobInputSettings, JobsQueueSettings, TriggerPrefixSettings):
+    """S3IntakeFunction: uploads under the trigger prefixes become jobs on the jobs queue."""
+
+    # Named recipes are read as configuration: an upload must never be able to start work there.
+    recipes_prefix: str = field(metadata=variable("RECIPES_PREFIX", _prefix, "recipes/"))
+    max_upload_bytes: int = field(metadata=variable("MAX_UPLOAD_BYTES", _number, 50 * 1024 * 1024, int, 1))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _refuse_overlaps(self.trigger_prefixes(), {"RECIPES_PREFIX": self.recipes_prefix})

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from imagejobs import catalog, jobs
 from imagejobs import store as records
-from imagejobs.config import Settings
+from imagejobs.config import ExecutionSettings, IntakeSettings
 from imagejobs.observability import (
     CREDITS_USED,
     JOBS_REJECTED,
@@ -60,7 +60,7 @@ def execution_arn(state_machine_arn: str, name: str) -> str:
 
 
 def execution_input(
-    job_id: str, task_id: str, kind: str, settings: Settings, submitted_at: float
+    job_id: str, task_id: str, kind: str, settings: ExecutionSettings, submitted_at: float
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "jobId": job_id,
@@ -79,7 +79,7 @@ def execution_input(
     return payload
 
 
-def start_execution(sfn: Any, settings: Settings, job_id: str, payload: Mapping[str, Any]) -> str:
+def start_execution(sfn: Any, settings: ExecutionSettings, job_id: str, payload: Mapping[str, Any]) -> str:
     """StartExecution named after the job; an existing execution of that name counts as success."""
     try:
         response = sfn.start_execution(
@@ -93,7 +93,7 @@ def start_execution(sfn: Any, settings: Settings, job_id: str, payload: Mapping[
         raise
 
 
-def _restart(record: Mapping[str, Any], *, sfn: Any, settings: Settings) -> IntakeOutcome:
+def _restart(record: Mapping[str, Any], *, sfn: Any, settings: ExecutionSettings) -> IntakeOutcome:
     """Duplicate delivery of a SUBMITTED job: make sure its execution runs, then ack."""
     job_id = str(record["jobId"])
     submitted_at = record.get("submittedAt") or record.get("updatedAt")
@@ -143,7 +143,7 @@ def handle_job_message(
     provider: Any,
     sfn: Any,
     s3: Any,
-    settings: Settings,
+    settings: IntakeSettings,
     lease_seconds: float = 900.0,
     now: Callable[[], float] = time.time,
     parse: Callable[..., jobs.JobRequest] = jobs.parse_job,

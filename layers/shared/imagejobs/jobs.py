@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from imagejobs import catalog, urls
 
 if TYPE_CHECKING:
-    from imagejobs.config import Settings
+    from imagejobs.config import JobInputSettings
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 # A job id names its Step Functions execution (80 characters, no spaces or punctuation).
@@ -200,7 +200,7 @@ def parse_job(
     payload: str | bytes | Mapping[str, Any],
     default_job_id: str,
     *,
-    settings: Settings | None = None,
+    settings: JobInputSettings | None = None,
     input_bucket: str | None = None,
     allow_hosts: Iterable[str] | None = None,
     resolver: urls.Resolver = socket.getaddrinfo,

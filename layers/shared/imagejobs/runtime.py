@@ -1,6 +1,8 @@
-"""Lazily built, cached dependencies of the Lambda handlers (one set per module instance).
+"""Each handler's dependencies, built from its own settings: one runtime class per handler.
 
-boto3 honours ``AWS_ENDPOINT_URL``, so the same wiring talks to AWS or to the local stack.
+The settings are parsed before a runtime exists (at the handler's import); the clients are built
+on first use and cached, so importing a handler stays cheap (bench/cold_start.py). boto3 honours
+``AWS_ENDPOINT_URL``, so the same wiring talks to AWS or to the local stack.
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ from typing import Any
 
 import requests
 
-from imagejobs.config import Settings
+from imagejobs.config import (
+    FinalizeSettings,
+    IntakeSettings,
+    JobRecordsSettings,
+    PollSettings,
+    ProviderSettings,
+    S3IntakeSettings,
+    StoreOutputsSettings,
+)
 from imagejobs.copier import OutputCopier
 from imagejobs.provider import ProviderClient
 from imagejobs.secrets import ApiKeySource
@@ -25,13 +35,8 @@ def _boto3() -> Any:
     return boto3
 
 
-class Runtime:
-    def __init__(self, settings: Settings | None = None) -> None:
-        self._settings = settings
-
-    @cached_property
-    def settings(self) -> Settings:
-        return self._settings or Settings.from_env()
+class _JobRecords:
+    settings: JobRecordsSettings
 
     @cached_property
     def table(self) -> Any:
@@ -41,22 +46,51 @@ class Runtime:
     def store(self) -> JobStore:
         return JobStore(self.table)
 
-    @cached_property
-    def s3(self) -> Any:
-        return _boto3().client("s3")
 
-    @cached_property
-    def sqs(self) -> Any:
-        return _boto3().client("sqs")
-
-    @cached_property
-    def sfn(self) -> Any:
-        return _boto3().client("stepfunctions")
+class _Provider:
+    settings: ProviderSettings
 
     @cached_property
     def provider(self) -> ProviderClient:
         api_key = ApiKeySource(self.settings.provider_api_key_secret, _boto3().client("secretsmanager"))
         return ProviderClient(self.settings.provider_base_url, api_key)
+
+
+class _S3:
+    @cached_property
+    def s3(self) -> Any:
+        return _boto3().client("s3")
+
+
+class _Sqs:
+    @cached_property
+    def sqs(self) -> Any:
+        return _boto3().client("sqs")
+
+
+class IntakeRuntime(_JobRecords, _Provider, _S3, _Sqs):
+    settings: IntakeSettings
+
+    def __init__(self, settings: IntakeSettings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def sfn(self) -> Any:
+        return _boto3().client("stepfunctions")
+
+
+class PollRuntime(_Provider):
+    settings: PollSettings
+
+    def __init__(self, settings: PollSettings) -> None:
+        self.settings = settings
+
+
+class StoreOutputsRuntime(_JobRecords, _S3):
+    settings: StoreOutputsSettings
+
+    def __init__(self, settings: StoreOutputsSettings) -> None:
+        self.settings = settings
 
     @cached_property
     def copier(self) -> OutputCopier:
@@ -73,3 +107,17 @@ class Runtime:
             max_bytes=self.settings.max_output_bytes,
             allow_hosts=self.settings.url_allow_hosts,
         )
+
+
+class FinalizeRuntime(_JobRecords):
+    settings: FinalizeSettings
+
+    def __init__(self, settings: FinalizeSettings) -> None:
+        self.settings = settings
+
+
+class S3IntakeRuntime(_JobRecords, _S3, _Sqs):
+    settings: S3IntakeSettings
+
+    def __init__(self, settings: S3IntakeSettings) -> None:
+        self.settings = settings

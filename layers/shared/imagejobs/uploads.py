@@ -35,7 +35,7 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from botocore.exceptions import ClientError
 
 from imagejobs import jobs
-from imagejobs.config import Settings
+from imagejobs.config import S3IntakeSettings, TriggerPrefixSettings
 from imagejobs.copier import sniff
 from imagejobs.jsonl import iter_capped_lines
 from imagejobs.observability import count, logger
@@ -158,7 +158,7 @@ def version_of(value: Any) -> str | None:
     return str(value) if value and value != "null" else None
 
 
-def classify(key: str, settings: Settings) -> tuple[Kind, str]:
+def classify(key: str, settings: TriggerPrefixSettings) -> tuple[Kind, str]:
     if key.startswith(settings.batches_prefix):
         if key.endswith(REPORT_SUFFIX):
             return "ignored", "a batch report this function wrote"
@@ -178,7 +178,7 @@ def classify(key: str, settings: Settings) -> tuple[Kind, str]:
     return "ignored", f"outside {settings.inputs_prefix} and {settings.batches_prefix}"
 
 
-def trigger_prefix_problem(prefix: str | None, settings: Settings) -> str | None:
+def trigger_prefix_problem(prefix: str | None, settings: TriggerPrefixSettings) -> str | None:
     """Why outputs under ``prefix`` would start new work (recursion), or None."""
     if not prefix:
         return None
@@ -259,7 +259,10 @@ class _Resolved:
 
 
 def _recipe_name(
-    ref: S3ObjectRef, metadata: Mapping[str, str], sidecar: Mapping[str, Any] | None, settings: Settings
+    ref: S3ObjectRef,
+    metadata: Mapping[str, str],
+    sidecar: Mapping[str, Any] | None,
+    settings: TriggerPrefixSettings,
 ) -> tuple[str | None, bool]:
     """(recipe name, explicitly named): metadata beats sidecar beats the first sub-prefix."""
     if metadata.get(RECIPE_METADATA):
@@ -275,7 +278,7 @@ def _recipe_name(
 
 
 def resolve_image_job(
-    ref: S3ObjectRef, metadata: Mapping[str, str], *, s3: Any, settings: Settings
+    ref: S3ObjectRef, metadata: Mapping[str, str], *, s3: Any, settings: S3IntakeSettings
 ) -> _Resolved:
     """The job message for an image upload (recipe < sidecar < object metadata), and what is wrong with it."""
     resolved = _Resolved({})
@@ -425,7 +428,7 @@ def handle_image_upload(
     s3: Any,
     sqs: Any,
     store: JobStore,
-    settings: Settings,
+    settings: S3IntakeSettings,
     now: Callable[[], float] = time.time,
 ) -> UploadOutcome:
     """Validate the upload (exists, not ours, size, magic bytes), resolve its options, enqueue the job."""
@@ -504,7 +507,7 @@ def handle_sidecar_upload(
     s3: Any,
     sqs: Any,
     store: JobStore,
-    settings: Settings,
+    settings: S3IntakeSettings,
     now: Callable[[], float] = time.time,
 ) -> UploadOutcome:
     """A sidecar uploaded after its image starts the image's job; one uploaded first waits for it."""
@@ -644,7 +647,7 @@ def process_batch(
     *,
     s3: Any,
     sqs: Any,
-    settings: Settings,
+    settings: S3IntakeSettings,
     time_left: Callable[[], float] | None = None,
     now: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
@@ -759,13 +762,11 @@ def handle_upload_message(
     s3: Any,
     sqs: Any,
     store: JobStore,
-    settings: Settings,
+    settings: S3IntakeSettings,
     time_left: Callable[[], float] | None = None,
     now: Callable[[], float] = time.time,
 ) -> list[UploadOutcome]:
     """Every object of one uploads-queue message; raises (the message is retried) on AWS errors."""
-    if not settings.jobs_queue_url:
-        raise UploadEventError("JOBS_QUEUE_URL is not set: S3IntakeFunction cannot enqueue jobs")
     outcomes = []
     for ref in parse_upload_message(body):
         kind, why = classify(ref.key, settings)

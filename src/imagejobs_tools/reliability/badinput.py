@@ -167,7 +167,7 @@ class InProcessEnv:
 
 def in_process_env(api_key: str) -> Iterator[InProcessEnv]:
     """Generator-based context: `with contextlib.contextmanager(in_process_env)(key) as env`."""
-    from imagejobs.config import Settings
+    from imagejobs.config import IntakeSettings
     from imagejobs.provider import ProviderClient
     from imagejobs.secrets import ApiKeySource
     from imagejobs.store import JobStore
@@ -194,13 +194,17 @@ def in_process_env(api_key: str) -> Iterator[InProcessEnv]:
             SimulatorConfig(api_keys={api_key: 1000}, latency=(0.0, 0.01), log_requests=False)
         )
         try:
-            settings = Settings(
-                jobs_table=TABLE,
-                output_bucket=BUCKET,
-                state_machine_arn=machine,
-                provider_base_url=sim.url,
-                provider_api_key_secret=SECRET,
-                poll_interval_seconds=0,
+            settings = IntakeSettings.from_env(
+                {
+                    "JOBS_TABLE": TABLE,
+                    "OUTPUT_BUCKET": BUCKET,
+                    "STATE_MACHINE_ARN": machine,
+                    "PROVIDER_BASE_URL": sim.url,
+                    "PROVIDER_API_KEY_SECRET": SECRET,
+                    "POLL_INTERVAL_SECONDS": "0",
+                    # Required of IntakeFunction (its handler); handle_job_message never reads it.
+                    "JOBS_QUEUE_URL": f"https://sqs.{REGION}.amazonaws.com/123456789012/imagejobs-reliability",
+                }
             )
             provider = ProviderClient(sim.url, ApiKeySource(SECRET, secrets), max_attempts=1)
             table = dynamodb.Table(TABLE)

@@ -120,14 +120,13 @@ def test_the_socket_goes_to_the_adapters_answer_and_the_host_header_keeps_the_na
     assert private.hosts == [host]
 
 
-def test_the_functions_copier_uses_pinned_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    from imagejobs.runtime import Runtime
+def test_the_functions_copier_uses_pinned_connections() -> None:
+    from imagejobs.config import StoreOutputsSettings
+    from imagejobs.runtime import StoreOutputsRuntime
 
-    from tests.conftest import FUNCTION_ENV
+    from tests.conftest import SAMPLE_ENV
 
-    for name, value in FUNCTION_ENV.items():
-        monkeypatch.setenv(name, value)
-    copier = Runtime().copier
+    copier = StoreOutputsRuntime(StoreOutputsSettings.from_env(SAMPLE_ENV)).copier
     assert isinstance(copier.session.get_adapter("https://cdn.example.com/x.png"), PinnedAddressAdapter)
     assert isinstance(copier.session.get_adapter("http://sim.test:1/x.png"), PinnedAddressAdapter)
 

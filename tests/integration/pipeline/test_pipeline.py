@@ -24,7 +24,7 @@ from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from imagejobs_tools.sim import SimulatorConfig, start_simulator
-from tests.conftest import FUNCTION_ENV, FakeLambdaContext
+from tests.conftest import SAMPLE_ENV, FakeLambdaContext
 from tests.unit.domain.fakes import create_jobs_table
 
 pytestmark = pytest.mark.integration
@@ -111,7 +111,7 @@ def _pipeline(
     try:
         host_port = sim.url.split("://", 1)[1]
         env = {
-            **FUNCTION_ENV,
+            **SAMPLE_ENV,
             "PROVIDER_BASE_URL": sim.url,
             "URL_ALLOW_HOSTS": host_port,
             "PROVIDER_API_KEY_SECRET": SECRET_NAME,
@@ -131,8 +131,8 @@ def _pipeline(
             store, s3, sfn = _create_resources(env)
             handlers = {name: load_handler(name) for name in ("intake", "poll", "store_outputs", "finalize")}
             yield Pipeline(sim, store, s3, sfn, env, handlers, FakeLambdaContext())
-            for module in handlers.values():
-                module.runtime.provider.close()
+            for name in ("intake", "poll"):  # the functions that talk to the provider
+                handlers[name].runtime.provider.close()
     finally:
         if server is not None:
             server.stop()

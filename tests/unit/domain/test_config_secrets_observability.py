@@ -6,72 +6,93 @@ from typing import Any
 
 import boto3
 import pytest
-from imagejobs.config import ConfigError, Settings
+from imagejobs.config import (
+    ConfigError,
+    EnvironmentSettings,
+    FinalizeSettings,
+    IntakeSettings,
+    PollSettings,
+    StoreOutputsSettings,
+)
 from imagejobs.observability import redact, safe_url
 from imagejobs.secrets import ApiKeySource, SecretNotConfigured, parse_api_key
 from moto import mock_aws
 
-from tests.conftest import FUNCTION_ENV
+from tests.conftest import SAMPLE_ENV
 
 
-def test_settings_from_env_reads_every_variable() -> None:
-    env = {**FUNCTION_ENV, "URL_ALLOW_HOSTS": "127.0.0.1:8080, sim.local:9000", "OUTPUT_PREFIX": "out"}
-    settings = Settings.from_env(env)
-    assert settings.jobs_table == "imagejobs-jobs"
-    assert settings.output_bucket == "imagejobs-outputs"
-    assert settings.state_machine_arn.endswith(":stateMachine:imagejobs-job")
-    assert settings.provider_base_url == "https://provider.invalid"
-    assert settings.provider_api_key_secret == "imagejobs/provider-api-key"
-    assert settings.poll_interval_seconds == 2
-    assert settings.max_wait_seconds("image") == 600
-    assert settings.max_wait_seconds("video") == 1800
-    assert settings.output_prefix == "out/"
-    assert settings.max_output_bytes == 64 * 1024 * 1024
-    assert settings.url_allow_hosts == ("127.0.0.1:8080", "sim.local:9000")
-    assert settings.presign_ttl_seconds == 900
-    assert settings.log_level == "INFO"
-
-
-def test_settings_defaults_for_optional_variables() -> None:
-    required = {k: FUNCTION_ENV[k] for k in ("JOBS_TABLE", "OUTPUT_BUCKET", "STATE_MACHINE_ARN")}
-    required |= {"PROVIDER_BASE_URL": "https://p.example/", "PROVIDER_API_KEY_SECRET": "s"}
-    settings = Settings.from_env(required)
-    assert settings.provider_base_url == "https://p.example"
-    assert (settings.poll_interval_seconds, settings.output_prefix, settings.url_allow_hosts) == (
-        2,
-        "outputs/",
-        (),
+def test_each_handler_model_reads_its_variables() -> None:
+    env = {**SAMPLE_ENV, "URL_ALLOW_HOSTS": "127.0.0.1:8080, sim.local:9000", "OUTPUT_PREFIX": "out"}
+    intake = IntakeSettings.from_env(env)
+    assert intake.jobs_table == "imagejobs-jobs"
+    assert intake.output_bucket == "imagejobs-outputs"
+    assert intake.state_machine_arn.endswith(":stateMachine:imagejobs-job")
+    assert intake.provider_base_url == "https://provider.invalid"
+    assert intake.provider_api_key_secret == "imagejobs/provider-api-key"
+    assert intake.poll_interval_seconds == 2
+    assert intake.max_wait_seconds("image") == 600
+    assert intake.max_wait_seconds("video") == 1800
+    assert intake.url_allow_hosts == ("127.0.0.1:8080", "sim.local:9000")
+    assert intake.presign_ttl_seconds == 900
+    assert intake.jobs_queue_url == SAMPLE_ENV["JOBS_QUEUE_URL"]
+    store_outputs = StoreOutputsSettings.from_env(env)
+    assert store_outputs.output_prefix == "out/"
+    assert store_outputs.max_output_bytes == 64 * 1024 * 1024
+    assert store_outputs.url_allow_hosts == intake.url_allow_hosts
+    poll = PollSettings.from_env(env)
+    assert (poll.provider_base_url, poll.provider_api_key_secret) == (
+        intake.provider_base_url,
+        intake.provider_api_key_secret,
     )
-    assert settings.service_name == "imagejobs"
-    assert settings.metrics_namespace == "ImageJobs"
+    assert FinalizeSettings.from_env(env).jobs_table == "imagejobs-jobs"
+
+
+def test_each_model_needs_only_its_own_variables() -> None:
+    poll = PollSettings.from_env({"PROVIDER_BASE_URL": "https://p.example/", "PROVIDER_API_KEY_SECRET": "s"})
+    assert poll.provider_base_url == "https://p.example"
+    assert FinalizeSettings.from_env({"JOBS_TABLE": "t"}).jobs_table == "t"
+
+
+def test_defaults_for_optional_variables() -> None:
+    required = {k: SAMPLE_ENV[k] for k in ("JOBS_TABLE", "OUTPUT_BUCKET", "STATE_MACHINE_ARN")}
+    required |= {"PROVIDER_BASE_URL": "https://p.example", "PROVIDER_API_KEY_SECRET": "s"}
+    intake = IntakeSettings.from_env({**required, "JOBS_QUEUE_URL": "q"})
+    assert (intake.poll_interval_seconds, intake.url_allow_hosts, intake.presign_ttl_seconds) == (2, (), 3600)
+    assert (intake.handover_after_seconds, intake.jobs_max_receive_count) == (0, 0)
+    store_outputs = StoreOutputsSettings.from_env(required)
+    assert (store_outputs.output_prefix, store_outputs.max_output_bytes) == ("outputs/", 512 * 1024 * 1024)
 
 
 @pytest.mark.parametrize(
-    ("override", "variable", "reason_part"),
+    ("model", "override", "variable", "reason_part"),
     [
-        ({"JOBS_TABLE": ""}, "JOBS_TABLE", "required"),
-        ({"OUTPUT_BUCKET": "  "}, "OUTPUT_BUCKET", "required"),
-        ({"PROVIDER_BASE_URL": "ftp://x"}, "PROVIDER_BASE_URL", "http"),
-        ({"POLL_INTERVAL_SECONDS": "two"}, "POLL_INTERVAL_SECONDS", "number"),
-        ({"MAX_OUTPUT_BYTES": "0"}, "MAX_OUTPUT_BYTES", ">="),
-        ({"URL_ALLOW_HOSTS": "127.0.0.1"}, "URL_ALLOW_HOSTS", "host:port"),
-        ({"URL_ALLOW_HOSTS": "h:99999"}, "URL_ALLOW_HOSTS", "host:port"),
-        ({"OUTPUT_PREFIX": "/abs"}, "OUTPUT_PREFIX", "relative"),
-        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "DEBUG"),
+        (FinalizeSettings, {"JOBS_TABLE": ""}, "JOBS_TABLE", "required"),
+        (StoreOutputsSettings, {"OUTPUT_BUCKET": "  "}, "OUTPUT_BUCKET", "required"),
+        (PollSettings, {"PROVIDER_BASE_URL": "ftp://x"}, "PROVIDER_BASE_URL", "http"),
+        (IntakeSettings, {"POLL_INTERVAL_SECONDS": "two"}, "POLL_INTERVAL_SECONDS", "number"),
+        (StoreOutputsSettings, {"MAX_OUTPUT_BYTES": "0"}, "MAX_OUTPUT_BYTES", ">="),
+        (IntakeSettings, {"URL_ALLOW_HOSTS": "127.0.0.1"}, "URL_ALLOW_HOSTS", "host:port"),
+        (StoreOutputsSettings, {"URL_ALLOW_HOSTS": "h:99999"}, "URL_ALLOW_HOSTS", "host:port"),
+        (StoreOutputsSettings, {"OUTPUT_PREFIX": "/abs"}, "OUTPUT_PREFIX", "relative"),
+        (IntakeSettings, {"JOBS_QUEUE_URL": ""}, "JOBS_QUEUE_URL", "required"),
     ],
 )
-def test_settings_errors_name_the_variable(override: dict[str, str], variable: str, reason_part: str) -> None:
+def test_settings_errors_name_the_variable(
+    model: type[EnvironmentSettings], override: dict[str, str], variable: str, reason_part: str
+) -> None:
     with pytest.raises(ConfigError) as excinfo:
-        Settings.from_env({**FUNCTION_ENV, **override})
+        model.from_env({**SAMPLE_ENV, **override})
     assert excinfo.value.variable == variable
     assert variable in str(excinfo.value) and reason_part in str(excinfo.value)
 
 
 def test_missing_variable_is_named() -> None:
-    env = dict(FUNCTION_ENV)
+    env = dict(SAMPLE_ENV)
     del env["STATE_MACHINE_ARN"]
     with pytest.raises(ConfigError, match="STATE_MACHINE_ARN"):
-        Settings.from_env(env)
+        IntakeSettings.from_env(env)
+    # Only IntakeFunction starts executions: the other functions do not need the variable.
+    assert PollSettings.from_env(env).provider_base_url == SAMPLE_ENV["PROVIDER_BASE_URL"]
 
 
 @pytest.mark.parametrize(

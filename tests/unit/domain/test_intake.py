@@ -8,7 +8,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from imagejobs.config import Settings
+from imagejobs.config import IntakeSettings
 from imagejobs.intake import (
     CLAIM_CONTENTION_RETRY_SECONDS,
     IntakeOutcome,
@@ -28,7 +28,7 @@ from imagejobs.provider import (
 from imagejobs.store import JobStore
 from moto import mock_aws
 
-from tests.conftest import FUNCTION_ENV
+from tests.conftest import SAMPLE_ENV
 from tests.unit.domain.fakes import Clock, FakeProvider, create_jobs_table
 from tests.unit.domain.test_urls import PUBLIC
 
@@ -40,7 +40,7 @@ class Env:
     store: JobStore
     sfn: Any
     s3: Any
-    settings: Settings
+    settings: IntakeSettings
     provider: FakeProvider
     clock: Clock
 
@@ -85,7 +85,7 @@ def env() -> Iterator[Env]:
         )
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
-        settings = Settings.from_env({**FUNCTION_ENV, "STATE_MACHINE_ARN": machine["stateMachineArn"]})
+        settings = IntakeSettings.from_env({**SAMPLE_ENV, "STATE_MACHINE_ARN": machine["stateMachineArn"]})
         yield Env(JobStore(table), sfn, s3, settings, FakeProvider(), Clock())
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 import requests
+from imagejobs.config import ConfigError, PollSettings
 from imagejobs.copier import OutputCopier
 from imagejobs.provider import ProviderServerError, TaskStatus
 from imagejobs.store import JobStore
@@ -269,20 +270,57 @@ def test_finalize_sample_events(
 def test_runtime_builds_settings_and_clients_from_the_environment(
     handler: Callable[..., ModuleType], aws: Aws
 ) -> None:
-    module = handler("poll")
-    runtime = module.runtime
-    assert runtime.settings.jobs_table == aws.env["JOBS_TABLE"]
+    runtime = handler("poll").runtime
+    assert runtime.settings == PollSettings.from_env(aws.env)
     assert runtime.provider.base_url == aws.env["PROVIDER_BASE_URL"]
     assert runtime.provider is runtime.provider  # built once, cached
     assert "provider-api-key" not in repr(runtime.provider)
+    # PollFunction only talks to the provider: its runtime has no job store to build.
+    assert not hasattr(runtime, "store")
 
 
-def test_missing_configuration_fails_with_the_variable_name(
-    handler: Callable[..., ModuleType], monkeypatch: pytest.MonkeyPatch, lambda_context: FakeLambdaContext
+# The variables without which each function refuses to start (the others have defaults).
+REQUIRED = {
+    "intake": {
+        "JOBS_TABLE",
+        "OUTPUT_BUCKET",
+        "STATE_MACHINE_ARN",
+        "PROVIDER_BASE_URL",
+        "PROVIDER_API_KEY_SECRET",
+        "JOBS_QUEUE_URL",
+    },
+    "poll": {"PROVIDER_BASE_URL", "PROVIDER_API_KEY_SECRET"},
+    "store_outputs": {"JOBS_TABLE", "OUTPUT_BUCKET"},
+    "finalize": {"JOBS_TABLE"},
+    "s3_intake": {"JOBS_TABLE", "OUTPUT_BUCKET", "JOBS_QUEUE_URL"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_a_missing_variable_fails_the_init_naming_it(
+    name: str,
+    load_handler: Callable[[str], ModuleType],
+    function_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("JOBS_TABLE")
-    with pytest.raises(Exception, match="JOBS_TABLE"):
-        handler("finalize").lambda_handler(event("finalize_failed.json"), lambda_context)
+    refused = set()
+    for variable in function_env:
+        with monkeypatch.context() as scoped:
+            scoped.delenv(variable)
+            try:
+                load_handler(name)
+            except ConfigError as error:
+                assert (error.variable, error.reason) == (variable, "is required but missing or empty")
+                refused.add(variable)
+    assert refused == REQUIRED[name]
+
+
+def test_an_invalid_variable_fails_the_init_before_any_invocation(
+    load_handler: Callable[[str], ModuleType], function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_OUTPUT_BYTES", "lots")
+    with pytest.raises(ConfigError, match="environment variable MAX_OUTPUT_BYTES: must be a number"):
+        load_handler("store_outputs")
 
 
 def test_completed_snapshot_reaches_store_outputs_shape(

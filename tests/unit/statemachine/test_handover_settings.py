@@ -1,16 +1,16 @@
-"""HANDOVER_AFTER_SECONDS: read and checked by Settings, and put into the execution input by intake."""
+"""HANDOVER_AFTER_SECONDS: read and checked by IntakeSettings, and put into the execution input by intake."""
 
 from __future__ import annotations
 
 import pytest
-from imagejobs.config import ConfigError, Settings
+from imagejobs.config import ConfigError, IntakeSettings
 from imagejobs.intake import execution_input
 
-from tests.conftest import FUNCTION_ENV
+from tests.conftest import SAMPLE_ENV
 
 
-def settings_with(**extra: str) -> Settings:
-    return Settings.from_env({**FUNCTION_ENV, **extra})
+def settings_with(**extra: str) -> IntakeSettings:
+    return IntakeSettings.from_env({**SAMPLE_ENV, **extra})
 
 
 def test_handover_is_off_unless_the_variable_is_set() -> None:

@@ -11,15 +11,15 @@ from urllib.parse import quote_plus
 
 import boto3
 import pytest
-from imagejobs.config import Settings
+from imagejobs.config import S3IntakeSettings
 from imagejobs.store import JobStore
 from moto import mock_aws
 from PIL import Image
 
-from tests.conftest import FUNCTION_ENV
+from tests.conftest import SAMPLE_ENV
 from tests.unit.domain.fakes import Clock, create_jobs_table
 
-BUCKET = FUNCTION_ENV["OUTPUT_BUCKET"]
+BUCKET = SAMPLE_ENV["OUTPUT_BUCKET"]
 REGION = "us-east-1"
 
 
@@ -89,7 +89,7 @@ class Aws:
     sqs: RecordingSqs
     store: JobStore
     queue_url: str
-    settings: Settings
+    settings: S3IntakeSettings
     clock: Clock
 
     def put(self, key: str, body: bytes, **kwargs: Any) -> str:
@@ -111,6 +111,6 @@ def aws() -> Iterator[Aws]:
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket=BUCKET)
         queue_url = f"https://sqs.{REGION}.amazonaws.com/123456789012/jobs"
-        table = create_jobs_table(boto3.resource("dynamodb", region_name=REGION), FUNCTION_ENV["JOBS_TABLE"])
-        settings = Settings.from_env({**FUNCTION_ENV, "JOBS_QUEUE_URL": queue_url})
+        table = create_jobs_table(boto3.resource("dynamodb", region_name=REGION), SAMPLE_ENV["JOBS_TABLE"])
+        settings = S3IntakeSettings.from_env({**SAMPLE_ENV, "JOBS_QUEUE_URL": queue_url})
         yield Aws(s3, RecordingSqs(queue_url), JobStore(table), queue_url, settings, Clock())

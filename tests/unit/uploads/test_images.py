@@ -8,10 +8,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from imagejobs.config import IntakeSettings
 from imagejobs.intake import handle_job_message
 from imagejobs.jobs import parse_job
 from imagejobs.uploads import handle_upload_message, parse_upload_message
 
+from tests.conftest import SAMPLE_ENV
 from tests.unit.domain.fakes import FakeProvider
 from tests.unit.uploads.conftest import BUCKET, Aws, png_bytes, s3_event
 
@@ -49,7 +51,7 @@ def test_photo_with_metadata_prompt_becomes_a_job_whose_provider_request_carries
     provider = FakeProvider()
     result = handle_job_message(
         json.dumps(message), "msg-1", store=aws.store, provider=provider, sfn=FakeSfn(), s3=aws.s3,
-        settings=aws.settings, now=aws.clock,
+        settings=IntakeSettings.from_env(SAMPLE_ENV), now=aws.clock,
     )  # fmt: skip
     assert result.ack and result.status == "SUBMITTED"
     [(kind, body)] = provider.submissions
