@@ -94,14 +94,12 @@ import app
 started = time.perf_counter()
 import boto3
 boto3.client("sts")
-from imagejobs.observability import tracer
-tracer.tracer
 print(round((time.perf_counter() - started) * 1000, 1))
 """
 
 
 def deferred_ms(function: str) -> float:
-    """What the lazy imports moved to the first invocation: boto3 + one client + the X-Ray Tracer."""
+    """What the lazy import moved to the first invocation: boto3 + one client."""
     result = subprocess.run(
         [sys.executable, "-c", DEFERRED_SNIPPET],
         env=lambda_like_env(function),

