@@ -538,7 +538,6 @@ def test_s3_intake_gets_only_what_it_needs(translated_template: Template) -> Non
     assert actions == {
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
-        "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
         "sqs:SendMessage",
         "s3:GetObject",

@@ -3,7 +3,7 @@
 moto's `ThreadedMotoServer` on 127.0.0.1 serves every AWS API; its
 CloudFormation creates the stack translated from the SAM template; its Step
 Functions interpreter runs the state machine; Lambda invocations are
-dispatched in-process to the real handlers; SQS event sources are emulated
+run in worker processes, one per execution environment (workers.py); SQS event sources are emulated
 with Lambda's semantics; the provider simulator runs in-process unless a
 provider URL is given. See docs/local-stack.md.
 """
@@ -648,12 +648,19 @@ class LocalStack:
     def _start_pollers(
         self, prepared: PreparedTemplate, resources: dict[str, str], functions: dict[str, str]
     ) -> None:
-        sqs = self.client("sqs")
         for source in prepared.sqs_sources:
             if not source.enabled:
                 continue
+            # The event source mapping reads the queue and polls it with the function's role, as on AWS.
+            credentials = self._function_credentials(source.function_logical_id)
+            sqs_client = boto3.Session(
+                aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+                aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
+                region_name=self.config.region,
+            ).client("sqs", endpoint_url=self.endpoint_url, config=Config(retries={"max_attempts": 2}))
             queue_url = resources[source.queue_logical_id]
-            queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            queue_arn = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
                 "Attributes"
             ]["QueueArn"]
             function_name = functions.get(source.function_logical_id)
@@ -678,14 +685,6 @@ class LocalStack:
                 report_batch_item_failures=source.report_batch_item_failures,
                 concurrency=source.maximum_concurrency or self.config.sqs_concurrency,
             )
-            # The event source mapping polls with the function's role, as on AWS.
-            credentials = self._function_credentials(source.function_logical_id)
-            sqs_client = boto3.Session(
-                aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-                aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
-                region_name=self.config.region,
-            ).client("sqs", endpoint_url=self.endpoint_url, config=Config(retries={"max_attempts": 2}))
             poller = SqsPoller(mapping, sqs_client, lambda_client, self.config.region)
             poller.start()
             self.pollers.append(poller)
