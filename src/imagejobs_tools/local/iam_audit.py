@@ -19,11 +19,12 @@ The interface for the local stack::
     report = audit.report()                    # AuditReport: report.ok, report.format()
     audit.uninstall()
 
-`calls()` is everything recorded (the stack's own setup clients and pollers sign with the static
-"testing" keys and moto's Step Functions interpreter with "ak": those calls are recorded but
-belong to no function). `report()` evaluates only the calls signed with a function's credentials
-and lists every call its role would deny, every granted action it never used, and every call
-whose IAM checks the recorder could not derive.
+`calls()` is everything recorded. The stack's own setup clients and the pollers' Lambda Invoke
+calls sign with the static "testing" keys and moto's Step Functions interpreter with "ak": those
+calls are recorded but belong to no function (the pollers' SQS calls use their function's role).
+`report()` evaluates only the calls signed with a function's credentials and lists every call its
+role would deny, every granted action it never used, and every call whose IAM checks the
+recorder could not derive.
 """
 
 from __future__ import annotations

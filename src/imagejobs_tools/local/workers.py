@@ -178,12 +178,13 @@ class Worker:
         reply = self._request({"type": "init", "plugins": plugins}, options.init_timeout_seconds)
         if not reply or reply.get("type") != "ready":
             self.close()
-            if not reply:
+            if reply is None:
                 error = service_error_payload(
                     f"{spec.logical_id}: the execution environment did not start within "
-                    f"{options.init_timeout_seconds:g} s (exit code {self.process.returncode}; "
-                    "its output is in the function's log)"
+                    f"{options.init_timeout_seconds:g} s (its output is in the function's log)"
                 )
+            elif not reply:
+                error = exited_payload("init", self.process.returncode)
             else:
                 error = reply.get("error") or service_error_payload("init failed")
             raise WorkerInitError(error)
