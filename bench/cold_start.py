@@ -1,5 +1,6 @@
-"""Cold start: import time of each handler module (median of N `python -X importtime` runs) and
-the shared layer's built size (`sam build` into a temporary directory).
+"""Cold start: import time of each handler module (median of N `python -X importtime` runs), each
+function's first invocation in the local stack's execution environments (Lambda's REPORT line:
+Init Duration, Duration) and the shared layer's built size (`sam build` into a temporary directory).
 
     .venv/bin/python bench/cold_start.py            # 5 runs per handler + sam build of the layer
     .venv/bin/python bench/cold_start.py --smoke    # 1 run per handler, no sam build
@@ -14,6 +15,7 @@ own start-up is excluded).
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -24,7 +26,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from _common import REPO, emit, parser
+from _common import REPO, emit, local_stack, parser, scan_records, send_jobs, wait_until
 
 TARGET_MS = 300.0
 FUNCTIONS = sorted(p.parent.name for p in (REPO / "functions").glob("*/app.py"))
@@ -154,6 +156,32 @@ def build_layer() -> dict[str, float | str]:
         }
 
 
+REPORT_FIELD = re.compile(r"(Init Duration|Duration): ([0-9.]+) ms")
+
+
+def stack_cold_starts() -> dict[str, dict[str, float]]:
+    """Each function's first invocation in the local stack's execution environments, from the REPORT
+    line Lambda writes: `Init Duration` (a fresh interpreter, then the handler's import with its own
+    environment) and `Duration` (that first invocation, building its clients and connections)."""
+    with local_stack(poll_interval=1, sim_latency=(0.2, 0.3)) as stack:
+        send_jobs(stack, [{"jobId": "cold-start-1", "prompt": "a lighthouse at dawn, cold start"}])
+        wait_until(
+            lambda: any(r.get("status") == "COMPLETED" for r in scan_records(stack)),
+            timeout=120,
+            what="the job COMPLETED",
+        )
+        lines = list(stack.function_logs)
+    figures: dict[str, dict[str, float]] = {}
+    for line in lines:
+        if line.text.startswith("REPORT") and "Init Duration" in line.text and line.logical_id not in figures:
+            fields = dict(REPORT_FIELD.findall(line.text))
+            figures[line.logical_id] = {
+                "initMs": float(fields["Init Duration"]),
+                "firstInvocationMs": float(fields["Duration"]),
+            }
+    return figures
+
+
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
     runs = 1 if args.smoke else 5
@@ -188,8 +216,15 @@ def main() -> None:
                 "CPU incl. interpreter start-up",
             )
         )
+        rows.append((f"  + deferred to first use ({function}) ms", deferred, "boto3 + a client"))
+    environments = stack_cold_starts()
+    for logical_id, figures in sorted(environments.items()):
         rows.append(
-            (f"  + deferred to first use ({function}) ms", deferred, "boto3 + a client + X-Ray Tracer")
+            (
+                f"local stack {logical_id}: init / first invocation ms",
+                f"{figures['initMs']:.0f} / {figures['firstInvocationMs']:.0f}",
+                "REPORT: interpreter + import / first call",
+            )
         )
     layer: dict[str, float | str] = {"status": "skipped (--smoke)"} if args.smoke else build_layer()
     if layer.get("status") == "built":
@@ -202,7 +237,13 @@ def main() -> None:
     emit(
         "cold_start",
         rows,
-        {"targetMs": TARGET_MS, "runs": runs, "handlers": handlers, "layer": layer},
+        {
+            "targetMs": TARGET_MS,
+            "runs": runs,
+            "handlers": handlers,
+            "environments": environments,
+            "layer": layer,
+        },
         args.smoke,
     )
 

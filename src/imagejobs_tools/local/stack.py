@@ -65,8 +65,10 @@ BOOTSTRAP_KEY = "code/placeholder.zip"
 PARAM_PROVIDER_URL = "ProviderBaseUrl"
 PARAM_POLL_INTERVAL = "PollIntervalSeconds"
 PARAM_ALLOW_HOSTS = "UrlAllowHosts"
-# Local stand-in for the account's unreserved concurrency, per function (2 cores: more only queue).
-DEFAULT_FUNCTION_CONCURRENCY = 4
+# Local stand-in for the account's unreserved concurrency, per function. 1,000 jobs (bench/throughput.py,
+# 2 cores): 4 -> 1,506 MB for every stack process, 1.10x the one-process stack's jobs/s; 2 -> 1,241 MB,
+# 1.07x (the moto server, one GIL, is the bottleneck either way). Workers are ~75 MB each.
+DEFAULT_FUNCTION_CONCURRENCY = 2
 RECENT_LOG_LINES = 20_000
 # Process-wide things (os.environ, moto's backends and hooks) allow one stack per process.
 _ACTIVE_LOCK = threading.Lock()
