@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from imagejobs_tools.local.template import TemplateError, evaluate_condition
+from imagejobs_tools.local.template import TemplateError, evaluate_condition, logical_id_of
 
 # AWS managed policies (the name after `arn:aws:iam::aws:policy/`) left out of the audit, and why.
 # AWS managed policies whose calls the handlers make, as AWS publishes them (logs actions left
@@ -99,7 +99,7 @@ def policies_from_template(cfn: dict[str, Any], stack: DeployedStack) -> dict[st
     for logical_id, resource in resources.items():
         if resource.get("Type") != "AWS::Lambda::Function" or not resolver.created(logical_id):
             continue
-        role_id = _logical_id_of((resource.get("Properties") or {}).get("Role"))
+        role_id = logical_id_of((resource.get("Properties") or {}).get("Role"))
         if role_id is None or resources.get(role_id, {}).get("Type") != "AWS::IAM::Role":
             raise TemplateError(
                 f"{logical_id}.Role: the audit needs !GetAtt <Role>.Arn of a role in this template"
@@ -125,7 +125,7 @@ def _role_policies(
         if kind not in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy") or not resolver.created(logical_id):
             continue
         attached = resource.get("Properties") or {}
-        if role_id not in {_logical_id_of(r) for r in attached.get("Roles") or []}:
+        if role_id not in {logical_id_of(r) for r in attached.get("Roles") or []}:
             if kind == "AWS::IAM::ManagedPolicy":
                 customer_managed[resolver.ref(logical_id)] = (logical_id, attached)
             continue
@@ -151,18 +151,6 @@ def _role_policies(
         ignored[arn] = IGNORED_MANAGED_POLICIES[match.group("name")]
     role_arn = f"arn:{resolver.stack.partition}:iam::{resolver.stack.account_id}:role{props.get('Path', '/')}"
     return FunctionPolicies(function_id, role_arn + resolver.ref(role_id), tuple(policies), ignored)
-
-
-def _logical_id_of(reference: Any) -> str | None:
-    """The logical id behind `Ref: X` or `Fn::GetAtt: [X, Arn]`."""
-    if isinstance(reference, dict) and len(reference) == 1:
-        ((key, value),) = reference.items()
-        if key == "Ref" and isinstance(value, str):
-            return value
-        if key == "Fn::GetAtt":
-            parts = value.split(".", 1) if isinstance(value, str) else value
-            return str(parts[0])
-    return None
 
 
 class IntrinsicResolver:

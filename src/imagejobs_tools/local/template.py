@@ -113,7 +113,7 @@ def load_sam_template(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _logical_id_of(reference: Any) -> str | None:
+def logical_id_of(reference: Any) -> str | None:
     """The logical id behind `!Ref X` / `!GetAtt X.Arn`, or None for anything else."""
     if isinstance(reference, dict) and len(reference) == 1:
         ((key, value),) = reference.items()
@@ -203,8 +203,8 @@ def _sqs_sources(cfn: dict[str, Any], parameter_values: dict[str, str]) -> list[
         if resource.get("Type") != "AWS::Lambda::EventSourceMapping":
             continue
         props = resource.get("Properties", {})
-        queue_id = _logical_id_of(props.get("EventSourceArn"))
-        function_id = _logical_id_of(props.get("FunctionName"))
+        queue_id = logical_id_of(props.get("EventSourceArn"))
+        function_id = logical_id_of(props.get("FunctionName"))
         if queue_id is None or resources.get(queue_id, {}).get("Type") != "AWS::SQS::Queue":
             continue  # not an SQS source of this stack (streams, external queues): not emulated
         if function_id is None or function_id not in resources:

@@ -3,17 +3,16 @@ own (fake) role from moto's STS, calls attributed by key and decided against eac
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
 
 from imagejobs_tools.local.iam_audit import DeniedCall, FunctionCallAudit, UnusedGrant
 from imagejobs_tools.local.iam_policies import FunctionPolicies, NamedPolicy
+from tests.integration.local.conftest import bare_moto_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -60,14 +59,8 @@ WRITER = role(
 
 @pytest.fixture()
 def endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    yield url
-    requests.post(f"{url}/moto-api/reset", timeout=10)  # moto's backends are process-wide
-    server.stop()
+    with bare_moto_server() as url:
+        yield url
 
 
 def session(credentials: dict[str, str]) -> boto3.Session:

@@ -11,7 +11,6 @@ one execution exists; moto as released can create several.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -22,12 +21,12 @@ import pytest
 import requests
 from imagejobs.store import JobStore
 from moto.dynamodb.responses import DynamoHandler
-from moto.server import ThreadedMotoServer
 from moto.stepfunctions.parser import models as sfn_models
 from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
 from imagejobs_tools.local import moto_fixes
 from imagejobs_tools.local.template import jobs_table_definition
+from tests.integration.local.conftest import bare_moto_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -37,21 +36,16 @@ TABLE = "jobs"
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    client(url).create_table(TableName=TABLE, **jobs_table_definition())
-    requests.post(
-        f"{url}/moto-api/config", json={"stepfunctions": {"execute_state_machine": True}}, timeout=5
-    )
-    yield url
-    # moto's config is process-wide: leave it as other tests in this worker expect it.
-    requests.post(
-        f"{url}/moto-api/config", json={"stepfunctions": {"execute_state_machine": False}}, timeout=5
-    )
-    server.stop()
+    with bare_moto_server() as url:
+        client(url).create_table(TableName=TABLE, **jobs_table_definition())
+        requests.post(
+            f"{url}/moto-api/config", json={"stepfunctions": {"execute_state_machine": True}}, timeout=5
+        )
+        yield url
+        # moto's config is process-wide: leave it as other tests in this worker expect it.
+        requests.post(
+            f"{url}/moto-api/config", json={"stepfunctions": {"execute_state_machine": False}}, timeout=5
+        )
 
 
 # Explicit: the module-scoped server starts before the per-test fake-credentials fixture.
