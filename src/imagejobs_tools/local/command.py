@@ -164,7 +164,11 @@ def _run_up(args: argparse.Namespace) -> int:
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
-    stack = LocalStack(build_config(args, state_file=args.state_file, log_sink=log_view))
+    config = build_config(args, state_file=args.state_file, log_sink=log_view)
+    # A stack left running records every request it serves for the IAM audit: only when a test
+    # session collects the audits (IMAGEJOBS_IAM_REPORT_DIR), or its memory would grow for ever.
+    config.iam_audit = config.iam_report_dir is not None
+    stack = LocalStack(config)
     try:
         with console.status("starting the local stack…"):
             stack.start()
