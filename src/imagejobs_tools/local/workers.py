@@ -152,7 +152,6 @@ class Worker:
     def __init__(self, spec: FunctionSpec, options: WorkerOptions, sink: LogSink) -> None:
         self.spec = spec
         self._sink = sink
-        self.invocations = 0
         self.timed_out = False
         started = time.perf_counter()
         ours, theirs = socket.socketpair()
@@ -230,7 +229,6 @@ class Worker:
         message = {"type": "invoke", "requestId": request_id, "functionArn": spec.arn, "event": event}
         reply = self._request({**message, "deadlineMs": deadline_ms}, spec.timeout_seconds)
         seconds = time.perf_counter() - started
-        self.invocations += 1
         if reply is None:
             self.timed_out = True
             self.terminate()
@@ -269,9 +267,6 @@ class Worker:
             self.init_seconds = None
         self.emit(f"END RequestId: {request_id}", request_id)
         self.emit("\t".join(parts), request_id)
-
-    def rss_mb(self) -> int:
-        return _proc_status_mb(self.process.pid, "VmRSS")
 
     def peak_rss_mb(self) -> int:
         return _proc_status_mb(self.process.pid, "VmHWM")
@@ -383,11 +378,6 @@ class WorkerPool:
             self._condition.notify()
         if alive and self._closed:
             worker.close()
-
-    def rss_mb(self) -> int:
-        with self._condition:
-            workers = list(self._workers)
-        return sum(worker.rss_mb() for worker in workers)
 
     @property
     def size(self) -> int:
