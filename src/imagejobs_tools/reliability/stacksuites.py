@@ -463,7 +463,14 @@ def run_crashes(size: int, seed: int = 3) -> SuiteReport:
         crashes = WorkerPlugin(
             "imagejobs_tools.reliability.worker_plugins:crashes", {"markers": markers, "targets": targets}
         )
-        with running_stack(f"sk_test_crs_{rng.getrandbits(48):012x}", plugins=(crashes,)) as h:
+        # A crash kills the intake's whole batch (as on AWS): every message in it is received again,
+        # once per crash of any job it shares a batch with (up to 10 a batch), before its own lease
+        # runs out. Redrive after more receives than that, so the figures are about crashes, not the DLQ.
+        with running_stack(
+            f"sk_test_crs_{rng.getrandbits(48):012x}",
+            parameters={"JobsMaxReceiveCount": "15"},
+            plugins=(crashes,),
+        ) as h:
             h.send([job_body("crs", j, providerInput={"simOutputCount": 2}) for j in job_ids])
             settled = _wait_settled(h, job_ids, timeout=120 + size * 1.0)
             ledger = collect(h)
