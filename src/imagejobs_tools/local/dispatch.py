@@ -108,7 +108,8 @@ class LambdaDispatcher:
         observers = self._observers
         wall = time.time()
         started = time.perf_counter()
-        payload, errored = self._invoke(function_name, event)
+        text = _event_text(event)
+        payload, errored = self._invoke(function_name, text)
         if observers:
             pool = self._pools.get(function_name)
             record = InvocationRecord(
@@ -116,7 +117,7 @@ class LambdaDispatcher:
                 logical_id=pool.spec.logical_id if pool is not None else "",
                 started=wall,
                 seconds=time.perf_counter() - started,
-                event=json.loads(_event_text(event)),
+                event=json.loads(text),
                 errored=errored,
             )
             for observer in observers:
@@ -126,14 +127,14 @@ class LambdaDispatcher:
                     LOG.exception("invocation observer %r failed", observer)
         return payload, errored, ""
 
-    def _invoke(self, function_name: str, event: Any) -> tuple[str, bool]:
+    def _invoke(self, function_name: str, event: str) -> tuple[str, bool]:
         pool = self._pools.get(function_name)
         if pool is None:
             error = service_error_payload(f"function {function_name!r} is not part of the local stack")
             return json.dumps(error), True
         with self._count_lock:
             self.invocations += 1
-        return pool.invoke(_event_text(event))
+        return pool.invoke(event)
 
     def close(self) -> None:
         """Shut every execution environment down."""

@@ -176,11 +176,20 @@ class LocalStack:
             raise LocalStackError("the local stack is not running")
         return self._endpoint
 
-    def client(self, service: str) -> Any:
-        """A boto3 client for the local endpoint (what a user of the stack would build)."""
+    def client(self, service: str, credentials: dict[str, str] | None = None) -> Any:
+        """A boto3 client for the local endpoint (what a user of the stack would build); signed with
+        `credentials` (environment-variable names, as a function's environment holds them) if given."""
         if self._session is None:
             raise LocalStackError("the local stack is not running")
-        return self._session.client(
+        session = self._session
+        if credentials is not None:
+            session = boto3.Session(
+                aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+                aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
+                region_name=self.config.region,
+            )
+        return session.client(
             service,  # type: ignore[call-overload]
             endpoint_url=self.endpoint_url,
             config=Config(retries={"max_attempts": 2}, read_timeout=120),
@@ -654,13 +663,7 @@ class LocalStack:
             if not source.enabled:
                 continue
             # The event source mapping reads the queue and polls it with the function's role, as on AWS.
-            credentials = self._function_credentials(source.function_logical_id)
-            sqs_client = boto3.Session(
-                aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-                aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
-                region_name=self.config.region,
-            ).client("sqs", endpoint_url=self.endpoint_url, config=Config(retries={"max_attempts": 2}))
+            sqs_client = self.client("sqs", self._function_credentials(source.function_logical_id))
             queue_url = resources[source.queue_logical_id]
             queue_arn = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
                 "Attributes"
