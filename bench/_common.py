@@ -49,6 +49,22 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def polling_option(name: str) -> dict[str, str]:
+    """Template parameters of a polling option (docs/polling.md): ``default``, ``first-poll-auto``,
+    ``first-poll-N``, ``polls-N``, or several joined by ``+`` (``first-poll-auto+polls-15``)."""
+    parameters: dict[str, str] = {}
+    for part in name.split("+"):
+        if part == "default":
+            continue
+        if part.startswith("first-poll-"):
+            parameters["FirstPollAfter"] = part.removeprefix("first-poll-")
+        elif part.startswith("polls-"):
+            parameters["PollsPerInvocation"] = part.removeprefix("polls-")
+        else:
+            raise SystemExit(f"unknown polling option {part!r} (default, first-poll-auto|N, polls-N, a+b)")
+    return parameters
+
+
 def machine() -> dict[str, Any]:
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -32,6 +32,7 @@ AUTO_MIN_SAMPLES = 20
 AUTO_RECENT_JOBS = 200  # COMPLETED records read per estimate (one bounded query)
 AUTO_CAP_SECONDS = 120
 AUTO_REFRESH_SECONDS = 300.0  # an estimate is reused this long by one execution environment
+AUTO_COLD_REFRESH_SECONDS = 30.0  # ...and a cold-start one only this long: samples are coming in
 
 
 class GenerationTimes(Protocol):
@@ -55,7 +56,7 @@ class FirstPollPolicy:
     poll_interval_seconds: int
     times: GenerationTimes | None = None
     clock: Callable[[], float] = time.monotonic
-    _estimates: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False)
+    _estimates: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False)  # model: (until, s)
 
     @classmethod
     def from_settings(cls, settings: ExecutionSettings, times: GenerationTimes | None) -> FirstPollPolicy:
@@ -68,28 +69,34 @@ class FirstPollPolicy:
 
     def _auto(self, model: str, kind: str) -> int:
         cached = self._estimates.get(model)
-        if cached is not None and self.clock() - cached[0] < AUTO_REFRESH_SECONDS:
+        if cached is not None and self.clock() < cached[0]:
             return cached[1]
-        estimate = self._estimate(model, kind)
-        self._estimates[model] = (self.clock(), estimate)
+        estimate, learnt = self._estimate(model, kind)
+        keep = AUTO_REFRESH_SECONDS if learnt else AUTO_COLD_REFRESH_SECONDS
+        self._estimates[model] = (self.clock() + keep, estimate)
         return estimate
 
-    def _estimate(self, model: str, kind: str) -> int:
+    def _estimate(self, model: str, kind: str) -> tuple[int, bool]:
+        """(seconds, whether they were learnt from recent jobs rather than the catalog)."""
         samples: list[float] = []
         if self.times is not None:
             try:
                 samples = self.times.recent_generation_seconds(model, AUTO_RECENT_JOBS)
             except Exception:  # an estimate is an optimisation: never fail a job for it
                 logger.warning("recent generation times unavailable; using the catalog's", exc_info=True)
-        if len(samples) < AUTO_MIN_SAMPLES:
-            wait = cold_start_first_poll_seconds(model, kind)
-            source = "catalog"
-        else:
+        learnt = len(samples) >= AUTO_MIN_SAMPLES
+        if learnt:
             wait = math.floor(lower_quantile(samples, AUTO_QUANTILE))
-            source = "recent jobs"
+        else:
+            wait = cold_start_first_poll_seconds(model, kind)
         wait = min(max(wait, self.poll_interval_seconds), AUTO_CAP_SECONDS)
         logger.info(
             "first poll estimate",
-            extra={"model": model, "first_poll_seconds": wait, "source": source, "samples": len(samples)},
+            extra={
+                "model": model,
+                "first_poll_seconds": wait,
+                "source": "recent jobs" if learnt else "catalog",
+                "samples": len(samples),
+            },
         )
-        return wait
+        return wait, learnt

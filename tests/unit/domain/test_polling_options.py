@@ -13,6 +13,7 @@ from imagejobs.catalog import cold_start_first_poll_seconds
 from imagejobs.config import ConfigError, ExecutionSettings, IntakeSettings, PollSettings
 from imagejobs.first_poll import (
     AUTO_CAP_SECONDS,
+    AUTO_COLD_REFRESH_SECONDS,
     AUTO_MIN_SAMPLES,
     AUTO_RECENT_JOBS,
     AUTO_REFRESH_SECONDS,
@@ -139,6 +140,18 @@ def test_auto_reuses_an_estimate_for_a_while_then_reads_again() -> None:
     clock.advance(2)
     assert policy.seconds("gpt-image-2", "image") == 40
     assert len(times.queries) == 2
+
+
+def test_a_cold_start_estimate_is_kept_only_briefly_while_samples_come_in() -> None:
+    clock = Clock(0.0)
+    times = RecordedTimes({"gpt-image-2": [30.0] * 5})
+    policy = FirstPollPolicy("auto", 2, times, clock=clock)
+    assert policy.seconds("gpt-image-2", "image") == 10
+    times.samples["gpt-image-2"] = [30.0] * AUTO_MIN_SAMPLES
+    clock.advance(AUTO_COLD_REFRESH_SECONDS - 1)
+    assert policy.seconds("gpt-image-2", "image") == 10
+    clock.advance(2)
+    assert policy.seconds("gpt-image-2", "image") == 30
 
 
 def test_auto_falls_back_to_the_catalog_when_the_records_cannot_be_read() -> None:
