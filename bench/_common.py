@@ -390,9 +390,17 @@ def local_stack(
     sim_latency: tuple[float, float],
     parameters: dict[str, str] | None = None,
     credits: int = 10_000_000,
+    concurrent_jobs: int = 0,
 ) -> Iterator[Any]:
-    """The real template on the local stack, in this process, with handler logs at ERROR."""
-    from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
+    """The real template on the local stack, in this process, with handler logs at ERROR.
+
+    ``concurrent_jobs``: with PollsPerInvocation > 1 every polling job holds an execution
+    environment of PollFunction for most of its life, as on AWS (up to the account's concurrency);
+    the stack's default of 2 per function would queue them, so give it one per job.
+    """
+    from imagejobs_tools.local.stack import DEFAULT_FUNCTION_CONCURRENCY, LocalStack, LocalStackConfig
+
+    holds_environments = int((parameters or {}).get("PollsPerInvocation", "1")) > 1
 
     config = LocalStackConfig(
         template_path=REPO / "template.yaml",
@@ -401,6 +409,7 @@ def local_stack(
         api_key_credits=credits,
         parameter_overrides={"LogLevel": "ERROR", **(parameters or {})},
         environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
+        function_concurrency=concurrent_jobs + 2 if holds_environments else DEFAULT_FUNCTION_CONCURRENCY,
     )
     with LocalStack(config) as stack:
         yield stack

@@ -247,7 +247,10 @@ def measure(option: str, kind: str, jobs: int, generation: float, seed: int) -> 
     parameters = polling_option(option)
     rng = random.Random(seed)
     with local_stack(
-        poll_interval=POLL_INTERVAL, sim_latency=(generation, generation), parameters=parameters
+        poll_interval=POLL_INTERVAL,
+        sim_latency=(generation, generation),
+        parameters=parameters,
+        concurrent_jobs=jobs,
     ) as stack:
         run = f"cost{int(time.time())}"
         if parameters.get("FirstPollAfter") == "auto":

@@ -56,7 +56,10 @@ def measure(
     parameters = polling_option(option)
 
     with local_stack(
-        poll_interval=POLL_INTERVAL, sim_latency=(3600.0, 3600.0), parameters=parameters
+        poll_interval=POLL_INTERVAL,
+        sim_latency=(3600.0, 3600.0),
+        parameters=parameters,
+        concurrent_jobs=jobs,
     ) as stack:
         instrument_dispatcher(stack, invocations)
         admin = stack.simulator.admin
