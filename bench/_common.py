@@ -398,7 +398,7 @@ def local_stack(
     environment of PollFunction for most of its life, as on AWS (up to the account's concurrency);
     the stack's default of 2 per function would queue them, so give it one per job.
     """
-    from imagejobs_tools.local.stack import DEFAULT_FUNCTION_CONCURRENCY, LocalStack, LocalStackConfig
+    from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
 
     holds_environments = int((parameters or {}).get("PollsPerInvocation", "1")) > 1
 
@@ -409,7 +409,7 @@ def local_stack(
         api_key_credits=credits,
         parameter_overrides={"LogLevel": "ERROR", **(parameters or {})},
         environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
-        function_concurrency=concurrent_jobs + 2 if holds_environments else DEFAULT_FUNCTION_CONCURRENCY,
+        concurrency_overrides={"PollFunction": concurrent_jobs + 2} if holds_environments else {},
     )
     with LocalStack(config) as stack:
         yield stack

@@ -18,6 +18,7 @@ jobs that finish after the first poll; bench/cost.py measures those that finish 
 
 from __future__ import annotations
 
+import collections
 import itertools
 import random
 import threading
@@ -159,6 +160,11 @@ def measure(
         "option": option,
         "jobs": jobs,
         "completed": completed,
+        "statuses": dict(
+            collections.Counter(
+                f"{r.get('status')} {(r.get('error') or {}).get('code', '')}".strip() for r in records
+            )
+        ),
         "pollIntervalSeconds": POLL_INTERVAL,
         "releaseWindowSeconds": window,
         "delaySeconds": stats,

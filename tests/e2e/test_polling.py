@@ -41,9 +41,18 @@ def polling_stack() -> Iterator[LocalStack]:
             "LogLevel": "WARNING",
         },
         environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
+        # Each polling job holds a PollFunction environment for most of its life.
+        concurrency_overrides={"PollFunction": 4},
     )
     with LocalStack(config) as stack:
         yield stack
+
+
+def test_a_concurrency_override_sizes_only_its_functions_pool(polling_stack: LocalStack) -> None:
+    limits = {spec.logical_id: spec.max_concurrency for spec in polling_stack.dispatcher.functions.values()}
+    assert limits["PollFunction"] == 4
+    assert limits["FinalizeFunction"] == polling_stack.config.function_concurrency == 2
+    assert limits["IntakeFunction"] == 5  # the SQS source's MaximumConcurrency (MaxProviderConcurrency)
 
 
 def seed_completed_records(stack: LocalStack) -> None:
