@@ -105,8 +105,9 @@ class LocalStackConfig:
     iam_audit: bool = True
     # Where the audit is written when the stack stops (iam_audit.combine_reports reads them).
     iam_report_dir: Path | None = field(default_factory=lambda: _path_from_environment(REPORT_DIR_VARIABLE))
-    # AWS-side faults (throttling, 5xx, resets, latency) per service and operation; changed at run
-    # time with `LocalStack.aws_faults.set_rules(...)` (aws_faults.py). Needs the IAM audit on.
+    # AWS-side faults (throttling, 5xx, resets, latency) per service and operation, from the end of
+    # start(); changed at run time with `LocalStack.aws_faults.set_rules(...)` (aws_faults.py).
+    # Needs the IAM audit on (without it the functions sign with the tooling's key, never faulted).
     aws_faults: tuple[FaultRule, ...] = ()
     # Every line a function writes (None: kept only in the stack's recent-lines buffer).
     log_sink: Callable[[FunctionLogLine], None] | None = None
@@ -145,7 +146,7 @@ class LocalStack:
         # The most recent lines the functions wrote, for tests and tooling.
         self.iam_audit: FunctionCallAudit | None = None
         self.function_logs: deque[FunctionLogLine] = deque(maxlen=RECENT_LOG_LINES)
-        self.aws_faults = AwsFaults(self.config.aws_faults)
+        self.aws_faults = AwsFaults()  # the config's rules take effect once the stack is up
         self.dispatcher = LambdaDispatcher(
             WorkerOptions(plugins=self.config.worker_plugins), self._log_line, self.aws_faults
         )
@@ -231,6 +232,8 @@ class LocalStack:
             self._apply_bucket_notifications(prepared, outputs, resources)
             queues = {lid: pid for lid, pid in resources.items() if types[lid] == "AWS::SQS::Queue"}
             self._start_pollers(prepared, resources, functions)
+            # Faults only from here on: the set-up's own calls (the pollers' lookups) are not the pipeline's.
+            self.aws_faults.set_rules(self.config.aws_faults)
             timings["wiringSeconds"] = time.perf_counter() - step
             timings["totalSeconds"] = time.perf_counter() - started
             public_outputs = {
