@@ -365,3 +365,18 @@ def test_a_missing_api_key_is_recorded_as_secret_not_configured(env: Env) -> Non
     assert env.handle({"jobId": "job-1", "prompt": "p"}).action == "retry"
     last = env.record("job-1")["lastSubmitError"]
     assert (last["code"], last["message"]) == ("SecretNotConfigured", "secret k is empty")
+
+
+def test_every_record_write_resent_after_a_lost_response_still_submits_once_and_starts_the_loop(
+    env: Env,
+) -> None:
+    """A reset after DynamoDB applied a write makes botocore send it again, and the resent conditional
+    write fails its own condition: the claim must not look lost (the job would end SUBMIT_UNKNOWN
+    without a task) and SUBMITTED must not look like another writer's (no execution would start)."""
+    from tests.unit.domain.test_store import ResentAfterLostResponse
+
+    store = JobStore(ResentAfterLostResponse(env.store.table))
+    outcome = env.handle({"jobId": "job-1", "prompt": "a fox"}, store=store)
+    assert (outcome.action, outcome.status) == ("ack", "SUBMITTED")
+    assert len(env.provider.submissions) == 1
+    assert [e["name"] for e in env.executions()] == ["job-1"]
