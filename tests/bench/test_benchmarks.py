@@ -147,3 +147,16 @@ def test_cost_smoke() -> None:
     # STANDARD pays per transition: 3 per poll at $0.025 per 1,000.
     standard_sfn = figures["usdPer1000"]["imagejobs"]["STANDARD"]["stepFunctions"]
     assert standard_sfn == pytest.approx(figures["transitionsPerJob"] * 0.025, rel=1e-3)
+
+
+def test_capacity_smoke() -> None:
+    figures = run_smoke("capacity.py", timeout=60)
+    assert set(figures) == {"standard", "standard-other", "express"}
+    for row in figures.values():
+        number(row["maxPolling"], minimum=1)
+        number(row["maxJobsPerSecond"], minimum=0.01)
+    # The example: 2-s polling on STANDARD where 800 transitions/s is the quota binds there,
+    # at about 530 jobs (less the start and end transitions of the jobs going through).
+    assert figures["standard-other"]["bindsFirst"] == "state transitions"
+    assert 480 <= figures["standard-other"]["maxPolling"] <= 534
+    assert figures["express"]["bindsFirst"] != "state transitions"  # EXPRESS is not limited

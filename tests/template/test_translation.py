@@ -436,6 +436,9 @@ def test_alarms_watch_dead_letters_failed_executions_and_intake_errors(translate
         ("AWS/States", "ExecutionsFailed"),
         ("AWS/States", "ExecutionsTimedOut"),
         ("AWS/Lambda", "Errors"),
+        # The quotas docs/scaling.md finds reachable with default parameters.
+        ("AWS/States", "ExecutionThrottled"),
+        ("AWS/Lambda", "Throttles"),
     }
     for alarm in alarms:
         properties = alarm["Properties"]
