@@ -282,7 +282,8 @@ def _sfn_sdk_client_errors() -> Callable[[], None]:
                 env=env,
                 error_name=CustomErrorName(SFN_CLIENT_ERROR),
                 event_type=HistoryEventType.TaskFailed,
-                event_details=EventDetails(taskFailedEventDetails=details),
+                # moto declares EventDetails total but fills one key, as here.
+                event_details=EventDetails(taskFailedEventDetails=details),  # type: ignore[typeddict-item]
             )
 
         setattr(from_error, _MARKER, True)
