@@ -151,7 +151,10 @@ def test_cost_smoke() -> None:
 
 def test_capacity_smoke() -> None:
     figures = run_smoke("capacity.py", timeout=60)
+    periods = figures.pop("pollPeriodAt800PerSecond")
     assert set(figures) == {"standard", "standard-other", "express"}
+    # Past the quota, throttled transitions are delayed, not dropped: every job's polls slow down.
+    assert periods["1000"] > periods["100"] >= 2.0
     for row in figures.values():
         number(row["maxPolling"], minimum=1)
         number(row["maxJobsPerSecond"], minimum=0.01)
