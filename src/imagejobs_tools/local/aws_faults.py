@@ -50,6 +50,9 @@ from imagejobs_tools.local.aws_calls import (
 
 # The stack's own clients (tooling, suites, pollers' Invoke calls): never faulted.
 OBSERVER_ACCESS_KEY = "testing"
+# moto's Step Functions interpreter signs its tasks' calls with this key; counted apart.
+ENGINE_ACCESS_KEY = "ak"
+ENGINE = "Step Functions engine"
 # Marks our wrapper, so a second install() does not wrap it again.
 _MARKER = "_imagejobs_aws_faults"
 _LOCK = threading.Lock()
@@ -169,8 +172,8 @@ class AwsFaults:
         self._rules: tuple[FaultRule, ...] = tuple(rules)
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._injected: Counter[tuple[str, str, str]] = Counter()
-        self._calls: Counter[tuple[str, str]] = Counter()
+        self._injected: Counter[tuple[str, str]] = Counter()
+        self._calls: Counter[str] = Counter()
 
     @property
     def rules(self) -> tuple[FaultRule, ...]:
@@ -181,23 +184,25 @@ class AwsFaults:
         self._rules = tuple(rules)
 
     def injected(self) -> dict[str, dict[str, int]]:
-        """{"service.Operation": {kind: count}} of every fault injected so far."""
+        """{"service.Operation": {kind: count}} of every fault injected so far; the Step Functions
+        engine's own calls as "service.Operation (Step Functions engine)"."""
         found: dict[str, dict[str, int]] = {}
         with self._lock:
-            for (service, operation, kind), count in sorted(self._injected.items()):
-                found.setdefault(f"{service}.{operation}", {})[kind] = count
+            for (label, kind), count in sorted(self._injected.items()):
+                found.setdefault(label, {})[kind] = count
         return found
 
     def calls(self) -> dict[str, int]:
         """{"service.Operation": count} of every call the plan was asked about (faulted or not)."""
         with self._lock:
-            return {f"{s}.{o}": n for (s, o), n in sorted(self._calls.items())}
+            return dict(sorted(self._calls.items()))
 
-    def decide(self, service: str, operation: str) -> tuple[str | None, float]:
-        """(fault kind or None, seconds of latency to add) for one call."""
+    def decide(self, service: str, operation: str, caller: str = "") -> tuple[str | None, float]:
+        """(fault kind or None, seconds of latency to add) for one call; `caller` only labels it."""
         rule = next((r for r in self._rules if r.matches(service, operation)), None)
+        label = f"{service}.{operation}" + (f" ({caller})" if caller else "")
         with self._lock:
-            self._calls[(service, operation)] += 1
+            self._calls[label] += 1
             if rule is None:
                 return None, 0.0
             low, high = rule.latency_seconds
@@ -210,7 +215,7 @@ class AwsFaults:
                     kind = name
                     break
             if kind is not None:
-                self._injected[(service, operation, kind)] += 1
+                self._injected[(label, kind)] += 1
         return kind, delay
 
     # -- in process: the Step Functions engine's Lambda tasks --------------------------------
@@ -221,7 +226,7 @@ class AwsFaults:
         raises the SDK client error Step Functions reports when the response never came."""
         from botocore.exceptions import ClientError
 
-        kind, delay = self.decide("lambda", "Invoke")
+        kind, delay = self.decide("lambda", "Invoke", ENGINE)
         if delay:
             time.sleep(delay)
         if kind in (THROTTLE, SERVER_ERROR):
@@ -266,7 +271,8 @@ class AwsFaults:
             return app(owner, environ, start_response)
         body = take_body(environ)
         operation = _operation(signer.service, environ, body)
-        kind, delay = self.decide(signer.service, operation)
+        caller = ENGINE if signer.access_key_id == ENGINE_ACCESS_KEY else ""
+        kind, delay = self.decide(signer.service, operation, caller)
         if delay:
             time.sleep(delay)
         if kind in (THROTTLE, SERVER_ERROR):

@@ -26,7 +26,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
 
-from imagejobs_tools.local.aws_faults import FaultRule
+from imagejobs_tools.local.aws_faults import ENGINE, FaultRule
 from imagejobs_tools.local.workers import WorkerPlugin
 from imagejobs_tools.reliability.logcapture import find_secret
 from imagejobs_tools.reliability.report import SuiteReport
@@ -615,6 +615,7 @@ def run_aws_faults(size: int, seed: int = 5) -> SuiteReport:
         settled = _wait_settled(h, job_ids, timeout=180 + size * 1.5)
         h.stack.aws_faults.set_rules(())  # the figures are read without faults
         injected = h.stack.aws_faults.injected()
+        calls = h.stack.aws_faults.calls()
         ledger = collect(h)
         check_outputs(report, h, ledger)
     report.wall_seconds = time.perf_counter() - started
@@ -628,6 +629,7 @@ def run_aws_faults(size: int, seed: int = 5) -> SuiteReport:
     report.extra["AWS faults injected"] = dict(by_kind)
     report.extra["AWS faults by service"] = dict(by_service)
     report.extra["AWS faults by operation"] = injected
+    report.extra["AWS calls faultable"] = sum(calls.values())
     report.extra["FAILED by code"] = dict(
         Counter(
             str((r.get("error") or {}).get("code"))
@@ -639,6 +641,13 @@ def run_aws_faults(size: int, seed: int = 5) -> SuiteReport:
     report.check(
         "every AWS service the pipeline uses was faulted",
         all(by_service[service] for service in AWS_FAULTED_SERVICES) or size < 100,
+    )
+    engine = {op for op in injected if op.endswith(f"({ENGINE})")}
+    report.check(
+        "the Step Functions engine's own calls were faulted (Lambda tasks, ClaimHandOver, HandOver)",
+        {f"lambda.Invoke ({ENGINE})", f"states.StartExecution ({ENGINE})", f"dynamodb.UpdateItem ({ENGINE})"}
+        <= engine
+        or size < 100,
     )
     unexplained_dlq = [
         j
