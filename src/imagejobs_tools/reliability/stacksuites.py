@@ -595,23 +595,30 @@ AWS_FAULTED_SERVICES = ("dynamodb", "s3", "sqs", "states", "secretsmanager", "la
 def run_aws_faults(size: int, seed: int = 5) -> SuiteReport:
     """AWS-side faults on every call of the functions, the SQS pollers and the Step Functions
     engine; a tenth of the jobs outlive a 2-s hand-over, so the engine's own ClaimHandOver
-    (dynamodb:updateItem) and HandOver (states:startExecution) tasks meet the faults too."""
+    (dynamodb:updateItem) and HandOver (states:startExecution) tasks meet the faults too, and a
+    tenth come in as one JSONL batch upload (S3IntakeFunction: GetObject, SendMessageBatch)."""
     rng = random.Random(seed)
     report = SuiteReport("aws-faults")
     job_ids = [f"awf-{n:05d}" for n in range(size)]
     long_jobs = set(rng.sample(job_ids, max(2, size // 10)))
+    batch_jobs = job_ids[: max(2, size // 10)]
+    bodies = {
+        j: job_body("awf", j, **({"providerInput": {"simLatencySeconds": 5}} if j in long_jobs else {}))
+        for j in job_ids
+    }
     started = time.perf_counter()
     with running_stack(
         f"sk_test_awf_{rng.getrandbits(48):012x}",
-        parameters={"HandoverAfterSeconds": "2"},
+        # A failed upload event comes back after this (AWS: 5,400 s).
+        parameters={"HandoverAfterSeconds": "2", "UploadsVisibilityTimeoutSeconds": str(VISIBILITY_SECONDS)},
         aws_faults=AWS_FAULTS,
     ) as h:
-        h.send(
-            [
-                job_body("awf", j, **({"providerInput": {"simLatencySeconds": 5}} if j in long_jobs else {}))
-                for j in job_ids
-            ]
+        h.s3.put_object(
+            Bucket=h.outputs["OutputBucketName"],
+            Key="batches/aws-faults.jsonl",
+            Body="\n".join(json.dumps(bodies[j]) for j in batch_jobs).encode(),
         )
+        h.send([bodies[j] for j in job_ids if j not in set(batch_jobs)])
         settled = _wait_settled(h, job_ids, timeout=180 + size * 1.5)
         h.stack.aws_faults.set_rules(())  # the figures are read without faults
         injected = h.stack.aws_faults.injected()
