@@ -41,7 +41,6 @@ from urllib.parse import parse_qs
 
 from imagejobs_tools.local.aws_calls import (
     SERVICE_MODEL_NAMES,
-    CallRecorderError,
     dispatcher_class,
     request_signer,
     route_operation,
@@ -56,6 +55,11 @@ ENGINE = "Step Functions engine"
 # Marks our wrapper, so a second install() does not wrap it again.
 _MARKER = "_imagejobs_aws_faults"
 _LOCK = threading.Lock()
+
+
+class AwsFaultsError(RuntimeError):
+    """The fault layer cannot be installed (already installed in this process)."""
+
 
 THROTTLE = "throttle"
 SERVER_ERROR = "server_error"
@@ -175,10 +179,6 @@ class AwsFaults:
         self._injected: Counter[tuple[str, str]] = Counter()
         self._calls: Counter[str] = Counter()
 
-    @property
-    def rules(self) -> tuple[FaultRule, ...]:
-        return self._rules
-
     def set_rules(self, rules: Iterable[FaultRule]) -> None:
         """Replace the plan (takes effect with the next call); no rules = no faults."""
         self._rules = tuple(rules)
@@ -244,7 +244,7 @@ class AwsFaults:
         with _LOCK:
             original = application.__dict__["__call__"]
             if getattr(original, _MARKER, False):
-                raise CallRecorderError("AWS faults are already installed in this process")
+                raise AwsFaultsError("AWS faults are already installed in this process")
             faults = self
 
             def faulty_call(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
@@ -286,6 +286,7 @@ class AwsFaults:
         for _ in app(owner, environ, lambda status, headers, exc_info=None: None):
             pass
         _reset(environ.get("werkzeug.socket"))
+        # werkzeug wants a response: writing it fails on the dead socket, which it drops quietly.
         start_response("500 Connection reset", [("Content-Length", "0")])
         return []
 
@@ -307,7 +308,8 @@ def _operation(service: str, environ: dict[str, Any], body: bytes) -> str:
 
 
 def _reset(connection: Any) -> None:
-    """Abort the client's connection: SO_LINGER 0 makes the close send RST, not FIN."""
+    """End the client's connection before any response: shut down now, and SO_LINGER 0 makes
+    werkzeug's close of the socket send RST (the caller sees the connection reset or closed)."""
     if not isinstance(connection, socket.socket):
         return
     try:
