@@ -79,6 +79,15 @@ class FaultRule:
     reset_after_send: float = 0.0
     latency_seconds: tuple[float, float] = (0.0, 0.0)
 
+    def __post_init__(self) -> None:
+        chances = (self.throttle, self.server_error, self.reset_after_send)
+        if min(chances) < 0 or sum(chances) > 1:
+            raise ValueError(f"fault probabilities must be >= 0 and sum to at most 1: {chances}")
+        if not 0 <= self.latency_seconds[0] <= self.latency_seconds[1]:
+            raise ValueError(
+                f"latency_seconds must be (low, high) with 0 <= low <= high: {self.latency_seconds}"
+            )
+
     def matches(self, service: str, operation: str) -> bool:
         return self.service in ("*", service) and self.operation in ("*", operation)
 

@@ -152,3 +152,23 @@ def test_in_process_lambda_tasks_see_lambdas_errors() -> None:
     assert ran == [1]  # the function ran; its response was lost
     faults.set_rules([])
     assert faults.lambda_fault(invoke) == {"StatusCode": 200}
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"throttle": 0.6, "server_error": 0.5},
+        {"reset_after_send": -0.1},
+        {"latency_seconds": (2.0, 1.0)},
+    ],
+)
+def test_a_rule_that_cannot_be_a_plan_is_refused(rule: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        FaultRule(**rule)
+
+
+def test_latency_is_added_before_the_call() -> None:
+    faults = AwsFaults([FaultRule("sqs", latency_seconds=(0.25, 0.25))], seed=1)
+    assert faults.decide("sqs", "ReceiveMessage") == (None, 0.25)
+    assert faults.decide("s3", "GetObject") == (None, 0.0)
+    assert faults.calls() == {"s3.GetObject": 1, "sqs.ReceiveMessage": 1}
