@@ -73,7 +73,7 @@ unit: $(STAMP) $(IAM_STAMP)
 # Full-size figures (minutes each; docs/performance.md and docs/reliability.md). The test suite
 # runs every benchmark at --smoke size instead.
 bench: $(STAMP)
-	@for b in cold_start copy_output cost detection_delay throughput; do \
+	@for b in cold_start copy_output cost detection_delay throughput capacity; do \
 		echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 reliability: $(STAMP)

@@ -160,3 +160,19 @@ def test_cost_smoke() -> None:
     assert multi["functions"]["PollFunction"]["callsPerJob"] < multi["polls"]
     assert multi["transitions"] / multi["polls"] < figures["transitionsPerJob"] / polls
     distribution(multi["detectionSeconds"], multi["detectionSeconds"]["n"])
+
+
+def test_capacity_smoke() -> None:
+    figures = run_smoke("capacity.py", timeout=60)
+    periods = figures.pop("pollPeriodAt800PerSecond")
+    assert set(figures) == {"standard", "standard-other", "express"}
+    # Past the quota, throttled transitions are delayed, not dropped: every job's polls slow down.
+    assert periods["1000"] > periods["100"] >= 2.0
+    for row in figures.values():
+        number(row["maxPolling"], minimum=1)
+        number(row["maxJobsPerSecond"], minimum=0.01)
+    # The example: 2-s polling on STANDARD where 800 transitions/s is the quota binds there,
+    # at about 530 jobs (less the start and end transitions of the jobs going through).
+    assert figures["standard-other"]["bindsFirst"] == "state transitions"
+    assert 480 <= figures["standard-other"]["maxPolling"] <= 534
+    assert figures["express"]["bindsFirst"] != "state transitions"  # EXPRESS is not limited

@@ -63,3 +63,13 @@ def test_wrong_key_and_empty_balance_keep_jobs_queued_until_fixed() -> None:
     assert report.terminal == {"COMPLETED": report.jobs_sent}
     assert report.provider_tasks == report.jobs_sent
     assert report.ok, report.render()
+
+
+def test_aws_faults_end_every_job_recorded_or_dead_lettered_never_submitted_twice() -> None:
+    report = run_suite("aws-faults", smoke=True)
+    _assert_shared_invariants(report)
+    assert sum(report.terminal.values()) + report.dlq >= report.jobs_sent
+    injected = report.extra["AWS faults injected"]
+    assert injected.get("throttle") and injected.get("server_error"), "no AWS fault fired: nothing proven"
+    assert report.checks["no orphaned S3 objects"]
+    assert report.ok, report.render()

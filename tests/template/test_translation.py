@@ -354,7 +354,7 @@ def test_state_machine_substitutes_exactly_the_definition_placeholders(translate
     assert logging["IncludeExecutionData"] is False
 
 
-def test_handover_variable_is_240_for_express_0_for_standard_unless_set(
+def test_handover_variable_is_120_for_express_0_for_standard_unless_set(
     sam_template: Template, translated_template: Template
 ) -> None:
     parameter = sam_template["Parameters"]["HandoverAfterSeconds"]
@@ -372,7 +372,7 @@ def test_handover_variable_is_240_for_express_0_for_standard_unless_set(
     assert variable == {
         "Fn::If": [
             "HasAutoHandover",
-            {"Fn::If": ["IsExpressWorkflow", "240", "0"]},
+            {"Fn::If": ["IsExpressWorkflow", "120", "0"]},
             {"Ref": "HandoverAfterSeconds"},
         ]
     }
@@ -436,6 +436,9 @@ def test_alarms_watch_dead_letters_failed_executions_and_intake_errors(translate
         ("AWS/States", "ExecutionsFailed"),
         ("AWS/States", "ExecutionsTimedOut"),
         ("AWS/Lambda", "Errors"),
+        # The quotas docs/scaling.md finds reachable with default parameters.
+        ("AWS/States", "ExecutionThrottled"),
+        ("AWS/Lambda", "Throttles"),
     }
     for alarm in alarms:
         properties = alarm["Properties"]

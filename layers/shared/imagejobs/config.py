@@ -217,6 +217,18 @@ class ExecutionSettings(EnvironmentSettings):
     def max_wait_seconds(self, kind: str) -> int:
         return self.max_wait_video_seconds if kind == "video" else self.max_wait_image_seconds
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # An EXPRESS execution must poll (and so can hand over) before its hand-over time: the retry
+        # budgets after the last poll fit the 300 s only from there (test_express_budget.py).
+        first = self.first_poll_after
+        if self.handover_after_seconds > 0 and isinstance(first, int) and first > self.handover_after_seconds:
+            raise ConfigError(
+                "FIRST_POLL_AFTER",
+                f"must not exceed HANDOVER_AFTER_SECONDS ({self.handover_after_seconds:g}): an execution "
+                f"must poll before it hands over, got {first}",
+            )
+
 
 @dataclass(frozen=True, kw_only=True)
 class TriggerPrefixSettings(EnvironmentSettings):

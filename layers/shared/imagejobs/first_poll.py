@@ -9,10 +9,10 @@ the job is polled every ``PollIntervalSeconds`` as before.
 - ``N`` seconds: the first poll comes N seconds after the submission.
 - ``auto``: the 10th percentile of the provider's own generation time over this model's recent
   COMPLETED jobs (read from the job records, cached per execution environment), never sooner than
-  one poll interval nor later than ``AUTO_CAP_SECONDS``; with fewer than ``AUTO_MIN_SAMPLES`` jobs,
-  the model catalog's cold-start value. One job in ten of a model finishes before its first poll
-  and is detected late, by at most the wait minus its generation time (bench/detection_delay.py
-  measures by how much).
+  one poll interval nor later than ``AUTO_CAP_SECONDS`` (nor, on EXPRESS, than the hand-over);
+  with fewer than ``AUTO_MIN_SAMPLES`` jobs, the model catalog's cold-start value. One job in ten
+  of a model finishes before its first poll and is detected late, by at most the wait minus its
+  generation time (bench/cost.py measures by how much).
 """
 
 from __future__ import annotations
@@ -55,12 +55,19 @@ class FirstPollPolicy:
     setting: int | str
     poll_interval_seconds: int
     times: GenerationTimes | None = None
+    # EXPRESS: the first poll must come by the hand-over (HANDOVER_AFTER_SECONDS; 0 = none).
+    handover_after_seconds: float = 0
     clock: Callable[[], float] = time.monotonic
     _estimates: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False)  # model: (until, s)
 
     @classmethod
     def from_settings(cls, settings: ExecutionSettings, times: GenerationTimes | None) -> FirstPollPolicy:
-        return cls(settings.first_poll_after, settings.poll_interval_seconds, times)
+        return cls(
+            settings.first_poll_after,
+            settings.poll_interval_seconds,
+            times,
+            handover_after_seconds=settings.handover_after_seconds,
+        )
 
     def seconds(self, model: str, kind: str) -> int:
         if self.setting == FIRST_POLL_AUTO:
@@ -89,7 +96,10 @@ class FirstPollPolicy:
             wait = math.floor(lower_quantile(samples, AUTO_QUANTILE))
         else:
             wait = cold_start_first_poll_seconds(model, kind)
-        wait = min(max(wait, self.poll_interval_seconds), AUTO_CAP_SECONDS)
+        cap = AUTO_CAP_SECONDS
+        if self.handover_after_seconds > 0:
+            cap = min(cap, math.floor(self.handover_after_seconds))
+        wait = min(max(wait, self.poll_interval_seconds), cap)
         logger.info(
             "first poll estimate",
             extra={

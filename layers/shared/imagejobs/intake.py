@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from imagejobs import catalog, jobs
 from imagejobs import store as records
@@ -107,16 +107,30 @@ def start_execution(sfn: Any, settings: ExecutionSettings, job_id: str, payload:
         raise
 
 
+def _ensure_execution(
+    sfn: Any, settings: ExecutionSettings, job_id: str, task_id: str, payload: Mapping[str, Any], done: str
+) -> IntakeOutcome:
+    """Start the job's loop; ack with `done`, or retry when Step Functions keeps failing (throttled,
+    5xx, no response after botocore's retries): SUBMITTED is recorded, so a redelivery only starts
+    the execution, and the retry outcome is what lets the last receive note the DLQ on the record."""
+    try:
+        start_execution(sfn, settings, job_id, payload)
+    except (ClientError, BotoCoreError):
+        logger.exception("StartExecution failed; SQS will redeliver and restart it")
+        return IntakeOutcome("retry", "StartExecution failed", job_id, records.SUBMITTED, task_id)
+    return IntakeOutcome("ack", done, job_id, records.SUBMITTED, task_id)
+
+
 def _restart(record: Mapping[str, Any], *, sfn: Any, settings: ExecutionSettings) -> IntakeOutcome:
     """Duplicate delivery of a SUBMITTED job: make sure its execution runs, then ack."""
     job_id = str(record["jobId"])
+    task_id = str(record["taskId"])
     submitted_at = record.get("submittedAt") or record.get("updatedAt")
     started = records.parse_iso(submitted_at) if isinstance(submitted_at, str) else time.time()
-    payload = execution_input(
-        job_id, str(record["taskId"]), str(record.get("kind") or "image"), settings, started
+    payload = execution_input(job_id, task_id, str(record.get("kind") or "image"), settings, started)
+    return _ensure_execution(
+        sfn, settings, job_id, task_id, payload, "duplicate of a SUBMITTED job; execution ensured"
     )
-    start_execution(sfn, settings, job_id, payload)
-    return IntakeOutcome("ack", "duplicate of a SUBMITTED job; execution ensured", job_id, records.SUBMITTED)
 
 
 def _rejected_job_id(document: Any, message_id: str) -> str:
@@ -325,13 +339,7 @@ def handle_job_message(
     payload = execution_input(
         job_id, submission.task_id, request.kind, settings, submitted_at, first_poll_seconds
     )
-    try:
-        start_execution(sfn, settings, job_id, payload)
-    except ClientError:
-        # SUBMITTED is recorded, so a redelivery only (re)starts the execution: no resubmission.
-        logger.exception("StartExecution failed; SQS will redeliver and restart it")
-        return IntakeOutcome("retry", "StartExecution failed", job_id, records.SUBMITTED, submission.task_id)
-    return IntakeOutcome("ack", "submitted", job_id, records.SUBMITTED, submission.task_id)
+    return _ensure_execution(sfn, settings, job_id, submission.task_id, payload, "submitted")
 
 
 def note_last_receive(

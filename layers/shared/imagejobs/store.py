@@ -5,12 +5,19 @@ two workers can never both win, and terminal statuses are never overwritten. A
 transition that does not apply returns ``TransitionResult(applied=False, ...)`` with
 the current record instead of raising: repeats (SQS redelivery, Step Functions
 retries) are normal.
+
+Every write carries a fresh ``lastWriteId``. botocore resends a request whose connection broke
+after DynamoDB had applied it (a reset, a timeout): the resent conditional write then fails its
+own condition. A failed condition on a record whose ``lastWriteId`` is the one this call sent
+means the first send was applied, so the call reports it applied (otherwise a claim would look
+lost and a submitted job would never get its execution started).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +37,7 @@ SUBMIT_UNKNOWN = "SUBMIT_UNKNOWN"
 TERMINAL = frozenset({COMPLETED, FAILED, TIMED_OUT, REJECTED, SUBMIT_UNKNOWN})
 ACTIVE = (RECEIVED, SUBMITTING, SUBMITTED)
 BY_STATUS_INDEX = "ByStatus"
+WRITE_ID = "lastWriteId"
 
 
 def iso(epoch_seconds: float) -> str:
@@ -77,6 +85,13 @@ class TransitionResult:
     @property
     def already(self) -> bool:
         return not self.applied and self.record is not None
+
+
+LOST_RESPONSE = "applied by an earlier send of this write (its response was lost)"
+
+
+def _write_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _is_conditional_failure(error: ClientError) -> bool:
@@ -135,6 +150,7 @@ class JobStore:
 
     # -- creation ----------------------------------------------------------
     def _put_new(self, item: dict[str, Any]) -> TransitionResult:
+        item = {**item, WRITE_ID: _write_id()}
         try:
             self.table.put_item(Item=to_dynamo(item), ConditionExpression="attribute_not_exists(jobId)")
         except ClientError as error:
@@ -142,6 +158,8 @@ class JobStore:
                 raise
             current = self.get(item["jobId"])
             status = current.get("status") if current else None
+            if current is not None and current.get(WRITE_ID) == item[WRITE_ID]:
+                return TransitionResult(True, status, current, LOST_RESPONSE)
             return TransitionResult(False, status, current, f"record already exists ({status})")
         return TransitionResult(True, item["status"], item)
 
@@ -226,9 +244,10 @@ class JobStore:
     ) -> TransitionResult:
         at = iso(time.time() if now is None else now)
         sources = list(from_statuses)
-        names: dict[str, str] = {"#status": "status"}
-        values: dict[str, Any] = {":now": at}
-        sets = ["updatedAt = :now"]
+        write_id = _write_id()
+        names: dict[str, str] = {"#status": "status", "#write": WRITE_ID}
+        values: dict[str, Any] = {":now": at, ":write": write_id}
+        sets = ["updatedAt = :now", "#write = :write"]
         if to_status is not None:
             entry: dict[str, Any] = {"status": to_status, "at": at}
             if detail:
@@ -280,6 +299,8 @@ class JobStore:
             if current is None:
                 return TransitionResult(False, None, None, "no such job")
             status = current.get("status")
+            if current.get(WRITE_ID) == write_id:
+                return TransitionResult(True, status, current, LOST_RESPONSE)
             if status == to_status:
                 reason = f"already {status}"
             elif status in TERMINAL:

@@ -438,7 +438,7 @@ class CallRecorder:
 
     def install(self) -> Callable[[], None]:
         """Start recording; the returned callable stops it (call it once). One recorder at a time."""
-        application = _dispatcher_class()
+        application = dispatcher_class()
         with _LOCK:
             original = application.__dict__["__call__"]
             if getattr(original, _MARKER, False):
@@ -446,7 +446,7 @@ class CallRecorder:
             recorder = self
 
             def recording_call(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
-                body = _take_body(environ)
+                body = take_body(environ)
                 statuses: list[int] = []
 
                 def capturing_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
@@ -540,7 +540,15 @@ def _parse(model_name: str, request: Any) -> tuple[str, dict[str, Any]]:
     return str(operation.name), dict(params)
 
 
-def _take_body(environ: dict[str, Any]) -> bytes:
+def route_operation(model_name: str, request: Any) -> str:
+    """The API operation a request asks for, routed by moto's botocore-model router (no body parse)."""
+    from moto.core.routing import get_service_router
+
+    operation, _ = get_service_router(model_name).match(request)
+    return str(operation.name)
+
+
+def take_body(environ: dict[str, Any]) -> bytes:
     """Read the request body and put an unread copy back for moto."""
     stream = environ.get("wsgi.input")
     if stream is None:
@@ -574,7 +582,7 @@ MOTO_HOOKS = (
 )
 
 
-def _dispatcher_class() -> Any:
+def dispatcher_class() -> Any:
     import importlib
 
     found = {}
@@ -595,4 +603,4 @@ def _dispatcher_class() -> Any:
 
 def check() -> None:
     """Raise CallRecorderError if the recorder can no longer hook the installed moto."""
-    _dispatcher_class()
+    dispatcher_class()

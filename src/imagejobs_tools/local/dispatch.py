@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from imagejobs_tools.local.aws_faults import AwsFaults
 from imagejobs_tools.local.logview import FunctionLogLine
 from imagejobs_tools.local.workers import (
     FunctionSpec,
@@ -61,9 +62,16 @@ def _discard(line: FunctionLogLine) -> None:
 class LambdaDispatcher:
     """Maps moto function names to their pools of execution environments."""
 
-    def __init__(self, options: WorkerOptions | None = None, log_sink: LogSink = _discard) -> None:
+    def __init__(
+        self,
+        options: WorkerOptions | None = None,
+        log_sink: LogSink = _discard,
+        faults: AwsFaults | None = None,
+    ) -> None:
         self.options = options or WorkerOptions()
         self.log_sink = log_sink
+        # AWS faults for the Step Functions engine's in-process Lambda tasks (aws_faults.py).
+        self.faults = faults
         self._pools: dict[str, WorkerPool] = {}
         self._original_invoke: Any = None
         self._original_client_factory: Any = None
@@ -161,7 +169,7 @@ class LambdaDispatcher:
         # The interpreter builds a new boto3 client for every Task; one per (region, service, port) is
         # enough (boto3 clients are thread-safe) and saves ~30% CPU per execution.
         self._original_client_factory = lambda_eval_utils.boto_client_for
-        lambda_eval_utils.boto_client_for = _cached_client_factory(self._original_client_factory)
+        lambda_eval_utils.boto_client_for = _cached_client_factory(self._original_client_factory, self.faults)
         # The interpreter re-parses the definition (ANTLR, pure Python) for every execution: ~10% of the
         # stack's CPU under load. The parse tree is reused; evaluation components stay fresh per execution.
         from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
@@ -215,7 +223,7 @@ def _cached_entrypoint() -> Callable[[Any], Any]:
     return _get_evaluation_entrypoint
 
 
-def _cached_client_factory(factory: Callable[..., Any]) -> Callable[..., Any]:
+def _cached_client_factory(factory: Callable[..., Any], faults: AwsFaults | None) -> Callable[..., Any]:
     from moto.settings import moto_server_port
 
     cache: dict[tuple[str, str, str], Any] = {}
@@ -228,7 +236,7 @@ def _cached_client_factory(factory: Callable[..., Any]) -> Callable[..., Any]:
             if client is None:
                 client = factory(region=region, service=service, state_credentials=state_credentials)
                 if service == "lambda":
-                    client = InProcessLambdaClient(client, region)
+                    client = InProcessLambdaClient(client, region, faults)
                 cache[key] = client
         return client
 
@@ -246,9 +254,11 @@ class InProcessLambdaClient:
     under load). The backend resolves the function and runs `_invoke_lambda` (the dispatcher)
     exactly as the Invoke API does. Anything else, an unknown function included (so errors are
     botocore's ClientError, as the interpreter expects), goes to the real client over HTTP.
+    With `faults`, each in-process Invoke runs under the AWS fault plan (Lambda throttling and
+    service errors, a response lost after the function ran), as the HTTP path does at the server.
     """
 
-    def __init__(self, client: Any, region: str) -> None:
+    def __init__(self, client: Any, region: str, faults: AwsFaults | None = None) -> None:
         from moto.awslambda.models import lambda_backends
         from moto.core import DEFAULT_ACCOUNT_ID
 
@@ -256,6 +266,7 @@ class InProcessLambdaClient:
         self._region = region
         self._backends = lambda_backends
         self._default_account = DEFAULT_ACCOUNT_ID
+        self._faults = faults
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -275,6 +286,11 @@ class InProcessLambdaClient:
             backend.get_function(name, qualifier)
         except Exception:  # unknown function or version: the real API's error, via HTTP
             return dict(self._client.invoke(**parameters))
+        if self._faults is not None:
+            return self._faults.lambda_fault(lambda: self._invoke(backend, name, qualifier, parameters))
+        return self._invoke(backend, name, qualifier, parameters)
+
+    def _invoke(self, backend: Any, name: str, qualifier: Any, parameters: dict[str, Any]) -> dict[str, Any]:
         body = parameters.get("Payload") or b""
         if isinstance(body, (bytes, bytearray)):
             body = bytes(body).decode("utf-8")

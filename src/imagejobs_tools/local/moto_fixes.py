@@ -28,6 +28,14 @@
   pipeline names each job's loop after the job, so a duplicate delivery never starts a second
   loop). Measured: 1 round in 200 of 8 concurrent starts. The fix runs StartExecution under a lock.
 
+- moto 5.2.5's Step Functions `states:startExecution` integration turns any exception that is not
+  a botocore `ClientError` (a connection reset or refused, a read timeout: botocore's own
+  `BotoCoreError`s) into `States.Runtime`, which no Retry or Catch can match: the execution fails
+  at once. AWS reports a failed call of a service integration as a Task failure its Retry/Catch
+  see (`StepFunctions.SdkClientException`, as `Lambda.SdkClientException` for Lambda); the job's
+  hand-over (statemachine/job.asl.json, HandOver) rests on catching it, or the job is left without
+  a loop. The fix reports those as `StepFunctions.SdkClientException` Task failures.
+
 The hook is private moto API (moto is pinned): `check()` says clearly when it has moved.
 """
 
@@ -43,6 +51,9 @@ SFN_SERVICE_MODULE = (
 )
 SFN_SERVICE_CLASS = "StateTaskServiceSfn"
 PATCHED_METHOD = "_normalise_parameters"
+ERROR_METHOD = "_from_error"
+# What a Step Functions task reports when its call of the Step Functions API got no response.
+SFN_CLIENT_ERROR = "StepFunctions.SdkClientException"
 # Marks our wrapper, so a second install() does not wrap it again.
 _MARKER = "_imagejobs_camel_case_parameters"
 _LOCK = threading.Lock()
@@ -65,6 +76,7 @@ def _service_class() -> Any:
         module = importlib.import_module(SFN_SERVICE_MODULE)
         service = getattr(module, SFN_SERVICE_CLASS)
         getattr(service, PATCHED_METHOD)
+        service.__dict__[ERROR_METHOD]  # its own override, which the SDK-error fix wraps
     except (ImportError, AttributeError) as error:
         raise MotoFixError(
             f"moto moved {SFN_SERVICE_MODULE}.{SFN_SERVICE_CLASS}.{PATCHED_METHOD} "
@@ -205,6 +217,7 @@ def install() -> Callable[[], None]:
     """Apply every fix; the returned callable removes them again (call it once)."""
     undo = [
         _sfn_parameter_names(),
+        _sfn_sdk_client_errors(),
         _sqs_pending_message_groups(),
         _dynamodb_atomic_item_operations(),
         _sfn_unique_execution_names(),
@@ -239,5 +252,46 @@ def _sfn_parameter_names() -> Callable[[], None]:
                     delattr(service, PATCHED_METHOD)
                 else:
                     setattr(service, PATCHED_METHOD, own)
+
+    return restore
+
+
+def _sfn_sdk_client_errors() -> Callable[[], None]:
+    from botocore.exceptions import BotoCoreError
+    from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+    from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEvent
+    from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+
+    service = _service_class()
+    with _LOCK:
+        own = service.__dict__[ERROR_METHOD]
+        if getattr(own, _MARKER, False):
+            return lambda: None  # already fixed by an earlier install(), whose undo removes it
+
+        def from_error(self: Any, env: Any, ex: Exception) -> Any:
+            if not isinstance(ex, BotoCoreError):
+                return own(self, env, ex)
+            details = TaskFailedEventDetails(
+                error=SFN_CLIENT_ERROR,
+                cause=f"Unable to execute HTTP request: {ex}",
+                resource=self._get_sfn_resource(),
+                resourceType=self._get_sfn_resource_type(),
+            )
+            return FailureEvent(
+                env=env,
+                error_name=CustomErrorName(SFN_CLIENT_ERROR),
+                event_type=HistoryEventType.TaskFailed,
+                # moto declares EventDetails total but fills one key, as here.
+                event_details=EventDetails(taskFailedEventDetails=details),  # type: ignore[typeddict-item]
+            )
+
+        setattr(from_error, _MARKER, True)
+        setattr(service, ERROR_METHOD, from_error)
+
+    def restore() -> None:
+        with _LOCK:
+            if service.__dict__.get(ERROR_METHOD) is from_error:
+                setattr(service, ERROR_METHOD, own)
 
     return restore

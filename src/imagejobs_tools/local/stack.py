@@ -36,6 +36,7 @@ from botocore.config import Config
 
 from imagejobs_tools.endpoints import connect_problem
 from imagejobs_tools.local import moto_fixes, moto_speedups, server_tuning
+from imagejobs_tools.local.aws_faults import AwsFaults, FaultRule
 from imagejobs_tools.local.dispatch import LambdaDispatcher
 from imagejobs_tools.local.iam_audit import REPORT_DIR_VARIABLE, AuditReport, FunctionCallAudit, write_report
 from imagejobs_tools.local.iam_policies import DeployedStack
@@ -107,6 +108,10 @@ class LocalStackConfig:
     iam_audit: bool = True
     # Where the audit is written when the stack stops (iam_audit.combine_reports reads them).
     iam_report_dir: Path | None = field(default_factory=lambda: _path_from_environment(REPORT_DIR_VARIABLE))
+    # AWS-side faults (throttling, 5xx, resets, latency) per service and operation, from the end of
+    # start(); changed at run time with `LocalStack.aws_faults.set_rules(...)` (aws_faults.py).
+    # Needs the IAM audit on (without it the functions sign with the tooling's key, never faulted).
+    aws_faults: tuple[FaultRule, ...] = ()
     # Every line a function writes (None: kept only in the stack's recent-lines buffer).
     log_sink: Callable[[FunctionLogLine], None] | None = None
     state_file: Path | None = None  # e.g. .imagejobs/local-stack.json
@@ -144,7 +149,10 @@ class LocalStack:
         # The most recent lines the functions wrote, for tests and tooling.
         self.iam_audit: FunctionCallAudit | None = None
         self.function_logs: deque[FunctionLogLine] = deque(maxlen=RECENT_LOG_LINES)
-        self.dispatcher = LambdaDispatcher(WorkerOptions(plugins=self.config.worker_plugins), self._log_line)
+        self.aws_faults = AwsFaults()  # the config's rules take effect once the stack is up
+        self.dispatcher = LambdaDispatcher(
+            WorkerOptions(plugins=self.config.worker_plugins), self._log_line, self.aws_faults
+        )
         self.pollers: list[SqsPoller] = []
         self.simulator: Any = None
         self._server: Any = None
@@ -155,6 +163,7 @@ class LocalStack:
         self._undo_server_tuning: Any = None
         self._undo_moto_fixes: Any = None
         self._undo_moto_speedups: Any = None
+        self._undo_aws_faults: Any = None
         self._session: boto3.Session | None = None
         self._endpoint: str | None = None
 
@@ -226,6 +235,8 @@ class LocalStack:
             self._apply_bucket_notifications(prepared, outputs, resources)
             queues = {lid: pid for lid, pid in resources.items() if types[lid] == "AWS::SQS::Queue"}
             self._start_pollers(prepared, resources, functions)
+            # Faults only from here on: the set-up's own calls (the pollers' lookups) are not the pipeline's.
+            self.aws_faults.set_rules(self.config.aws_faults)
             timings["wiringSeconds"] = time.perf_counter() - step
             timings["totalSeconds"] = time.perf_counter() - started
             public_outputs = {
@@ -276,6 +287,9 @@ class LocalStack:
             self.iam_audit.uninstall()  # what it recorded stays, for iam_report() after the stop
             if self.config.iam_report_dir is not None and self._info is not None:
                 write_report(self.config.iam_report_dir, self.config.template_path, self.iam_audit.report())
+        if self._undo_aws_faults is not None:
+            self._undo_aws_faults()
+            self._undo_aws_faults = None
         if self._undo_server_tuning is not None:
             self._undo_server_tuning()
             self._undo_server_tuning = None
@@ -325,6 +339,7 @@ class LocalStack:
         self._undo_server_tuning = server_tuning.install()
         self._undo_moto_fixes = moto_fixes.install()  # moto bugs the stack hits (moto_fixes.py)
         self._undo_moto_speedups = moto_speedups.install()  # moto hot spots under load (moto_speedups.py)
+        self._undo_aws_faults = self.aws_faults.install()  # AWS-side faults, when rules are set
         self._server = ThreadedMotoServer("127.0.0.1", self.config.port, verbose=False)
         self._server.start()
         _, port = self._server.get_host_and_port()

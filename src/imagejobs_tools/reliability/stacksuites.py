@@ -1,4 +1,4 @@
-"""Suites 1-4 on the local stack: duplicates, provider faults, crashes, account trouble.
+"""Suites on the local stack: duplicates, provider faults, crashes, account trouble, AWS faults.
 
 Jobs go in through the public SQS endpoint; figures come from the records (DynamoDB), the
 DLQ and the simulator's own ledger and task list. Every job carries a unique prompt
@@ -26,6 +26,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
 
+from imagejobs_tools.local.aws_faults import ENGINE, FaultRule
 from imagejobs_tools.local.workers import WorkerPlugin
 from imagejobs_tools.reliability.logcapture import find_secret
 from imagejobs_tools.reliability.report import SuiteReport
@@ -166,6 +167,7 @@ def running_stack(
     parameters: dict[str, str] | None = None,
     sqs_concurrency: int = 5,
     plugins: tuple[WorkerPlugin, ...] = (),
+    aws_faults: tuple[FaultRule, ...] = (),
 ) -> Iterator[Harness]:
     from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
 
@@ -193,6 +195,7 @@ def running_stack(
         environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
         sqs_concurrency=sqs_concurrency,
         worker_plugins=(timers, *plugins),
+        aws_faults=aws_faults,
         log_sink=lambda line: log_lines.append(line.text),  # list.append is atomic
     )
     with LocalStack(config) as stack:
@@ -577,4 +580,93 @@ def run_account(size: int, seed: int = 4) -> SuiteReport:
     keys = {"logs": h.logs(), "records": json.dumps(ledger.records, default=str)}
     report.extra["log bytes grepped"] = len(keys["logs"])
     report.check("API keys (right and wrong) absent from logs and records", not find_secret(keys, api_key))
+    return report
+
+
+# ---------------------------------------------------------------------------- suite 5
+
+# The issue's plan: on every AWS operation the pipeline uses, 5 % throttled, 2 % 5xx, 1 % reset after
+# the service did the work.
+AWS_FAULTS = (FaultRule(throttle=0.05, server_error=0.02, reset_after_send=0.01),)
+# Services every run must have faulted (the engine's in-process Lambda tasks are "lambda").
+AWS_FAULTED_SERVICES = ("dynamodb", "s3", "sqs", "states", "secretsmanager", "lambda")
+
+
+def run_aws_faults(size: int, seed: int = 5) -> SuiteReport:
+    """AWS-side faults on every call of the functions, the SQS pollers and the Step Functions
+    engine; a tenth of the jobs outlive a 2-s hand-over, so the engine's own ClaimHandOver
+    (dynamodb:updateItem) and HandOver (states:startExecution) tasks meet the faults too, and a
+    tenth come in as one JSONL batch upload (S3IntakeFunction: GetObject, SendMessageBatch)."""
+    rng = random.Random(seed)
+    report = SuiteReport("aws-faults")
+    job_ids = [f"awf-{n:05d}" for n in range(size)]
+    long_jobs = set(rng.sample(job_ids, max(2, size // 10)))
+    batch_jobs = job_ids[: max(2, size // 10)]
+    bodies = {
+        j: job_body("awf", j, **({"providerInput": {"simLatencySeconds": 5}} if j in long_jobs else {}))
+        for j in job_ids
+    }
+    started = time.perf_counter()
+    with running_stack(
+        f"sk_test_awf_{rng.getrandbits(48):012x}",
+        # A failed upload event comes back after this (AWS: 5,400 s).
+        parameters={"HandoverAfterSeconds": "2", "UploadsVisibilityTimeoutSeconds": str(VISIBILITY_SECONDS)},
+        aws_faults=AWS_FAULTS,
+    ) as h:
+        h.s3.put_object(
+            Bucket=h.outputs["OutputBucketName"],
+            Key="batches/aws-faults.jsonl",
+            Body="\n".join(json.dumps(bodies[j]) for j in batch_jobs).encode(),
+        )
+        h.send([bodies[j] for j in job_ids if j not in set(batch_jobs)])
+        settled = _wait_settled(h, job_ids, timeout=180 + size * 1.5)
+        h.stack.aws_faults.set_rules(())  # the figures are read without faults
+        injected = h.stack.aws_faults.injected()
+        calls = h.stack.aws_faults.calls()
+        ledger = collect(h)
+        check_outputs(report, h, ledger)
+    report.wall_seconds = time.perf_counter() - started
+    analyse(report, job_ids, ledger)
+    by_kind: Counter[str] = Counter()
+    by_service: Counter[str] = Counter()
+    for operation, kinds in injected.items():
+        for kind, count in kinds.items():
+            by_kind[kind] += count
+            by_service[operation.partition(".")[0]] += count
+    report.extra["AWS faults injected"] = dict(by_kind)
+    report.extra["AWS faults by service"] = dict(by_service)
+    report.extra["AWS faults by operation"] = injected
+    report.extra["AWS calls faultable"] = sum(calls.values())
+    report.extra["FAILED by code"] = dict(
+        Counter(
+            str((r.get("error") or {}).get("code"))
+            for r in ledger.records.values()
+            if r.get("status") == "FAILED"
+        )
+    )
+    report.check("settled before the timeout", settled)
+    report.check(
+        "every AWS service the pipeline uses was faulted",
+        all(by_service[service] for service in AWS_FAULTED_SERVICES) or size < 100,
+    )
+    engine = {op for op in injected if op.endswith(f"({ENGINE})")}
+    report.check(
+        "the Step Functions engine's own calls were faulted (Lambda tasks, ClaimHandOver, HandOver)",
+        {f"lambda.Invoke ({ENGINE})", f"states.StartExecution ({ENGINE})", f"dynamodb.UpdateItem ({ENGINE})"}
+        <= engine
+        or size < 100,
+    )
+    unexplained_dlq = [
+        j
+        for j in {str(m["jobId"]) for m in ledger.dlq}
+        if (ledger.records.get(j) or {}).get("status") not in TERMINAL
+        and not (ledger.records.get(j) or {}).get("lastSubmitError")
+    ]
+    report.check("every DLQ job's record says why (lastSubmitError)", not unexplained_dlq)
+    if unexplained_dlq:
+        report.notes.append(f"DLQ jobs without a reason: {sorted(unexplained_dlq)[:6]}")
+    not_terminal = {j: (ledger.records.get(j) or {}).get("status") for j in job_ids}
+    stuck = {j: s for j, s in not_terminal.items() if s not in TERMINAL}
+    if stuck:
+        report.notes.append(f"not terminal (first 6): {dict(list(stuck.items())[:6])}")
     return report

@@ -7,9 +7,15 @@ from collections.abc import Callable
 
 from imagejobs_tools.reliability.report import SuiteReport
 
-FULL_SIZES: dict[str, int] = {"duplicates": 1000, "faults": 500, "crashes": 200, "account": 30}
-SMOKE_SIZES: dict[str, int] = {"duplicates": 12, "faults": 25, "crashes": 8, "account": 3}
-SUITES = ("duplicates", "faults", "crashes", "account", "badinput", "outputs", "security")
+FULL_SIZES: dict[str, int] = {
+    "duplicates": 1000,
+    "faults": 500,
+    "crashes": 200,
+    "account": 30,
+    "aws-faults": 1000,
+}
+SMOKE_SIZES: dict[str, int] = {"duplicates": 12, "faults": 25, "crashes": 8, "account": 3, "aws-faults": 20}
+SUITES = ("duplicates", "faults", "crashes", "account", "aws-faults", "badinput", "outputs", "security")
 
 
 def _fake_aws_credentials() -> None:
@@ -46,5 +52,5 @@ def run_suite(name: str, size: int | None = None, *, smoke: bool = False) -> Sui
         return run_security()
     from imagejobs_tools.reliability import stacksuites
 
-    runner = getattr(stacksuites, f"run_{name}")
+    runner = getattr(stacksuites, f"run_{name.replace('-', '_')}")
     return runner(size)

@@ -7,7 +7,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionClosedError
 from imagejobs.config import IntakeSettings
 from imagejobs.first_poll import FirstPollPolicy
 from imagejobs.intake import (
@@ -281,12 +281,6 @@ def test_unexpected_submit_exception_is_treated_as_unknown(env: Env) -> None:
 
 
 def test_start_execution_failure_retries_without_resubmitting(env: Env) -> None:
-    class BrokenSfn:
-        def start_execution(self, **kwargs: Any) -> Any:
-            raise ClientError(
-                {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "StartExecution"
-            )
-
     outcome = env.handle({"jobId": "job-1", "prompt": "p"}, sfn=BrokenSfn())
     assert (outcome.action, outcome.status) == ("retry", "SUBMITTED")
     again = env.handle({"jobId": "job-1", "prompt": "p"})
@@ -294,6 +288,36 @@ def test_start_execution_failure_retries_without_resubmitting(env: Env) -> None:
     assert len(env.provider.submissions) == 1
     [execution] = env.executions()
     assert json.loads(execution["input"])["taskId"] == "tsk_1"
+
+
+class BrokenSfn:
+    """StartExecution keeps failing: throttled, or (`reset`) no response after botocore's retries."""
+
+    def __init__(self, reset: bool = False) -> None:
+        self.reset = reset
+
+    def start_execution(self, **kwargs: Any) -> Any:
+        if self.reset:
+            raise ConnectionClosedError(endpoint_url="https://states.us-east-1.amazonaws.com/")
+        raise ClientError(
+            {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "StartExecution"
+        )
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_redeliveries_of_a_submitted_job_whose_loop_cannot_start_retry_and_the_last_notes_the_dlq(
+    env: Env, reset: bool
+) -> None:
+    """Before: the first receive's retry was handled, but a redelivery's StartExecution error escaped
+    handle_job_message, so the last receive never noted the DLQ: a charged job dead-lettered with no
+    reason on its record (found by tests/reliability/test_aws_fault_points.py)."""
+    body = {"jobId": "job-1", "prompt": "p"}
+    for receive in range(1, 4):
+        outcome = env.handle(body, sfn=BrokenSfn(reset))
+        assert (outcome.action, outcome.status, outcome.task_id) == ("retry", "SUBMITTED", "tsk_1")
+        assert note_last_receive(env.store, outcome, receive, 3, now=env.clock) == (receive == 3)
+    assert "StartExecution failed" in env.record("job-1")["deadLettered"]["reason"]
+    assert len(env.provider.submissions) == 1
 
 
 def test_s3_inputs_are_sent_as_presigned_urls(env: Env) -> None:
@@ -380,3 +404,18 @@ def test_a_missing_api_key_is_recorded_as_secret_not_configured(env: Env) -> Non
     assert env.handle({"jobId": "job-1", "prompt": "p"}).action == "retry"
     last = env.record("job-1")["lastSubmitError"]
     assert (last["code"], last["message"]) == ("SecretNotConfigured", "secret k is empty")
+
+
+def test_every_record_write_resent_after_a_lost_response_still_submits_once_and_starts_the_loop(
+    env: Env,
+) -> None:
+    """A reset after DynamoDB applied a write makes botocore send it again, and the resent conditional
+    write fails its own condition: the claim must not look lost (the job would end SUBMIT_UNKNOWN
+    without a task) and SUBMITTED must not look like another writer's (no execution would start)."""
+    from tests.unit.domain.test_store import ResentAfterLostResponse
+
+    store = JobStore(ResentAfterLostResponse(env.store.table))
+    outcome = env.handle({"jobId": "job-1", "prompt": "a fox"}, store=store)
+    assert (outcome.action, outcome.status) == ("ack", "SUBMITTED")
+    assert len(env.provider.submissions) == 1
+    assert [e["name"] for e in env.executions()] == ["job-1"]

@@ -129,6 +129,16 @@ def test_auto_is_never_sooner_than_one_interval_nor_later_than_the_cap() -> None
     assert policy.seconds("slow", "video") == AUTO_CAP_SECONDS
 
 
+def test_on_express_the_first_poll_comes_by_the_hand_over() -> None:
+    times = RecordedTimes({"veo3": [200.0] * 50})
+    assert FirstPollPolicy("auto", 2, times, handover_after_seconds=90).seconds("veo3", "video") == 90
+    env = {**SAMPLE_ENV, "HANDOVER_AFTER_SECONDS": "120"}
+    assert IntakeSettings.from_env({**env, "FIRST_POLL_AFTER": "120"}).first_poll_after == 120
+    with pytest.raises(ConfigError) as caught:
+        IntakeSettings.from_env({**env, "FIRST_POLL_AFTER": "121"})
+    assert caught.value.variable == "FIRST_POLL_AFTER" and "HANDOVER_AFTER_SECONDS" in str(caught.value)
+
+
 def test_auto_reuses_an_estimate_for_a_while_then_reads_again() -> None:
     clock = Clock(0.0)
     times = RecordedTimes({"gpt-image-2": [30.0] * 50})

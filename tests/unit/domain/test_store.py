@@ -218,3 +218,39 @@ def test_list_by_status_newest_first_and_since(store: JobStore) -> None:
     since = store.list_by_status("RECEIVED", limit=10, since=T0 + 3)
     assert [r["jobId"] for r in since] == ["j4", "j3"]
     assert [r["jobId"] for r in store.list_by_status("SUBMITTED")] == ["j9"]
+
+
+class ResentAfterLostResponse:
+    """A table whose every write is applied, then sent again with the same parameters: what botocore
+    does when the connection breaks after DynamoDB applied the request (a reset, a read timeout)."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    def update_item(self, **parameters: Any) -> Any:
+        self._table.update_item(**parameters)
+        return self._table.update_item(**parameters)
+
+    def put_item(self, **parameters: Any) -> Any:
+        self._table.put_item(**parameters)
+        return self._table.put_item(**parameters)
+
+
+def test_a_write_resent_after_its_response_was_lost_reports_itself_applied(table: Any) -> None:
+    store = JobStore(ResentAfterLostResponse(table))
+    assert store.create_received("j1", REQUEST, now=T0).applied
+    claim = store.claim_for_submit("j1", 60, now=T0 + 1)
+    assert claim.applied and claim.status == s.SUBMITTING  # not "lost the claim race"
+    marked = store.mark_submitted("j1", "tsk_1", 3, "arn:exec", now=T0 + 2)
+    assert marked.applied and marked.status == s.SUBMITTED  # so intake starts the execution
+    assert store.mark_completed("j1", [], now=T0 + 3).applied
+    assert store.put_rejected("j2", {"prompt": ["missing"]}, now=T0).applied
+
+
+def test_another_writers_change_is_still_not_applied(store: JobStore) -> None:
+    submitted(store)
+    other = store.claim_for_submit("j1", 60, now=T0 + 3)
+    assert not other.applied and other.status == s.SUBMITTED

@@ -100,3 +100,29 @@ def test_sqs_pending_message_groups_survives_the_set_changing_under_it_and_undo_
     finally:
         undo()
     assert Queue.__dict__["pending_message_groups"] is original
+
+
+def _failure_of(error: Exception) -> Any:
+    task = start_execution_task()
+    task.resource.service_name = "states"
+    task.resource.condition = None
+    env = SimpleNamespace(
+        next_state_name="HandOver", event_history_context=SimpleNamespace(source_event_id=1)
+    )
+    return task._from_error(env, error)
+
+
+def test_a_start_execution_without_response_is_a_task_failure_retry_and_catch_can_match() -> None:
+    from botocore.exceptions import ConnectionClosedError
+
+    reset = ConnectionClosedError(endpoint_url="http://127.0.0.1:1/")
+    # moto as released: States.Runtime, which no Retry/Catch matches (the execution just fails).
+    assert _failure_of(reset).error_name.error_name == "States.Runtime"
+    undo = moto_fixes.install()
+    try:
+        failure = _failure_of(reset)
+        assert failure.error_name.error_name == moto_fixes.SFN_CLIENT_ERROR
+        assert failure.event_details["taskFailedEventDetails"]["resource"] == "startExecution"
+    finally:
+        undo()
+    assert _failure_of(reset).error_name.error_name == "States.Runtime"
