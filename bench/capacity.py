@@ -10,8 +10,9 @@ A steady-state model (Little's law): a job polls for T = generation time + half 
 out. Each quota bounds N or the rate; the smallest bound is the capacity and names the quota that
 binds. Polling options are inputs (`PollingOption`): state transitions per job-second while a job
 polls, Lambda invocations per polling job-second, and the fixed transitions of a job's start and
-end; today's only option is 2-s polling (Wait -> Poll -> Choice: 3 transitions and 1 invocation
-per 2 s). The per-job figures are those bench/cost.py measured on the local stack (docs/performance.md
+end; the default is 2-s polling (Wait -> Poll -> Choice: 3 transitions and 1 invocation per 2 s),
+and issue 19's FirstPollAfter and PollsPerInvocation change when and how often it pays them
+(`POLLING_OPTIONS`, docs/polling.md). The per-job figures are those bench/cost.py measured on the local stack (docs/performance.md
 section 5): 47 transitions for a 30-s job = 15 polls x 3 + StoreOutputs + JobCompleted; 1 PutItem
 + 3 UpdateItem at 22 write units (GSI ByStatus projects ALL) and 1 read unit per job.
 """
@@ -39,9 +40,25 @@ class PollingOption:
     transitions_per_job_second: float  # state transitions while the job polls
     invocations_per_job_second: float  # Lambda invocations while the job polls
     fixed_transitions: float = 2.0  # StoreOutputs + JobCompleted (Wait/Poll/Choice counted above)
+    # PollsPerInvocation (docs/polling.md): one call polls N times, an interval apart, so a cycle
+    # of 3 transitions and 1 invocation lasts N intervals and the call runs for N-1 of them.
+    polls_per_invocation: int = 1
+    # FirstPollAfter: the share of a job's generation time before its first poll (auto: the 10th
+    # percentile of the model's times, ~0.9 of a job whose time varies by +-10 %).
+    first_poll_share: float = 0.0
 
 
 DEFAULT_OPTION = PollingOption("2-s polling (Wait -> Poll -> Choice)", 2.0, 3 / 2.0, 1 / 2.0)
+# Issue 19's options (docs/polling.md), on top of 2-s polling.
+POLLING_OPTIONS = (
+    DEFAULT_OPTION,
+    PollingOption("FirstPollAfter=auto", 2.0, 3 / 2.0, 1 / 2.0, first_poll_share=0.9),
+    PollingOption("PollsPerInvocation=5", 2.0, 3 / 2.0, 1 / 2.0, polls_per_invocation=5),
+    PollingOption("PollsPerInvocation=15", 2.0, 3 / 2.0, 1 / 2.0, polls_per_invocation=15),
+    PollingOption(
+        "FirstPollAfter=auto + PollsPerInvocation=15", 2.0, 3 / 2.0, 1 / 2.0, 2.0, 15, first_poll_share=0.9
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -104,14 +121,19 @@ def capacity(option: PollingOption, quotas: Quotas, workload: Workload) -> Capac
         else 0.0
     )
     starts_per_job = 1.0 + handovers
+    # The part of a job's time it actually polls, and each cycle's share of it (several polls per call).
+    polling_share = 1.0 - option.first_poll_share * workload.generation_seconds / seconds_polling
+    cycles = polling_share / option.polls_per_invocation
+    call_seconds = (option.polls_per_invocation - 1) * option.poll_interval_seconds + workload.poll_seconds
     bounds_n: list[tuple[float, str]] = []
     if quotas.transitions_per_second is not None:
         per_job = (
-            option.transitions_per_job_second + (option.fixed_transitions + 3 * handovers) / seconds_polling
+            option.transitions_per_job_second * cycles
+            + (option.fixed_transitions + 3 * handovers) / seconds_polling
         )
         bounds_n.append((quotas.transitions_per_second / per_job, "state transitions"))
     lambda_per_job = (
-        option.invocations_per_job_second * workload.poll_seconds + workload.store_seconds / seconds_polling
+        option.invocations_per_job_second * cycles * call_seconds + workload.store_seconds / seconds_polling
     )
     lambda_left = quotas.lambda_concurrency - workload.intake_concurrency
     bounds_n.append((lambda_left / lambda_per_job, "Lambda concurrency"))
@@ -233,10 +255,43 @@ WORKLOADS = (
 )
 
 
+def options_table(workload: Workload) -> list[str]:
+    """Every polling option on one workload, each kind of region: the rows of docs/polling.md."""
+    lines = [
+        f"{workload.generation_seconds:g}-s jobs, intake concurrency {workload.intake_concurrency}:",
+        "| option | " + " | ".join(q.label for q in QUOTAS) + " |",
+        "|---|" + "---|" * len(QUOTAS),
+    ]
+    for option in POLLING_OPTIONS:
+        cells = []
+        for quotas in QUOTAS:
+            express = quotas.history_events is None
+            shaped = Workload(**{**workload.__dict__, "handover_after_seconds": 120.0 if express else 0.0})
+            result = capacity(option, quotas, shaped)
+            cells.append(f"{math.floor(result.max_polling):,} ({result.polling_bound_by})")
+        lines.append(f"| {option.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
     lines = table(DEFAULT_OPTION, WORKLOADS)
     print("\n".join(lines))
+    print("\nPolling options (docs/polling.md): max jobs polling at once (what binds first)")
+    option_figures: dict[str, dict[str, float]] = {}
+    for workload in (
+        Workload(30.0, None, intake_concurrency=100),
+        Workload(90.0, None, intake_concurrency=100),
+    ):
+        print("\n".join(options_table(workload)))
+        for option in POLLING_OPTIONS:
+            for quotas in QUOTAS:
+                express = quotas.history_events is None
+                shaped = Workload(
+                    **{**workload.__dict__, "handover_after_seconds": 120.0 if express else 0.0}
+                )
+                key = f"{option.name} | {quotas.label} | {workload.generation_seconds:g} s"
+                option_figures[key] = {"maxPolling": round(capacity(option, quotas, shaped).max_polling, 1)}
     print("\nPast the quota (discrete-event run, 800 transitions/s, 2-s polling, 120 s):")
     print("| jobs polling | mean time between a job's polls |\n|---|---|")
     throttled = {}
@@ -261,6 +316,7 @@ def main() -> None:
         }
         rows.append((f"{quotas.label}: jobs polling", round(result.max_polling, 1), result.polling_bound_by))
     figures["pollPeriodAt800PerSecond"] = throttled
+    figures["pollingOptions"] = option_figures
     emit("capacity", rows, figures, args.smoke)
 
 

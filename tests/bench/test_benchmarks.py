@@ -165,6 +165,7 @@ def test_cost_smoke() -> None:
 def test_capacity_smoke() -> None:
     figures = run_smoke("capacity.py", timeout=60)
     periods = figures.pop("pollPeriodAt800PerSecond")
+    options = figures.pop("pollingOptions")
     assert set(figures) == {"standard", "standard-other", "express"}
     # Past the quota, throttled transitions are delayed, not dropped: every job's polls slow down.
     assert periods["1000"] > periods["100"] >= 2.0
@@ -176,3 +177,9 @@ def test_capacity_smoke() -> None:
     assert figures["standard-other"]["bindsFirst"] == "state transitions"
     assert 480 <= figures["standard-other"]["maxPolling"] <= 534
     assert figures["express"]["bindsFirst"] != "state transitions"  # EXPRESS is not limited
+    # Issue 19's options: a later first poll lifts the transitions bound; several polls per call
+    # trade it for Lambda concurrency (each polling job holds ~(N-1)/N of an instance).
+    other = "STANDARD, other regions | 30 s"
+    default = options[f"2-s polling (Wait -> Poll -> Choice) | {other}"]["maxPolling"]
+    assert options[f"FirstPollAfter=auto | {other}"]["maxPolling"] > 5 * default
+    assert 900 <= options[f"PollsPerInvocation=15 | {other}"]["maxPolling"] <= 1000
