@@ -248,7 +248,7 @@ def _run_sam_env(args: argparse.Namespace) -> int:
     if host == "localhost" or (host.replace(".", "").isdigit() and ipaddress.ip_address(host).is_loopback):
         print(
             f"imagejobs local sam-env: the stack listens on {endpoint}, which containers cannot reach: "
-            "start it with `imagejobs local up --lambda sam`, or `--host` this machine's Docker bridge address",
+            "start it with `imagejobs local up --lambda sam` (or --host ADDRESS on Docker's bridge)",
             file=sys.stderr,
         )
         return 2
