@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Each builds the venv
 # on a fresh clone (Python 3.12, the Lambda runtime's version) and needs no AWS
-# account and no Docker.
+# account. `make demo` needs no Docker; `make test` also runs tests/samlocal (sam local
+# in real containers) where a Docker engine can be made available, and skips them elsewhere.
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= $(shell scripts/find-python)

@@ -81,16 +81,18 @@ def parameter_overrides(architecture: str) -> list[str]:
     return ["--parameter-overrides", f"{ARCHITECTURE_PARAMETER}={architecture}"]
 
 
-def build_options(template: Path, architecture: str, build_dir: Path = BUILD_DIR) -> list[str]:
-    """`sam build`'s options for `sam local` here (what `local sam-env` tells users to run)."""
+def build_options(template: Path, architecture: str) -> list[str]:
+    """`sam build`'s options for `sam local` here (what `local sam-env` tells users to run): the build
+    and its cache beside the template, whatever the working directory."""
+    project = template.parent
     return [
         "--template-file",
         str(template),
         "--build-dir",
-        str(build_dir),
+        str(project / BUILD_DIR),
         "--cached",
         "--cache-dir",
-        str(CACHE_DIR),
+        str(project / CACHE_DIR),
         *parameter_overrides(architecture),
     ]
 
@@ -109,13 +111,13 @@ def container_options(built_template: Path, architecture: str) -> list[str]:
     ]
 
 
-def build(template: Path, architecture: str, build_dir: Path = BUILD_DIR) -> Path:
+def build(template: Path, architecture: str) -> Path:
     """`sam build` (cached) for `architecture`; returns the built template."""
-    command = [sam_executable(), "build", *build_options(template, architecture, build_dir)]
+    command = [sam_executable(), "build", *build_options(template, architecture)]
     done = subprocess.run(command, env=sam_environment(), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SamLocalError(f"sam build failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return build_dir / "template.yaml"
+    return template.parent / BUILD_DIR / "template.yaml"
 
 
 def bridge_address() -> str:
