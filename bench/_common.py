@@ -374,8 +374,10 @@ def local_stack(
     sim_latency: tuple[float, float],
     parameters: dict[str, str] | None = None,
     credits: int = 10_000_000,
+    **options: Any,
 ) -> Iterator[Any]:
-    """The real template on the local stack, in this process, with handler logs at ERROR."""
+    """The real template on the local stack, in this process, with handler logs at ERROR; `options`:
+    any other LocalStackConfig field (e.g. `host`, `lambda_runtime`)."""
     from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
 
     config = LocalStackConfig(
@@ -385,6 +387,7 @@ def local_stack(
         api_key_credits=credits,
         parameter_overrides={"LogLevel": "ERROR", **(parameters or {})},
         environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
+        **options,
     )
     with LocalStack(config) as stack:
         yield stack
