@@ -83,7 +83,10 @@ def main() -> None:
         # The first run after SAM's image is gone builds it from the base image; later runs rebuild only
         # the layer on top (SAM always does for a layer in the template), then start a container.
         subprocess.run(
-            "docker images -q 'samcli/lambda-python' | xargs -r docker rmi -f", shell=True, check=False
+            "docker images -q 'samcli/lambda-python' | xargs -r docker rmi -f",
+            shell=True,
+            check=False,
+            capture_output=True,
         )
         invoke_seconds = [timed(invoke) for _ in range(INVOKES)]
 
