@@ -26,6 +26,7 @@ SETUP = REPO / "scripts" / "sam-local-setup"
 EVENTS = REPO / "events"
 # The script's exit status when no Docker engine can be made available here.
 UNAVAILABLE = 3
+SKIP_PREFIX = "sam local unavailable: "
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def sam_local() -> SamLocal:
     )
     if done.returncode == UNAVAILABLE and os.environ.get("CI") != "true":
         reason = (done.stderr.strip().splitlines() or ["unavailable"])[-1]
-        pytest.skip(reason.removeprefix("sam-local-setup: ").strip())
+        pytest.skip(SKIP_PREFIX + reason.removeprefix("sam-local-setup: ").strip())
     if done.returncode != 0:
         pytest.fail(f"make sam-local-setup failed ({done.returncode}):\n{done.stdout}{done.stderr[-4000:]}")
     return SamLocal(
@@ -68,6 +69,16 @@ def sam_local() -> SamLocal:
         built_template=REPO / samlocal.BUILD_DIR / "template.yaml",
         bridge=samlocal.bridge_address(),
     )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """One line in the summary for all the tests skipped here: the reason is the setup's, not a test's
+    (pytest would show one line per test, at the test's location)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and isinstance(report.longrepr, tuple) and SKIP_PREFIX in report.longrepr[2]:
+        report.longrepr = (str(SETUP.relative_to(REPO)), None, report.longrepr[2])
 
 
 def event(name: str, **replacements: str) -> dict[str, Any]:
