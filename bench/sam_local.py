@@ -31,7 +31,9 @@ WARM_INVOKES = 20  # invocations of a warm start-lambda container
 
 def timed(command: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, env=samlocal.sam_environment(), check=True, capture_output=True)
+    done = subprocess.run(command, cwd=REPO, env=samlocal.sam_environment(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{command[:4]} exited {done.returncode}:\n{done.stderr[-3000:]}")
     return time.perf_counter() - started
 
 
