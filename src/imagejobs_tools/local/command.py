@@ -1,4 +1,4 @@
-"""`imagejobs local up|demo`: the whole pipeline on this machine (docs/local-stack.md)."""
+"""`imagejobs local up|demo|sam-env`: the whole pipeline on this machine (docs/local-stack.md)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from imagejobs_tools.local import samlocal
 from imagejobs_tools.local.logview import LOG_FORMATS, CurrentStdout, LogView
 
 DEFAULT_STATE_FILE = Path(".imagejobs/local-stack.json")
-DEFAULT_SAM_ENV_FILE = Path(".imagejobs/sam-env.json")
 LAMBDA_RUNTIMES = ("workers", "sam")
 
 
@@ -140,7 +140,7 @@ def register(subparsers: Any) -> None:
         "(`docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}'`).",
     )
     sam_env.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE, help="the running stack's")
-    sam_env.add_argument("--out", type=Path, default=DEFAULT_SAM_ENV_FILE, help="the file to write")
+    sam_env.add_argument("--out", type=Path, default=samlocal.DEFAULT_SAM_ENV_FILE, help="the file to write")
     sam_env.set_defaults(func=_run_sam_env)
 
     demo = commands.add_parser(
@@ -199,7 +199,7 @@ def _run_up(args: argparse.Namespace) -> int:
     config.lambda_runtime = args.lambda_runtime
     try:
         config.host = args.host or _default_host(args.lambda_runtime)
-    except RuntimeError as exc:  # samlocal.SamLocalError: no Docker engine answers
+    except samlocal.SamLocalError as exc:  # no Docker engine answers
         console.print(f"[red]imagejobs local up: {exc}[/red]")
         return 2
     # A stack left running records every request it serves for the IAM audit: only when a test
@@ -226,15 +226,11 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _default_host(lambda_runtime: str) -> str:
-    from imagejobs_tools.local.samlocal import bridge_address
-
-    return bridge_address() if lambda_runtime == "sam" else "127.0.0.1"
+    return samlocal.bridge_address() if lambda_runtime == "sam" else "127.0.0.1"
 
 
 def _run_sam_env(args: argparse.Namespace) -> int:
     import boto3
-
-    from imagejobs_tools.local import samlocal
 
     try:
         state = json.loads(args.state_file.read_text(encoding="utf-8"))

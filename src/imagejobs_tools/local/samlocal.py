@@ -28,13 +28,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import requests
-
-from imagejobs_tools.local.workers import FunctionSpec, InvocationOutcome
+if TYPE_CHECKING:  # the standard library only at import: `imagejobs --help` imports this module
+    from imagejobs_tools.local.workers import FunctionSpec, InvocationOutcome
 
 BUILD_DIR = Path(".aws-sam/local")
+# Where `local sam-env` and `local up --lambda sam` write the --env-vars file.
+DEFAULT_SAM_ENV_FILE = Path(".imagejobs/sam-env.json")
 CACHE_DIR = Path(".aws-sam/local-cache")
 # The template parameter that picks the functions' and layer's instruction set.
 ARCHITECTURE_PARAMETER = "Architecture"
@@ -221,6 +222,8 @@ class StartLambda:
         assert self.process.stdout is not None
         self._reader = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
         self._reader.start()
+        import requests
+
         self._session = requests.Session()
 
     def _read(self, pipe: IO[bytes]) -> None:

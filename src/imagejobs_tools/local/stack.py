@@ -70,7 +70,6 @@ PARAM_ALLOW_HOSTS = "UrlAllowHosts"
 # 1.07x (the moto server, one GIL, is the bottleneck either way). Workers are ~75 MB each.
 DEFAULT_FUNCTION_CONCURRENCY = 2
 RECENT_LOG_LINES = 20_000
-DEFAULT_SAM_ENV_FILE = Path(".imagejobs/sam-env.json")
 # Where invocations run: worker processes (no Docker), or `sam local start-lambda` containers.
 LambdaRuntime = Literal["workers", "sam"]
 # Process-wide things (os.environ, moto's backends and hooks) allow one stack per process.
@@ -92,7 +91,7 @@ class LocalStackConfig:
     host: str = "127.0.0.1"
     lambda_runtime: LambdaRuntime = "workers"
     # The --env-vars file `lambda_runtime="sam"` writes for start-lambda (as `local sam-env` does).
-    sam_env_file: Path = DEFAULT_SAM_ENV_FILE
+    sam_env_file: Path = samlocal.DEFAULT_SAM_ENV_FILE
     # Provider: an external URL, else the in-process simulator (or none at all, for templates without one).
     provider_url: str | None = None
     start_simulator: bool = True
