@@ -6,14 +6,16 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import RunningStack
+from tests.e2e.conftest import RunningStack, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("samlocal")]
 
 
 def served_by_start_lambda(stack: RunningStack, function: str) -> bool:
-    """Whether start-lambda served an invocation of `function` (its request lines are in the log)."""
-    return f"POST /2015-03-31/functions/{function}/invocations" in stack.log_path.read_text(errors="replace")
+    """Whether start-lambda served an invocation of `function`: its request line is in the log. It
+    writes that line once the response is sent, so after the function's own effects: waited for."""
+    line = f"POST /2015-03-31/functions/{function}/invocations"
+    return bool(wait_for(lambda: line in stack.log_path.read_text(errors="replace"), 30, what=line))
 
 
 def test_a_job_goes_from_the_queue_to_completed_with_its_image_in_s3(sam_stack: RunningStack) -> None:
