@@ -49,6 +49,22 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def polling_option(name: str) -> dict[str, str]:
+    """Template parameters of a polling option (docs/polling.md): ``default``, ``first-poll-auto``,
+    ``first-poll-N``, ``polls-N``, or several joined by ``+`` (``first-poll-auto+polls-15``)."""
+    parameters: dict[str, str] = {}
+    for part in name.split("+"):
+        if part == "default":
+            continue
+        if part.startswith("first-poll-"):
+            parameters["FirstPollAfter"] = part.removeprefix("first-poll-")
+        elif part.startswith("polls-"):
+            parameters["PollsPerInvocation"] = part.removeprefix("polls-")
+        else:
+            raise SystemExit(f"unknown polling option {part!r} (default, first-poll-auto|N, polls-N, a+b)")
+    return parameters
+
+
 def machine() -> dict[str, Any]:
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -374,11 +390,19 @@ def local_stack(
     sim_latency: tuple[float, float],
     parameters: dict[str, str] | None = None,
     credits: int = 10_000_000,
+    concurrent_jobs: int = 0,
     **options: Any,
 ) -> Iterator[Any]:
-    """The real template on the local stack, in this process, with handler logs at ERROR; `options`:
-    any other LocalStackConfig field (e.g. `host`, `lambda_runtime`)."""
+    """The real template on the local stack, in this process, with handler logs at ERROR.
+
+    ``concurrent_jobs``: with PollsPerInvocation > 1 every polling job holds an execution
+    environment of PollFunction for most of its life, as on AWS (up to the account's concurrency);
+    the stack's default of 2 per function would queue them, so give it one per job.
+    ``options``: any other LocalStackConfig field (e.g. ``host``, ``lambda_runtime``).
+    """
     from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
+
+    holds_environments = int((parameters or {}).get("PollsPerInvocation", "1")) > 1
 
     config = LocalStackConfig(
         template_path=REPO / "template.yaml",
@@ -387,6 +411,7 @@ def local_stack(
         api_key_credits=credits,
         parameter_overrides={"LogLevel": "ERROR", **(parameters or {})},
         environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
+        concurrency_overrides={"PollFunction": concurrent_jobs + 2} if holds_environments else {},
         **options,
     )
     with LocalStack(config) as stack:

@@ -1,10 +1,16 @@
-"""Cost: AWS cost per 1,000 image jobs (30 s generation, 2 s polling), computed from a local run's
+"""Cost: AWS cost per 1,000 jobs (30-s images, 90-s videos, 2 s polling), computed from a local run's
 real execution histories, Lambda invocations x measured duration x memory, DynamoDB writes and
 reads, SQS requests and S3 PUTs, at us-east-1 list prices; STANDARD and EXPRESS side by side with
-the AWS "Job Poller" sample's design (Wait -> Task -> Choice, Retry on every task).
+the AWS "Job Poller" sample's design (Wait -> Task -> Choice, Retry on every task), for the default
+polling and each polling option (docs/polling.md), one fresh stack per option, all in one run.
 
-    .venv/bin/python bench/cost.py            # 50 concurrent jobs, 30 s generation, 2 s polling
-    .venv/bin/python bench/cost.py --smoke    # 3 jobs, 1 s generation
+    .venv/bin/python bench/cost.py            # 40 jobs per kind and option (~20 min)
+    .venv/bin/python bench/cost.py --kinds image --options default,polls-15
+    .venv/bin/python bench/cost.py --smoke    # 3 images of 5 s, default and polls-3
+
+Each job's generation time is drawn from +-10 % around the kind's (simLatencySeconds), so that
+FirstPollAfter=auto meets a spread; auto runs a warm-up wave first (the records it learns from),
+and the jobs that finish before their first poll show its price: how much later they are detected.
 
 Everything countable is counted in the run (state transitions from each execution's history,
 every AWS API call made in the process, every Lambda invocation and its duration); only what a
@@ -14,13 +20,16 @@ local run cannot show is assumed, and each assumption is listed with the figures
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from _common import (
     REPO,
+    Invocation,
     InvocationLog,
     RequestLog,
     count_aws_requests,
@@ -29,8 +38,10 @@ from _common import (
     local_stack,
     parse_iso,
     parser,
+    polling_option,
     scan_records,
     send_jobs,
+    summary,
     wait_until,
 )
 
@@ -39,6 +50,17 @@ POLL_INTERVAL = 2
 # provider's CDN spends elsewhere; job ids keep the jobs apart.
 PROMPT = "a lighthouse at dawn, benchmark"
 TARGET_STANDARD, TARGET_EXPRESS = 1.30, 0.10
+# Issue 19: an option at <= 0.5x the Job Poller sample's STANDARD cost.
+TARGET_SAMPLE_RATIO = 0.5
+SPREAD = 0.10  # generation time uniform on +-10 % of the kind's
+# kind: (model, generation seconds, extra message fields)
+WORKLOADS: dict[str, tuple[str, float, dict[str, Any]]] = {
+    "image": ("gpt-image-2", 30.0, {}),
+    "video": ("veo3_fast", 90.0, {"inputMode": "text_to_video", "duration": 8}),
+}
+FULL_OPTIONS = "default,first-poll-auto,polls-5,polls-15,first-poll-auto+polls-15"
+SMOKE_OPTIONS = "default,polls-3"
+AUTO_WARMUP_JOBS = 25  # > imagejobs.first_poll.AUTO_MIN_SAMPLES
 
 # us-east-1 list prices (USD), November 2026 price pages; free tiers ignored.
 PRICES = {
@@ -143,176 +165,328 @@ def logged_events(history: list[dict[str, Any]], level: str) -> int:
     return 0
 
 
-def main() -> None:
-    p = parser(__doc__ or "")
-    p.add_argument("--jobs", type=int, help="jobs (default 50, smoke 3)")
-    p.add_argument("--generation", type=float, help="simulated generation seconds (default 30, smoke 1)")
-    args = p.parse_args()
-    jobs = args.jobs or (3 if args.smoke else 50)
-    generation = args.generation or (1.0 if args.smoke else 30.0)
-    invocations = InvocationLog()
-    requests = RequestLog()
+@dataclass
+class Measured:
+    """One option on one kind: the per-job quantities the cost model prices."""
 
-    with local_stack(poll_interval=POLL_INTERVAL, sim_latency=(generation, generation)) as stack:
-        instrument_dispatcher(stack, invocations)
-        sfn = stack.client("stepfunctions")
-        run = f"cost{int(time.time())}"
-        ids = {f"{run}-{index:04d}" for index in range(jobs)}
-        with count_aws_requests(stack, requests):
-            send_jobs(stack, ({"jobId": j, "prompt": PROMPT} for j in sorted(ids)))
+    option: str
+    kind: str
+    jobs: int
+    generation: float
+    records: list[dict[str, Any]]
+    histories: list[list[dict[str, Any]]]
+    invocations: list[Invocation]
+    memory_mb: dict[str, int]
+    requests: dict[str, int]
+    receives: int
+    provider_done: dict[str, float]  # jobId: the simulator's completedAt
+    first_poll_at: dict[str, float] = field(default_factory=dict)  # jobId: its first PollFunction start
 
-            def all_done() -> list[dict[str, Any]] | None:
-                records = [r for r in scan_records(stack) if r["jobId"] in ids]
-                done = [r for r in records if r.get("status") in {"COMPLETED", "FAILED", "TIMED_OUT"}]
-                return records if len(done) == jobs else None
-
-            records = wait_until(all_done, timeout=300 + generation * 3, what="every job terminal")
-            time.sleep(0.5)  # let the last executions reach their final state
-        receives = sum(poller.stats.batches for poller in stack.pollers)
-        histories = []
-        for record in records:
-            events: list[dict[str, Any]] = []
-            kwargs: dict[str, Any] = {"executionArn": record["executionArn"], "maxResults": 1000}
-            while True:
-                page = sfn.get_execution_history(**kwargs)
-                events.extend(page["events"])
-                if not page.get("nextToken"):
-                    break
-                kwargs["nextToken"] = page["nextToken"]
-            histories.append(events)
-        memory = dict(invocations.memory_mb)
-
-    counted = dict(requests.counts)
-    per_job_transitions = statistics.fmean(transitions(h) for h in histories)
-    log_level = state_machine_log_level()
-    # EXPRESS bills CloudWatch Logs for the events its logging level lets through (ALL: every
-    # history event; ERROR: failures only; FATAL: execution-level failures only).
-    per_job_events = statistics.fmean(logged_events(h, log_level) for h in histories)
-    per_job_seconds = statistics.fmean(duration_seconds(h) for h in histories)
-    polls = statistics.fmean(float(r.get("polls") or 0) for r in records)
-    item_bytes = statistics.fmean(len(repr(r).encode()) for r in records)
-    gb_seconds = 0.0
-    calls = 0
-    per_function: dict[str, dict[str, float]] = {}
-    for function, durations in invocations.durations.items():
-        if function == "S3IntakeFunction":
-            continue  # the bucket's s3:TestEvent at start-up, not a job's
-        seconds = sum(durations)
-        gb_seconds += seconds * memory.get(function, 128) / 1024
-        calls += len(durations)
-        per_function[function] = {
-            "callsPerJob": round(len(durations) / jobs, 3),
-            "meanMs": round(1000 * seconds / len(durations), 1),
-            "memoryMB": memory.get(function, 128),
+    def per_function(self) -> dict[str, dict[str, float]]:
+        grouped: dict[str, list[float]] = {}
+        for event in self.invocations:
+            grouped.setdefault(event.function, []).append(event.seconds)
+        return {
+            function: {
+                "callsPerJob": round(len(durations) / self.jobs, 3),
+                "meanMs": round(1000 * statistics.fmean(durations), 1),
+                "memoryMB": self.memory_mb.get(function, 128),
+                "gbSecondsPerJob": sum(durations) * self.memory_mb.get(function, 128) / 1024 / self.jobs,
+            }
+            for function, durations in grouped.items()
+            if function != "S3IntakeFunction"  # the bucket's s3:TestEvent at start-up, not a job's
         }
-    wru, rru = dynamodb_units(counted, item_bytes, jobs)
-    sqs = ASSUMED["userSendsPerJob"] + 2 * receives / jobs  # ReceiveMessage + DeleteMessageBatch per batch
+
+
+def job_bodies(
+    run: str, kind: str, count: int, generation: float, rng: random.Random
+) -> list[dict[str, Any]]:
+    model, _, extra = WORKLOADS[kind]
+    return [
+        {
+            "jobId": f"{run}-{index:04d}",
+            "prompt": PROMPT,
+            "model": model,
+            **extra,
+            "providerInput": {
+                "simLatencySeconds": round(rng.uniform(1 - SPREAD, 1 + SPREAD) * generation, 2)
+            },
+        }
+        for index in range(count)
+    ]
+
+
+def run_wave(stack: Any, bodies: list[dict[str, Any]], generation: float) -> list[dict[str, Any]]:
+    ids = {body["jobId"] for body in bodies}
+    send_jobs(stack, bodies)
+
+    def all_done() -> list[dict[str, Any]] | None:
+        records = [r for r in scan_records(stack) if r["jobId"] in ids]
+        done = [r for r in records if r.get("status") in {"COMPLETED", "FAILED", "TIMED_OUT"}]
+        return records if len(done) == len(ids) else None
+
+    records: list[dict[str, Any]] = wait_until(
+        all_done, timeout=300 + generation * 3, what="every job terminal"
+    )
+    time.sleep(0.5)  # let the last executions reach their final state
+    return records
+
+
+def history(sfn: Any, execution_arn: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+    while True:
+        page = sfn.get_execution_history(**kwargs)
+        events.extend(page["events"])
+        if not page.get("nextToken"):
+            return events
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def measure(option: str, kind: str, jobs: int, generation: float, seed: int) -> Measured:
+    parameters = polling_option(option)
+    rng = random.Random(seed)
+    with local_stack(
+        poll_interval=POLL_INTERVAL,
+        sim_latency=(generation, generation),
+        parameters=parameters,
+        concurrent_jobs=jobs,
+    ) as stack:
+        run = f"cost{int(time.time())}"
+        if parameters.get("FirstPollAfter") == "auto":
+            # The records auto learns from; its cold-start estimate is kept 30 s (first_poll.py).
+            run_wave(stack, job_bodies(f"{run}w", kind, AUTO_WARMUP_JOBS, generation, rng), generation)
+            time.sleep(31)
+        log = InvocationLog()
+        instrument_dispatcher(stack, log)
+        requests = RequestLog()
+        bodies = job_bodies(run, kind, jobs, generation, rng)
+        ids = {body["jobId"] for body in bodies}
+        with count_aws_requests(stack, requests):
+            records = run_wave(stack, bodies, generation)
+        receives = sum(poller.stats.batches for poller in stack.pollers)
+        sfn = stack.client("stepfunctions")
+        histories = [history(sfn, record["executionArn"]) for record in records]
+        tasks = {t["taskId"]: t for t in stack.simulator.admin.tasks()}
+        events = [e for e in log.events if e.job_id is None or e.job_id in ids]
+    first_poll_at: dict[str, float] = {}
+    for event in events:
+        if event.function == "PollFunction" and event.job_id:
+            first_poll_at[event.job_id] = min(first_poll_at.get(event.job_id, math.inf), event.started)
+    return Measured(
+        option=option,
+        kind=kind,
+        jobs=jobs,
+        generation=generation,
+        records=records,
+        histories=histories,
+        invocations=events,
+        memory_mb=dict(log.memory_mb),
+        requests=dict(requests.counts),
+        receives=receives,
+        provider_done={
+            r["jobId"]: parse_iso(tasks[r["taskId"]]["completedAt"])
+            for r in records
+            if r.get("taskId") in tasks and tasks[r["taskId"]].get("completedAt")
+        },
+        first_poll_at=first_poll_at,
+    )
+
+
+def priced(measured: Measured, log_level: str) -> dict[str, Any]:
+    """Per-job quantities and $ per 1,000 jobs (STANDARD, EXPRESS) of one measured run."""
+    jobs = measured.jobs
+    functions = measured.per_function()
+    per_job_transitions = statistics.fmean(transitions(h) for h in measured.histories)
+    execution_seconds = statistics.fmean(duration_seconds(h) for h in measured.histories)
+    item_bytes = statistics.fmean(len(repr(r).encode()) for r in measured.records)
+    wru, rru = dynamodb_units(measured.requests, item_bytes, jobs)
     s3_puts = (
         sum(
-            counted.get(f"s3.{op}", 0)
+            measured.requests.get(f"s3.{op}", 0)
             for op in ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
         )
         / jobs
     )
-    secrets = counted.get("secretsmanager.GetSecretValue", 0) / jobs
-    ours = model(
+    gb_seconds = sum(f["gbSecondsPerJob"] for f in functions.values())
+    calls = sum(f["callsPerJob"] for f in functions.values())
+    poll = functions.get("PollFunction", {"callsPerJob": 0.0, "meanMs": 0.0})
+    costs = model(
         transitions_per_job=per_job_transitions,
-        express_seconds=per_job_seconds,
-        history_events=per_job_events,
-        lambda_gb_seconds=gb_seconds / jobs,
-        lambda_calls=calls / jobs,
+        express_seconds=execution_seconds,
+        history_events=statistics.fmean(logged_events(h, log_level) for h in measured.histories),
+        lambda_gb_seconds=gb_seconds,
+        lambda_calls=calls,
         wru=wru,
         rru=rru,
-        sqs_requests=sqs,
+        sqs_requests=ASSUMED["userSendsPerJob"] + 2 * measured.receives / jobs,
         s3_puts=s3_puts,
-        secrets_calls=secrets,
+        secrets_calls=measured.requests.get("secretsmanager.GetSecretValue", 0) / jobs,
     )
-    # The Job Poller sample: Submit Job (Lambda) -> [Wait -> Get Job Status (Lambda) -> Job Complete?]
-    # x polls -> Get Final Job Status (Lambda); no queue, no job record, no output copy. Same polls,
-    # our measured Lambda durations (submit = intake per job, status = poll).
-    poll_stats = per_function.get("PollFunction", {"meanMs": 0.0, "memoryMB": 256})
-    intake_stats = per_function.get("IntakeFunction", {"meanMs": 0.0, "memoryMB": 256, "callsPerJob": 1})
-    submit_gb_s = (
-        intake_stats["meanMs"] / 1000 * intake_stats["callsPerJob"] * intake_stats["memoryMB"] / 1024
-    )
-    status_gb_s = (polls + 1) * poll_stats["meanMs"] / 1000 * poll_stats["memoryMB"] / 1024
-    sample_transitions = 1 + 3 * polls + 1
-    sample = model(
-        transitions_per_job=sample_transitions,
-        express_seconds=per_job_seconds,
-        history_events=per_job_events + (2 if log_level == "ALL" else 0),
+    delays, early = [], []
+    for record in measured.records:
+        done = measured.provider_done.get(record["jobId"])
+        if record.get("status") != "COMPLETED" or done is None:
+            continue
+        delay = parse_iso(record["completedAt"]) - done
+        # Finished before its first poll: detected later than at 2-s polling from the start.
+        first = measured.first_poll_at.get(record["jobId"], math.inf)
+        (early if done < first else delays).append(delay)
+    return {
+        "polls": statistics.fmean(float(r.get("polls") or 0) for r in measured.records),
+        "transitions": per_job_transitions,
+        "executionSeconds": execution_seconds,
+        "transitionsPerJobSecond": per_job_transitions / execution_seconds if execution_seconds else math.nan,
+        # Lambda instances one polling job holds on average (PollFunction busy time / execution time).
+        "pollConcurrencyPerJob": poll["callsPerJob"] * poll["meanMs"] / 1000 / execution_seconds
+        if execution_seconds
+        else math.nan,
+        "lambdaGbSeconds": gb_seconds,
+        "lambdaCalls": calls,
+        "functions": functions,
+        "wru": wru,
+        "rru": rru,
+        "s3Puts": s3_puts,
+        "awsRequests": measured.requests,
+        "itemBytes": item_bytes,
+        "usdPer1000": costs,
+        "totalsUsdPer1000": {k: round(sum(v.values()), 4) for k, v in costs.items()},
+        "detectionSeconds": summary(delays),
+        "finishedBeforeFirstPoll": {"share": len(early) / max(1, len(early) + len(delays)), **summary(early)},
+        "completed": sum(1 for r in measured.records if r.get("status") == "COMPLETED"),
+    }
+
+
+def job_poller_sample(default: dict[str, Any], log_level: str) -> dict[str, dict[str, float]]:
+    """The Job Poller sample: Submit Job (Lambda) -> [Wait -> Get Job Status (Lambda) -> Job
+    Complete?] x polls -> Get Final Job Status (Lambda); no queue, no job record, no output copy.
+    Same polls as our default, our measured Lambda durations (submit = intake, status = one poll)."""
+    functions = default["functions"]
+    poll = functions.get("PollFunction", {"meanMs": 0.0, "memoryMB": 256})
+    intake = functions.get("IntakeFunction", {"meanMs": 0.0, "memoryMB": 256, "callsPerJob": 1})
+    polls = default["polls"]
+    submit_gb_s = intake["meanMs"] / 1000 * intake["callsPerJob"] * intake["memoryMB"] / 1024
+    status_gb_s = (polls + 1) * poll["meanMs"] / 1000 * poll["memoryMB"] / 1024
+    return model(
+        transitions_per_job=1 + 3 * polls + 1,
+        express_seconds=default["executionSeconds"],
+        history_events=0.0 if log_level != "ALL" else 3 * polls + 4,
         lambda_gb_seconds=submit_gb_s + status_gb_s,
         lambda_calls=1 + polls + 1,
         wru=0.0,
         rru=0.0,
         sqs_requests=0.0,
         s3_puts=0.0,
-        secrets_calls=secrets,
+        secrets_calls=0.0,
     )
-    totals = {
-        f"{design} {kind}": round(sum(costs[kind].values()), 4)
-        for design, costs in (("imagejobs", ours), ("Job Poller sample", sample))
-        for kind in ("STANDARD", "EXPRESS")
-    }
-    std, exp = totals["imagejobs STANDARD"], totals["imagejobs EXPRESS"]
-    rows: list[tuple[str, Any, str]] = [
-        ("jobs measured", jobs, f"generation {generation:g} s, poll every {POLL_INTERVAL} s"),
-        ("polls per job", round(polls, 2), ""),
-        ("state transitions per job", round(per_job_transitions, 2), "from execution histories"),
-        ("execution seconds per job", round(per_job_seconds, 2), "Express duration"),
-        (
-            "Lambda calls per job",
-            round(calls / jobs, 2),
-            ", ".join(f"{k} {v['callsPerJob']}x{v['meanMs']}ms" for k, v in per_function.items()),
-        ),
-        ("DynamoDB WRU / RRU per job", f"{wru:.1f} / {rru:.1f}", f"item ~{item_bytes:.0f} B, GSI ALL"),
-        ("SQS requests per job", round(sqs, 2), "send + receive/delete per batch"),
-        ("S3 PUT-class requests per job", round(s3_puts, 2), ""),
-        (
-            "imagejobs STANDARD $/1,000 jobs",
-            std,
-            f"<= {TARGET_STANDARD}: {'ok' if std <= TARGET_STANDARD else 'MISSED'}",
-        ),
-        (
-            "imagejobs EXPRESS $/1,000 jobs",
-            exp,
-            f"<= {TARGET_EXPRESS}: {'ok' if exp <= TARGET_EXPRESS else 'MISSED'}",
-        ),
-        ("Job Poller sample STANDARD $/1,000", totals["Job Poller sample STANDARD"], "no queue/record/copy"),
-        ("Job Poller sample EXPRESS $/1,000", totals["Job Poller sample EXPRESS"], ""),
-    ]
-    rows += [(f"  STANDARD {k}", v, "") for k, v in ours["STANDARD"].items()]
-    rows += [(f"  EXPRESS {k}", v, "") for k, v in ours["EXPRESS"].items()]
+
+
+def main() -> None:
+    p = parser(__doc__ or "")
+    p.add_argument("--jobs", type=int, help="jobs per kind and option (default 40, smoke 3)")
+    p.add_argument("--kinds", help="comma list of image,video (default both; smoke image)")
+    p.add_argument("--options", help=f"comma list of polling options (default {FULL_OPTIONS})")
+    p.add_argument("--generation", type=float, help="override every kind's generation seconds (smoke 5)")
+    p.add_argument("--seed", type=int, default=19)
+    args = p.parse_args()
+    jobs = args.jobs or (3 if args.smoke else 40)
+    kinds = (args.kinds or ("image" if args.smoke else "image,video")).split(",")
+    options = (args.options or (SMOKE_OPTIONS if args.smoke else FULL_OPTIONS)).split(",")
+    if "default" not in options:
+        options.insert(0, "default")  # the baseline every ratio is against
+    for option in options:
+        polling_option(option)  # refuse a bad name before minutes of runs
+    log_level = state_machine_log_level()
+
+    results: dict[str, dict[str, Any]] = {}
+    samples: dict[str, dict[str, dict[str, float]]] = {}
+    for kind in kinds:
+        if kind not in WORKLOADS:
+            raise SystemExit(f"unknown kind {kind!r} (image, video)")
+        generation = args.generation or (5.0 if args.smoke else WORKLOADS[kind][1])
+        results[kind] = {}
+        for option in options:
+            measured = measure(option, kind, jobs, generation, args.seed)
+            results[kind][option] = priced(measured, log_level) | {"generationSeconds": generation}
+        samples[kind] = job_poller_sample(results[kind]["default"], log_level)
+
+    rows: list[tuple[str, Any, str]] = []
+    for kind, by_option in results.items():
+        sample_standard = round(sum(samples[kind]["STANDARD"].values()), 4)
+        sample_express = round(sum(samples[kind]["EXPRESS"].values()), 4)
+        generation = by_option["default"]["generationSeconds"]
+        rows.append(
+            (
+                f"{kind}: {jobs} jobs of ~{generation:g} s",
+                "",
+                f"Job Poller sample STANDARD ${sample_standard}, EXPRESS ${sample_express}",
+            )
+        )
+        for option, r in by_option.items():
+            std, exp = r["totalsUsdPer1000"]["STANDARD"], r["totalsUsdPer1000"]["EXPRESS"]
+            ratio = std / sample_standard if sample_standard else math.nan
+            detection = r["detectionSeconds"]
+            early = r["finishedBeforeFirstPoll"]
+            rows += [
+                (
+                    f"  {option}: polls / transitions per job",
+                    f"{r['polls']:.1f} / {r['transitions']:.1f}",
+                    f"{r['lambdaGbSeconds']:.2f} Lambda GB-s",
+                ),
+                (
+                    f"  {option}: STANDARD / EXPRESS $/1,000",
+                    f"{std:.3f} / {exp:.3f}",
+                    f"{ratio:.2f}x the sample's STANDARD"
+                    f" (<= {TARGET_SAMPLE_RATIO}: {'ok' if ratio <= TARGET_SAMPLE_RATIO else 'no'})",
+                ),
+                (
+                    f"  {option}: detection p50 / p95 s",
+                    f"{detection.get('p50', math.nan):.2f} / {detection.get('p95', math.nan):.2f}",
+                    f"{early['share']:.0%} finished before the first poll"
+                    + (
+                        f", detected {early['p50']:.1f} / {early['p95']:.1f} s late (p50/p95)"
+                        if early.get("n")
+                        else ""
+                    ),
+                ),
+                (
+                    f"  {option}: transitions/job-s, Lambda/job",
+                    f"{r['transitionsPerJobSecond']:.3f} / {r['pollConcurrencyPerJob']:.3f}",
+                    "while polling: the quotas' inputs (docs/scaling.md)",
+                ),
+            ]
+    default = results[kinds[0]]["default"]
     emit(
         "cost",
         rows,
         {
             "jobs": jobs,
-            "generationSeconds": generation,
+            "kinds": kinds,
+            "options": options,
             "pollIntervalSeconds": POLL_INTERVAL,
-            "pollsPerJob": round(polls, 3),
-            "transitionsPerJob": round(per_job_transitions, 3),
             "expressLogLevel": log_level,
-            "loggedHistoryEventsPerJob": round(per_job_events, 2),
-            "executionSecondsPerJob": round(per_job_seconds, 3),
-            "lambda": per_function,
-            "awsRequests": counted,
-            "dynamodb": {
-                "wruPerJob": round(wru, 2),
-                "rruPerJob": round(rru, 2),
-                "itemBytes": round(item_bytes),
-            },
-            "sqsRequestsPerJob": round(sqs, 3),
-            "s3PutsPerJob": round(s3_puts, 3),
-            "usdPer1000": {"imagejobs": ours, "jobPollerSample": sample},
-            "totalsUsdPer1000": totals,
+            "byKind": results,
+            "jobPollerSampleUsdPer1000": samples,
             "prices": PRICES,
             "assumed": ASSUMED,
-            "targets": {"STANDARD": TARGET_STANDARD, "EXPRESS": TARGET_EXPRESS},
-            "completed": sum(1 for r in records if r.get("status") == "COMPLETED"),
-            "firstCompletedAt": min(
-                (parse_iso(r["completedAt"]) for r in records if r.get("completedAt")), default=None
-            ),
+            "targets": {
+                "STANDARD": TARGET_STANDARD,
+                "EXPRESS": TARGET_EXPRESS,
+                "sampleRatio": TARGET_SAMPLE_RATIO,
+            },
+            # The first kind's default, as before the options existed.
+            "completed": default["completed"],
+            "pollsPerJob": round(default["polls"], 3),
+            "transitionsPerJob": round(default["transitions"], 3),
+            "usdPer1000": {"imagejobs": default["usdPer1000"], "jobPollerSample": samples[kinds[0]]},
+            "totalsUsdPer1000": {
+                f"{design} {k}": round(sum(costs[k].values()), 4)
+                for design, costs in (
+                    ("imagejobs", default["usdPer1000"]),
+                    ("Job Poller sample", samples[kinds[0]]),
+                )
+                for k in ("STANDARD", "EXPRESS")
+            },
         },
         args.smoke,
     )

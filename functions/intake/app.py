@@ -36,6 +36,7 @@ def record_handler(record: SQSRecord, lease: float) -> str:
             s3=runtime.s3,
             settings=runtime.settings,
             lease_seconds=lease,
+            first_poll=runtime.first_poll,
         )
         if not outcome.ack:
             note_last_receive(
@@ -57,6 +58,7 @@ def record_handler(record: SQSRecord, lease: float) -> str:
             )
         raise RetryLater(f"{outcome.job_id}: {outcome.reason}")
     return outcome.reason
+
 
 # One invocation at a time per execution environment: one processor per environment, as Powertools shows.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)

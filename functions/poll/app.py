@@ -1,4 +1,4 @@
-"""PollFunction: one provider poll per Step Functions iteration."""
+"""PollFunction: polls the provider task (up to PollsPerInvocation times) per Step Functions iteration."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagejobs.config import PollSettings
 from imagejobs.observability import logger, metrics, tracer
 from imagejobs.runtime import PollRuntime
-from imagejobs.workflow import poll_step
+from imagejobs.workflow import PollBudget, poll_step
 
 # Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
 runtime = PollRuntime(PollSettings.from_env())
@@ -18,4 +18,8 @@ runtime = PollRuntime(PollSettings.from_env())
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return poll_step(event, runtime.provider)
+    budget = PollBudget(
+        polls=runtime.settings.polls_per_invocation,
+        remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
+    )
+    return poll_step(event, runtime.provider, budget=budget)

@@ -41,6 +41,7 @@ def record_handler(record: SQSRecord, context: Any) -> str:
         raise RetryLater("; ".join(f"{o.key}: {o.reason}" for o in retry))
     return "; ".join(f"{o.kind} {o.key}: {o.reason}" for o in outcomes) or "s3:TestEvent"
 
+
 # One invocation at a time per execution environment: one processor per environment, as Powertools shows.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 

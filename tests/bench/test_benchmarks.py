@@ -102,6 +102,11 @@ def test_detection_delay_smoke() -> None:
     distribution(figures["storePhaseSeconds"], 4)
     assert figures["pollCycleSeconds"]["n"] >= 1
     number(figures["peakRssMB"], minimum=1)
+    # The same run on a stack polling 3 times per PollFunction call.
+    assert figures["options"] == ["default", "polls-3"]
+    multi = figures["byOption"]["polls-3"]
+    assert multi["completed"] == multi["jobs"] == 4
+    distribution(multi["delaySeconds"], 4)
 
 
 @pytest.mark.xdist_group("localstack")
@@ -131,12 +136,14 @@ def test_throughput_smoke() -> None:
 def test_cost_smoke() -> None:
     figures = run_smoke("cost.py")
     assert figures["completed"] == figures["jobs"] == 3
+    assert figures["options"] == ["default", "polls-3"]
     polls = figures["pollsPerJob"]
     assert polls >= 1
     # Wait, Poll, Choice per poll, then StoreOutputs and JobCompleted (no retries on a clean run).
     assert figures["transitionsPerJob"] == pytest.approx(3 * polls + 2)
-    assert figures["awsRequests"]["dynamodb.PutItem"] >= 3
-    assert figures["s3PutsPerJob"] >= 1
+    default = figures["byKind"]["image"]["default"]
+    assert default["awsRequests"]["dynamodb.PutItem"] >= 3
+    assert default["s3Puts"] >= 1
     for design in ("imagejobs", "jobPollerSample"):
         for kind in ("STANDARD", "EXPRESS"):
             costs = figures["usdPer1000"][design][kind]
@@ -147,3 +154,9 @@ def test_cost_smoke() -> None:
     # STANDARD pays per transition: 3 per poll at $0.025 per 1,000.
     standard_sfn = figures["usdPer1000"]["imagejobs"]["STANDARD"]["stepFunctions"]
     assert standard_sfn == pytest.approx(figures["transitionsPerJob"] * 0.025, rel=1e-3)
+    # Several polls per call: fewer Poll tasks than polls, so fewer transitions per poll.
+    multi = figures["byKind"]["image"]["polls-3"]
+    assert multi["completed"] == 3
+    assert multi["functions"]["PollFunction"]["callsPerJob"] < multi["polls"]
+    assert multi["transitions"] / multi["polls"] < figures["transitionsPerJob"] / polls
+    distribution(multi["detectionSeconds"], multi["detectionSeconds"]["n"])

@@ -47,6 +47,8 @@ class ModelSpec:
     credits: Mapping[str, int] | None  # informational only: the provider's creditsUsed is authoritative
     input_modes: tuple[str, ...] = ()  # video only
     durations: tuple[int, ...] = ()  # video only, seconds
+    # FirstPollAfter=auto's cold start: how long to wait before the first poll with no recent jobs.
+    first_poll_after_seconds: int = 0
 
     @property
     def requires_input_image(self) -> bool:
@@ -54,9 +56,18 @@ class ModelSpec:
         return self.input_modes == ("image_to_video",)
 
 
+@cache
+def _catalog_data() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(
+        resources.files("imagejobs").joinpath("data/models.json").read_text("utf-8")
+    )
+    return data
+
+
 def _load_table() -> dict[str, ModelSpec]:
-    raw = json.loads(resources.files("imagejobs").joinpath("data/models.json").read_text("utf-8"))
+    raw = _catalog_data()
     default_ratios = tuple(raw["defaultAspectRatios"])
+    first_poll_defaults = raw["defaultFirstPollAfterSeconds"]
     table: dict[str, ModelSpec] = {}
     for name, row in raw["models"].items():
         kind = row["kind"]
@@ -77,6 +88,7 @@ def _load_table() -> dict[str, ModelSpec]:
             credits=dict(row["credits"]) if row.get("credits") else None,
             input_modes=input_modes,
             durations=tuple(int(d) for d in row.get("durations") or ()),
+            first_poll_after_seconds=int(row.get("firstPollAfterSeconds", first_poll_defaults[kind])),
         )
     return table
 
@@ -85,6 +97,15 @@ def _load_table() -> dict[str, ModelSpec]:
 def model_table() -> Mapping[str, ModelSpec]:
     """All known models, loaded once from the packaged JSON."""
     return _load_table()
+
+
+def cold_start_first_poll_seconds(model: str, kind: str) -> int:
+    """FirstPollAfter=auto with too few recent jobs: the model's row, else its kind's default."""
+    spec = get_model(model)
+    if spec is not None:
+        return spec.first_poll_after_seconds
+    defaults = _catalog_data()["defaultFirstPollAfterSeconds"]
+    return int(defaults.get(kind, defaults["image"]))
 
 
 def get_model(name: str) -> ModelSpec | None:

@@ -83,6 +83,35 @@ def _handover_after(environ: Mapping[str, str], name: str) -> float:
     return value
 
 
+# FirstPollAfter: "auto" (estimated per model from recent jobs), or whole seconds up to 240 so that
+# an EXPRESS execution still polls (and can hand over) well inside its 300 s.
+FIRST_POLL_AUTO = "auto"
+FIRST_POLL_MAX_SECONDS = 240
+
+
+def _first_poll_after(environ: Mapping[str, str], name: str) -> int | str:
+    raw = environ.get(name, "").strip()
+    if raw == FIRST_POLL_AUTO:
+        return FIRST_POLL_AUTO
+    if raw and not (raw.isdigit() and int(raw) <= FIRST_POLL_MAX_SECONDS):
+        raise ConfigError(
+            name, f"must be auto or whole seconds from 0 to {FIRST_POLL_MAX_SECONDS}, got {raw!r}"
+        )
+    return int(raw) if raw else 0
+
+
+# PollsPerInvocation: one PollFunction call polls up to this many times, 2 s apart (its Timeout
+# bounds it too); more would hold a Lambda instance per job for minutes.
+POLLS_PER_INVOCATION_MAX = 30
+
+
+def _polls_per_invocation(environ: Mapping[str, str], name: str) -> int:
+    value = _number(environ, name, 1, int, 1)
+    if value > POLLS_PER_INVOCATION_MAX:
+        raise ConfigError(name, f"must be from 1 to {POLLS_PER_INVOCATION_MAX}, got {value}")
+    return value
+
+
 def _prefix(environ: Mapping[str, str], name: str, default: str) -> str:
     value = environ.get(name, "").strip() or default
     if value.startswith("/") or ".." in value.split("/"):
@@ -181,6 +210,9 @@ class ExecutionSettings(EnvironmentSettings):
     # EXPRESS executions stop at 5 minutes: a job's execution hands over to a fresh one after this
     # many seconds (statemachine/job.asl.json, HandOver). 0 = never (STANDARD).
     handover_after_seconds: float = field(metadata=variable("HANDOVER_AFTER_SECONDS", _handover_after))
+    # When a job's first poll happens: 0 = after one poll interval (as every later poll), N seconds,
+    # or "auto" (imagejobs.first_poll).
+    first_poll_after: int | str = field(metadata=variable("FIRST_POLL_AFTER", _first_poll_after))
 
     def max_wait_seconds(self, kind: str) -> int:
         return self.max_wait_video_seconds if kind == "video" else self.max_wait_image_seconds
@@ -219,6 +251,8 @@ class IntakeSettings(
 @dataclass(frozen=True, kw_only=True)
 class PollSettings(ProviderSettings):
     """PollFunction: only talks to the provider (the job's state travels in the execution)."""
+
+    polls_per_invocation: int = field(metadata=variable("POLLS_PER_INVOCATION", _polls_per_invocation))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from imagejobs import catalog, jobs
 from imagejobs import store as records
 from imagejobs.config import ExecutionSettings, IntakeSettings
+from imagejobs.first_poll import FirstPollPolicy
 from imagejobs.observability import (
     CREDITS_USED,
     JOBS_REJECTED,
@@ -60,16 +61,29 @@ def execution_arn(state_machine_arn: str, name: str) -> str:
 
 
 def execution_input(
-    job_id: str, task_id: str, kind: str, settings: ExecutionSettings, submitted_at: float
+    job_id: str,
+    task_id: str,
+    kind: str,
+    settings: ExecutionSettings,
+    submitted_at: float,
+    first_poll_seconds: int | None = None,
 ) -> dict[str, Any]:
+    interval = settings.poll_interval_seconds
     payload: dict[str, Any] = {
         "jobId": job_id,
         "taskId": task_id,
         "kind": kind,
-        "pollIntervalSeconds": settings.poll_interval_seconds,
+        "pollIntervalSeconds": interval,
         "deadline": round(submitted_at + settings.max_wait_seconds(kind), 3),
         "polls": 0,
     }
+    # The state machine's Wait lasts pollIntervalSeconds before every poll: a longer first wait
+    # (FirstPollAfter) goes there, with the steady interval beside it for the first poll to restore
+    # (workflow.poll_step). No new state: the default costs no extra transition, and executions
+    # of either definition accept either input during a deploy.
+    if first_poll_seconds is not None and first_poll_seconds != interval:
+        payload["pollIntervalSeconds"] = first_poll_seconds
+        payload["steadyPollIntervalSeconds"] = interval
     # EXPRESS executions stop at 5 minutes: the poll step hands over to a fresh execution after
     # this long (statemachine/job.asl.json, HandOver); 0 = off.
     handover_after = settings.handover_after_seconds
@@ -145,6 +159,7 @@ def handle_job_message(
     s3: Any,
     settings: IntakeSettings,
     lease_seconds: float = 900.0,
+    first_poll: FirstPollPolicy | None = None,
     now: Callable[[], float] = time.time,
     parse: Callable[..., jobs.JobRequest] = jobs.parse_job,
 ) -> IntakeOutcome:
@@ -306,7 +321,10 @@ def handle_job_message(
         "job submitted", extra={"task_id": submission.task_id, "credits_used": submission.credits_used}
     )
 
-    payload = execution_input(job_id, submission.task_id, request.kind, settings, submitted_at)
+    first_poll_seconds = None if first_poll is None else first_poll.seconds(request.model, request.kind)
+    payload = execution_input(
+        job_id, submission.task_id, request.kind, settings, submitted_at, first_poll_seconds
+    )
     try:
         start_execution(sfn, settings, job_id, payload)
     except ClientError:

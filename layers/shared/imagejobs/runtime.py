@@ -13,6 +13,7 @@ from typing import Any
 import requests
 
 from imagejobs.config import (
+    FIRST_POLL_AUTO,
     FinalizeSettings,
     IntakeSettings,
     JobRecordsSettings,
@@ -22,6 +23,7 @@ from imagejobs.config import (
     StoreOutputsSettings,
 )
 from imagejobs.copier import OutputCopier
+from imagejobs.first_poll import FirstPollPolicy
 from imagejobs.provider import ProviderClient
 from imagejobs.secrets import ApiKeySource
 from imagejobs.store import JobStore
@@ -77,6 +79,12 @@ class IntakeRuntime(_JobRecords, _Provider, _S3, _Sqs):
     @cached_property
     def sfn(self) -> Any:
         return _boto3().client("stepfunctions")
+
+    @cached_property
+    def first_poll(self) -> FirstPollPolicy:
+        # Only FirstPollAfter=auto reads the records (and needs the role's Query on ByStatus).
+        times = self.store if self.settings.first_poll_after == FIRST_POLL_AUTO else None
+        return FirstPollPolicy.from_settings(self.settings, times)
 
 
 class PollRuntime(_Provider):

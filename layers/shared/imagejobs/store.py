@@ -117,6 +117,22 @@ class JobStore:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return items[:limit]
 
+    def recent_generation_seconds(self, model: str, limit: int) -> list[float]:
+        """The provider's generation time (``latency.providerSeconds``) of this model's jobs among
+        the ``limit`` most recently COMPLETED, newest first. One bounded query: ``Limit`` caps the
+        items read (and billed) before the model filter, so a busy table never costs more."""
+        page = self.table.query(
+            IndexName=BY_STATUS_INDEX,
+            KeyConditionExpression="#status = :completed",
+            FilterExpression="#model = :model AND attribute_exists(latency.providerSeconds)",
+            ProjectionExpression="latency.providerSeconds",
+            ExpressionAttributeNames={"#status": "status", "#model": "model"},
+            ExpressionAttributeValues={":completed": COMPLETED, ":model": model},
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [float(item["latency"]["providerSeconds"]) for item in page.get("Items", [])]
+
     # -- creation ----------------------------------------------------------
     def _put_new(self, item: dict[str, Any]) -> TransitionResult:
         try:

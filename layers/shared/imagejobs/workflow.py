@@ -8,8 +8,10 @@ ends in ``finalize_step`` with outcome ERROR (FAILED, source pipeline).
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from imagejobs import store as records
@@ -58,18 +60,75 @@ def _epoch(value: str | None) -> float | None:
         return None
 
 
-def poll_step(state: Mapping[str, Any], provider: Any, now: float | None = None) -> dict[str, Any]:
-    """Poll the provider once; return the state with ``polls`` + 1 and a ``poll`` summary."""
+# One poll's worst case: the provider client's retry budget (60 s) plus a last attempt's connect
+# and read timeouts (33 s), rounded up. PollFunction's Timeout (180 s) leaves room for 30 polls.
+POLL_RESERVE_SECONDS = 100.0
+
+
+@dataclass(frozen=True)
+class PollBudget:
+    """How many polls one PollFunction call may make (template parameter PollsPerInvocation), and
+    the function's remaining time: a further poll starts only with ``POLL_RESERVE_SECONDS`` left
+    after its wait, so a slow provider ends the call with a snapshot, never with a timeout."""
+
+    polls: int = 1
+    remaining_seconds: Callable[[], float] = field(default=lambda: math.inf)
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+
+def poll_step(
+    state: Mapping[str, Any],
+    provider: Any,
+    now: Callable[[], float] = time.time,
+    budget: PollBudget = PollBudget(),
+) -> dict[str, Any]:
+    """Poll the provider up to ``budget.polls`` times, ``pollIntervalSeconds`` apart, stopping at
+    the first snapshot the state machine acts on (done, failed, deadline, hand-over); return the
+    state with ``polls`` counted and the last ``poll`` summary.
+
+    ``steadyPollIntervalSeconds`` (a longer first wait, FirstPollAfter) becomes the interval here.
+    """
     job_id = str(state["jobId"])
     task_id = str(state["taskId"])
     bind_job(job_id, task_id=task_id)
+    interval = int(state.get("steadyPollIntervalSeconds", state.get("pollIntervalSeconds")) or 0)
+    current: dict[str, Any] = {k: v for k, v in state.items() if k != "steadyPollIntervalSeconds"}
+    current["pollIntervalSeconds"] = interval
+    for attempt in range(1, budget.polls + 1):
+        try:
+            current = _poll_once(current, provider, now())
+        except ProviderTransientError:
+            if attempt == 1:
+                raise
+            # Later polls of one call: the snapshot in hand is a true PENDING; the next cycle polls
+            # again after its Wait, and the state machine retries the first poll's errors as ever.
+            logger.warning("transient provider error in a multi-poll call; polling again next cycle")
+            break
+        if not _keeps_polling(current["poll"]) or attempt == budget.polls:
+            break
+        if budget.remaining_seconds() < interval + POLL_RESERVE_SECONDS:
+            break
+        budget.sleep(interval)
+    logger.info("polled", extra={"status": current["poll"]["status"], "polls": current["polls"]})
+    return current
+
+
+def _keeps_polling(poll: Mapping[str, Any]) -> bool:
+    return (
+        poll["status"] == str(TaskStatus.PENDING)
+        and not poll["deadlineExceeded"]
+        and not poll.get("handoverDue")
+    )
+
+
+def _poll_once(state: Mapping[str, Any], provider: Any, moment: float) -> dict[str, Any]:
+    """One GET: the state with ``polls`` + 1 and this snapshot's ``poll`` summary."""
     try:
-        snapshot: TaskSnapshot = provider.get_task(task_id)
+        snapshot: TaskSnapshot = provider.get_task(str(state["taskId"]))
     except ProviderError as error:
         if error.retryable:
             raise ProviderTransientError(f"{type(error).__name__}: {redact(str(error))}") from None
         raise
-    moment = time.time() if now is None else now
     deadline = float(state.get("deadline") or 0)
     pending = snapshot.status is TaskStatus.PENDING
     poll = {
@@ -85,8 +144,11 @@ def poll_step(state: Mapping[str, Any], provider: Any, now: float | None = None)
         finished = _epoch(snapshot.completed_at) or _epoch(snapshot.updated_at)
         if finished is not None:
             seconds(DETECTION_DELAY_SECONDS, moment - finished)
+            created = _epoch(snapshot.created_at)
+            if created is not None and finished >= created:
+                # The provider's own clock at both ends: FirstPollAfter=auto learns from it.
+                poll["providerSeconds"] = round(finished - created, 3)
     extra = _handover(state, poll, moment, pending and not poll["deadlineExceeded"])
-    logger.info("polled", extra={"status": poll["status"], "polls": int(state.get("polls") or 0) + 1})
     return {**state, **extra, "polls": int(state.get("polls") or 0) + 1, "poll": poll}
 
 
@@ -114,8 +176,10 @@ def _handover(state: Mapping[str, Any], poll: dict[str, Any], moment: float, pen
     return {"segmentStartedAt": started}
 
 
-def _latency(record: Mapping[str, Any], now: float) -> dict[str, Any]:
+def _latency(record: Mapping[str, Any], poll: Mapping[str, Any], now: float) -> dict[str, Any]:
     latency = dict(record.get("latency") or {})
+    if isinstance(poll.get("providerSeconds"), int | float):
+        latency["providerSeconds"] = poll["providerSeconds"]
     submitted = _epoch(record.get("submittedAt"))
     created = _epoch(record.get("createdAt"))
     if submitted is not None:
@@ -190,7 +254,7 @@ def store_outputs_step(
         credits_used=credits_used,
         credits_refunded=int(poll.get("creditsRefunded") or 0),
         polls=polls,
-        latency=_latency(record, moment),
+        latency=_latency(record, poll, moment),
         now=moment,
     )
     if result.applied:

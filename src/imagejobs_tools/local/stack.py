@@ -106,6 +106,9 @@ class LocalStackConfig:
     sqs_concurrency: int = DEFAULT_CONCURRENCY  # pollers per queue when ScalingConfig is absent
     # Execution environments per function without a reserved or SQS maximum concurrency.
     function_concurrency: int = DEFAULT_FUNCTION_CONCURRENCY
+    # Per function (logical id), over both: e.g. PollFunction with PollsPerInvocation > 1, whose
+    # every polling job holds an environment (AWS would run one instance per job).
+    concurrency_overrides: dict[str, int] = field(default_factory=dict)
     # Test tooling the functions' runtimes load after the handler (workers.WorkerPlugin).
     worker_plugins: tuple[WorkerPlugin, ...] = ()
     # Record every function's AWS calls and decide them against its role (LocalStack.iam_report()).
@@ -574,9 +577,12 @@ class LocalStack:
                 timeout_seconds=int(configuration.get("Timeout", 3)),
                 environment=self._function_environment(prepared, configuration, source),
                 max_concurrency=int(
-                    reserved
-                    if isinstance(reserved, int)
-                    else concurrency.get(logical_id) or self.config.function_concurrency
+                    self.config.concurrency_overrides.get(logical_id)
+                    or (
+                        reserved
+                        if isinstance(reserved, int)
+                        else concurrency.get(logical_id) or self.config.function_concurrency
+                    )
                 ),
             )
             containers = (

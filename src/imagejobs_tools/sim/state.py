@@ -292,7 +292,9 @@ class SimulatorState:
         if failure is None and task.planned_failure is not None:
             code = task.planned_failure
             failure = (code, ERROR_MESSAGES.get(code, f"The provider failed the task ({code})"))
-        now = time.time()
+        # Resolved when first read, but done when it became ready, as a real provider reports it
+        # (detection-delay figures measure from here).
+        now = time.time() - max(0.0, time.monotonic() - task.ready_at)
         task.updated_at = task.completed_at = now
         if failure is None:
             task.status = COMPLETED

@@ -9,6 +9,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from imagejobs.config import IntakeSettings
+from imagejobs.first_poll import FirstPollPolicy
 from imagejobs.intake import (
     CLAIM_CONTENTION_RETRY_SECONDS,
     IntakeOutcome,
@@ -59,6 +60,7 @@ class Env:
             s3=self.s3,
             settings=self.settings,
             lease_seconds=kwargs.pop("lease_seconds", 60),
+            first_poll=kwargs.pop("first_poll", None),
             now=self.clock,
             parse=parse,
         )
@@ -113,6 +115,19 @@ def test_valid_job_is_submitted_once_and_execution_started(env: Env) -> None:
         "deadline": env.clock.now + 600,
         "polls": 0,
     }
+
+
+def test_the_execution_starts_with_the_first_poll_policys_wait(env: Env) -> None:
+    times = {"gpt-image-2": [40.0] * 50}
+
+    class Times:
+        def recent_generation_seconds(self, model: str, limit: int) -> list[float]:
+            return times.get(model, [])
+
+    env.handle({"jobId": "job-1", "prompt": "a fox"}, first_poll=FirstPollPolicy("auto", 2, Times()))
+    [execution] = env.executions()
+    started = json.loads(execution["input"])
+    assert (started["pollIntervalSeconds"], started["steadyPollIntervalSeconds"]) == (40, 2)
 
 
 def test_a_model_name_close_to_a_known_one_is_still_submitted_with_a_hint_on_the_record(env: Env) -> None:

@@ -79,7 +79,7 @@ def test_refunded_credits(refunded: Any, used: int | None, expected: int) -> Non
 
 def test_poll_pending_increments_polls_and_keeps_state() -> None:
     provider = FakeProvider(snapshots=[snapshot()])
-    out = poll_step(STATE, provider, now=T0 + 10)
+    out = poll_step(STATE, provider, now=lambda: T0 + 10)
     assert out == {
         **STATE,
         "polls": 1,
@@ -98,7 +98,7 @@ def test_poll_pending_increments_polls_and_keeps_state() -> None:
 
 
 def test_poll_pending_past_deadline_is_flagged() -> None:
-    out = poll_step({**STATE, "polls": 7}, FakeProvider(snapshots=[snapshot()]), now=T0 + 600)
+    out = poll_step({**STATE, "polls": 7}, FakeProvider(snapshots=[snapshot()]), now=lambda: T0 + 600)
     assert out["poll"]["deadlineExceeded"] is True and out["polls"] == 8
 
 
@@ -108,7 +108,7 @@ def test_poll_completed_past_deadline_is_not_a_timeout() -> None:
         output_urls=("https://cdn.example.com/a.png",),
         completed_at="2026-01-01T00:00:30.000Z",
     )
-    out = poll_step(STATE, FakeProvider(snapshots=[done]), now=T0 + 9999)
+    out = poll_step(STATE, FakeProvider(snapshots=[done]), now=lambda: T0 + 9999)
     assert out["poll"]["status"] == "COMPLETED" and out["poll"]["deadlineExceeded"] is False
     assert out["poll"]["outputUrls"] == ["https://cdn.example.com/a.png"]
 
@@ -120,7 +120,7 @@ def test_poll_failed_carries_code_message_and_refund() -> None:
         error_message="could not persist",
         credits_refunded=True,
     )
-    poll = poll_step(STATE, FakeProvider(snapshots=[failed]), now=T0)["poll"]
+    poll = poll_step(STATE, FakeProvider(snapshots=[failed]), now=lambda: T0)["poll"]
     assert (poll["status"], poll["errorCode"], poll["errorMessage"], poll["creditsRefunded"]) == (
         "FAILED",
         "STORAGE_ERROR",
@@ -140,13 +140,13 @@ def test_poll_failed_carries_code_message_and_refund() -> None:
 )
 def test_transient_poll_errors_become_provider_transient_error(error: Exception) -> None:
     with pytest.raises(ProviderTransientError):
-        poll_step(STATE, FakeProvider(task_error=error), now=T0)
+        poll_step(STATE, FakeProvider(task_error=error), now=lambda: T0)
 
 
 @pytest.mark.parametrize("error", [TaskNotFound("tsk_1"), ProviderUnauthorized()])
 def test_permanent_poll_errors_propagate_with_their_own_type(error: Exception) -> None:
     with pytest.raises(type(error)):
-        poll_step(STATE, FakeProvider(task_error=error), now=T0)
+        poll_step(STATE, FakeProvider(task_error=error), now=lambda: T0)
 
 
 def completed_state(urls: list[str]) -> dict[str, Any]:

@@ -169,8 +169,8 @@ def test_poll_step_reports_handover_due_once_the_execution_has_run_its_limit() -
     state = {**handover_input(), "pollIntervalSeconds": 2, "segmentStartedAt": 1000.0, "handovers": 2}
     pending = OnePollProvider(TaskStatus.PENDING)
 
-    early = poll_step(state, pending, now=1000.0 + 239)
-    late = poll_step(state, pending, now=1000.0 + 240)
+    early = poll_step(state, pending, now=lambda: 1000.0 + 239)
+    late = poll_step(state, pending, now=lambda: 1000.0 + 240)
 
     assert early["poll"]["handoverDue"] is False
     assert "nextExecutionName" not in early["poll"]
@@ -178,20 +178,23 @@ def test_poll_step_reports_handover_due_once_the_execution_has_run_its_limit() -
     assert late["poll"]["handovers"] == 3
     assert late["poll"]["nextExecutionName"] == "long-job-3"
     # A finished task is stored, never handed over.
-    assert poll_step(state, OnePollProvider(TaskStatus.COMPLETED), now=2000.0)["poll"]["handoverDue"] is False
+    assert (
+        poll_step(state, OnePollProvider(TaskStatus.COMPLETED), now=lambda: 2000.0)["poll"]["handoverDue"]
+        is False
+    )
 
 
 def test_a_handed_over_execution_starts_its_own_clock_on_its_first_poll() -> None:
     state = {**handover_input(), "pollIntervalSeconds": 2}  # no segmentStartedAt: a successor
-    first = poll_step(state, OnePollProvider(TaskStatus.PENDING), now=5000.0)
+    first = poll_step(state, OnePollProvider(TaskStatus.PENDING), now=lambda: 5000.0)
     assert first["segmentStartedAt"] == 4998.0
     assert first["poll"]["handoverDue"] is False
-    later = poll_step(first, OnePollProvider(TaskStatus.PENDING), now=4998.0 + 240)
+    later = poll_step(first, OnePollProvider(TaskStatus.PENDING), now=lambda: 4998.0 + 240)
     assert later["poll"]["handoverDue"] is True
 
 
 def test_without_a_limit_the_poll_summary_is_unchanged() -> None:
     state = {key: value for key, value in handover_input().items() if key != "handoverAfterSeconds"}
-    out = poll_step(state, OnePollProvider(TaskStatus.PENDING), now=5000.0)
+    out = poll_step(state, OnePollProvider(TaskStatus.PENDING), now=lambda: 5000.0)
     assert "handoverDue" not in out["poll"]
     assert "segmentStartedAt" not in out
