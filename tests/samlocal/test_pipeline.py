@@ -8,7 +8,9 @@ import pytest
 
 from tests.e2e.conftest import RunningStack, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("samlocal")]
+# The stack's start (sam build, five warm containers) counts against the first test's timeout: about a
+# minute on a quiet machine, several at a load of 10+.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("samlocal"), pytest.mark.timeout(600)]
 
 
 def served_by_start_lambda(stack: RunningStack, function: str) -> bool:
