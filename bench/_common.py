@@ -391,12 +391,14 @@ def local_stack(
     parameters: dict[str, str] | None = None,
     credits: int = 10_000_000,
     concurrent_jobs: int = 0,
+    **options: Any,
 ) -> Iterator[Any]:
     """The real template on the local stack, in this process, with handler logs at ERROR.
 
     ``concurrent_jobs``: with PollsPerInvocation > 1 every polling job holds an execution
     environment of PollFunction for most of its life, as on AWS (up to the account's concurrency);
     the stack's default of 2 per function would queue them, so give it one per job.
+    ``options``: any other LocalStackConfig field (e.g. ``host``, ``lambda_runtime``).
     """
     from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
 
@@ -410,6 +412,7 @@ def local_stack(
         parameter_overrides={"LogLevel": "ERROR", **(parameters or {})},
         environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
         concurrency_overrides={"PollFunction": concurrent_jobs + 2} if holds_environments else {},
+        **options,
     )
     with LocalStack(config) as stack:
         yield stack

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out waiting for {what}; last value {last!r}")
 
 
-@pytest.fixture(scope="session")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    if not TEMPLATE.is_file():
-        pytest.skip("template.yaml not present")
-    workdir = tmp_path_factory.mktemp("localstack")
+@contextmanager
+def local_up(workdir: Path, *options: str, start_timeout: float = 90) -> Iterator[RunningStack]:
+    """`imagejobs local up OPTIONS` in `workdir` until the block ends; then SIGTERM, and a clean stop
+    (exit 0, state file removed) is asserted."""
     state_file = workdir / ".imagejobs" / "local-stack.json"
     log_path = workdir / "local-up.log"
     command = [
@@ -98,8 +98,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSta
         "--template", str(TEMPLATE),
         "--state-file", str(state_file),
         "--api-key", API_KEY,
-        "--sim-latency", "0:0.05",
-        "--poll-interval", "0",  # the template allows 0 (MinValue) for local tests
+        *options,
     ]  # fmt: skip
     env = {**os.environ, "COLUMNS": "200"}
     with log_path.open("wb") as log:
@@ -107,7 +106,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSta
     try:
         wait_for(
             lambda: state_file.exists() or process.poll() is not None,
-            timeout=90,
+            timeout=start_timeout,
             what=f"the local stack to start (log: {log_path})",
         )
         if process.poll() is not None:
@@ -126,6 +125,16 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSta
             raise
     assert returncode == 0, log_path.read_text()[-4000:]
     assert not state_file.exists()  # removed on a clean stop
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    if not TEMPLATE.is_file():
+        pytest.skip("template.yaml not present")
+    # Poll interval 0: the template allows it for local tests.
+    options = ("--sim-latency", "0:0.05", "--poll-interval", "0")
+    with local_up(tmp_path_factory.mktemp("localstack"), *options) as running:
+        yield running
 
 
 @pytest.fixture

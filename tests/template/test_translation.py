@@ -312,7 +312,10 @@ def test_state_machine_arn_variable_names_the_state_machine(translated_template:
 def test_functions_share_runtime_architecture_tracing_and_layer(translated_template: Template) -> None:
     [layer_name] = resources_of_type(translated_template, "AWS::Lambda::LayerVersion")
     layer = translated_template["Resources"][layer_name]["Properties"]
-    assert layer["CompatibleArchitectures"] == ["arm64"]
+    # One parameter for the layer and every function: arm64 as deployed, x86_64 for sam local on x86_64.
+    architecture = {"Ref": "Architecture"}
+    assert translated_template["Parameters"]["Architecture"]["Default"] == "arm64"
+    assert layer["CompatibleArchitectures"] == [architecture]
     assert layer["CompatibleRuntimes"] == ["python3.12"]
     log_groups = {
         json.dumps(group["Properties"]["LogGroupName"]): group["Properties"]
@@ -321,7 +324,7 @@ def test_functions_share_runtime_architecture_tracing_and_layer(translated_templ
     for name, function in resources_of_type(translated_template, "AWS::Lambda::Function").items():
         properties = function["Properties"]
         assert properties["Runtime"] == "python3.12", name
-        assert properties["Architectures"] == ["arm64"], name
+        assert properties["Architectures"] == [architecture], name
         assert properties["Handler"] == "app.lambda_handler", name
         assert properties["TracingConfig"] == {"Mode": "Active"}, name
         assert properties["Layers"] == [{"Ref": layer_name}], name

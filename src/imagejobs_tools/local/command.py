@@ -1,18 +1,23 @@
-"""`imagejobs local up|demo`: the whole pipeline on this machine (docs/local-stack.md)."""
+"""`imagejobs local up|demo|sam-env`: the whole pipeline on this machine (docs/local-stack.md)."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import shlex
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from imagejobs_tools.local import samlocal
 from imagejobs_tools.local.logview import LOG_FORMATS, CurrentStdout, LogView
 
 DEFAULT_STATE_FILE = Path(".imagejobs/local-stack.json")
+LAMBDA_RUNTIMES = ("workers", "sam")
 
 
 def parse_latency(text: str) -> tuple[float, float]:
@@ -52,7 +57,7 @@ def whole_seconds(text: str) -> int:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("local", help="run the whole pipeline on this machine (no AWS, no Docker)")
-    commands = parser.add_subparsers(dest="local_command", required=True, metavar="up|demo")
+    commands = parser.add_subparsers(dest="local_command", required=True, metavar="up|demo|sam-env")
 
     def common(sub: argparse.ArgumentParser, latency: str, poll: int) -> None:
         sub.add_argument("--template", type=Path, default=Path("template.yaml"), help="SAM template")
@@ -110,7 +115,33 @@ def register(subparsers: Any) -> None:
     up.add_argument(
         "--show-metrics", action="store_true", help="also show the EMF metric lines Powertools Metrics prints"
     )
+    up.add_argument(
+        "--lambda",
+        dest="lambda_runtime",
+        choices=LAMBDA_RUNTIMES,
+        default="workers",
+        help="where the functions run: worker processes (default, no Docker) or `sam local start-lambda` "
+        "containers from the `sam build` artifacts (sam; needs `make sam-local-setup`)",
+    )
+    up.add_argument(
+        "--host",
+        help="address the AWS endpoint and the simulator listen on (default 127.0.0.1; with --lambda sam, "
+        "this machine's address on Docker's bridge, which containers can reach)",
+    )
     up.set_defaults(func=_run_up)
+
+    sam_env = commands.add_parser(
+        "sam-env",
+        help="write `sam local --env-vars` for the running local stack",
+        description="Write an --env-vars file for `sam local invoke|start-lambda` from the running local "
+        "stack: each function's variables as the stack resolved them, and AWS_ENDPOINT_URL at the stack. "
+        "Containers reach the stack only on an address that is not loopback: start it with "
+        "`imagejobs local up --host ADDRESS`, ADDRESS this machine's on Docker's bridge "
+        "(`docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}'`).",
+    )
+    sam_env.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE, help="the running stack's")
+    sam_env.add_argument("--out", type=Path, default=samlocal.DEFAULT_SAM_ENV_FILE, help="the file to write")
+    sam_env.set_defaults(func=_run_sam_env)
 
     demo = commands.add_parser(
         "demo",
@@ -165,6 +196,12 @@ def _run_up(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     config = build_config(args, state_file=args.state_file, log_sink=log_view)
+    config.lambda_runtime = args.lambda_runtime
+    try:
+        config.host = args.host or _default_host(args.lambda_runtime)
+    except samlocal.SamLocalError as exc:  # no Docker engine answers
+        console.print(f"[red]imagejobs local up: {exc}[/red]")
+        return 2
     # A stack left running records every request it serves for the IAM audit: only when a test
     # session collects the audits (IMAGEJOBS_IAM_REPORT_DIR), or its memory would grow for ever.
     config.iam_audit = config.iam_report_dir is not None
@@ -186,6 +223,46 @@ def _run_up(args: argparse.Namespace) -> int:
         console.print("stopping…")
         stack.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _default_host(lambda_runtime: str) -> str:
+    return samlocal.bridge_address() if lambda_runtime == "sam" else "127.0.0.1"
+
+
+def _run_sam_env(args: argparse.Namespace) -> int:
+    import boto3
+
+    try:
+        state = json.loads(args.state_file.read_text(encoding="utf-8"))
+        endpoint, region, stack_name = state["endpointUrl"], state["region"], state["stackName"]
+    except (OSError, ValueError, KeyError) as exc:
+        print(
+            f"imagejobs local sam-env: no running local stack in {args.state_file} ({exc})", file=sys.stderr
+        )
+        return 2
+    host = urlsplit(endpoint).hostname or ""
+    if host == "localhost" or (host.replace(".", "").isdigit() and ipaddress.ip_address(host).is_loopback):
+        print(
+            f"imagejobs local sam-env: the stack listens on {endpoint}, which containers cannot reach: "
+            "start it with `imagejobs local up --lambda sam` (or --host ADDRESS on Docker's bridge)",
+            file=sys.stderr,
+        )
+        return 2
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
+    document = samlocal.sam_env_document(
+        session.client("lambda", endpoint_url=endpoint),
+        session.client("cloudformation", endpoint_url=endpoint),
+        stack_name,
+        endpoint,
+    )
+    samlocal.write_json(args.out, document)
+    architecture = samlocal.machine_architecture()
+    built = samlocal.BUILD_DIR / "template.yaml"
+    build = shlex.join(["sam", "build", *samlocal.build_options(Path("template.yaml"), architecture)])
+    event = ["IntakeFunction", "-e", "events/sqs_job.json", "--env-vars", str(args.out)]
+    invoke = shlex.join(["sam", "local", "invoke", *event, *samlocal.container_options(built, architecture)])
+    print(f"wrote {args.out}: {', '.join(document)} at {endpoint}\nthen:\n  {build}\n  {invoke}")
+    return 0
 
 
 class Terminated(BaseException):

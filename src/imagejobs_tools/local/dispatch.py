@@ -19,12 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from imagejobs_tools.local.aws_faults import AwsFaults
 from imagejobs_tools.local.logview import FunctionLogLine
 from imagejobs_tools.local.workers import (
     FunctionSpec,
+    InvocationOutcome,
     LogSink,
     WorkerOptions,
     WorkerPool,
@@ -51,6 +52,18 @@ class InvocationRecord:
 InvocationObserver = Callable[[InvocationRecord], None]
 
 
+class ExecutionEnvironments(Protocol):
+    """Where a function's invocations run: its `WorkerPool` (the default), or its warm container under
+    `sam local start-lambda` (samlocal.SamLocalFunction)."""
+
+    @property
+    def spec(self) -> FunctionSpec: ...
+
+    def invoke(self, event: str) -> InvocationOutcome: ...
+
+    def close(self) -> None: ...
+
+
 class DispatchError(RuntimeError):
     """A function cannot be dispatched (unknown name, bad registration)."""
 
@@ -72,7 +85,7 @@ class LambdaDispatcher:
         self.log_sink = log_sink
         # AWS faults for the Step Functions engine's in-process Lambda tasks (aws_faults.py).
         self.faults = faults
-        self._pools: dict[str, WorkerPool] = {}
+        self._pools: dict[str, ExecutionEnvironments] = {}
         self._original_invoke: Any = None
         self._original_client_factory: Any = None
         self._original_entrypoint: Any = None
@@ -80,12 +93,13 @@ class LambdaDispatcher:
         self._count_lock = threading.Lock()
         self._observers: tuple[InvocationObserver, ...] = ()
 
-    def register(self, spec: FunctionSpec) -> None:
+    def register(self, spec: FunctionSpec, environments: ExecutionEnvironments | None = None) -> None:
+        """Run the function's invocations in `environments`, by default a `WorkerPool` of its own."""
         if spec.name in self._pools:
             raise DispatchError(f"{spec.logical_id}: function {spec.name!r} is already registered")
         if not (spec.code_dir / (spec.handler.rpartition(".")[0].replace(".", "/") + ".py")).is_file():
             raise DispatchError(f"{spec.logical_id}.Handler: no module for {spec.handler} in {spec.code_dir}")
-        self._pools[spec.name] = WorkerPool(spec, self.options, self.log_sink)
+        self._pools[spec.name] = environments or WorkerPool(spec, self.options, self.log_sink)
 
     @property
     def functions(self) -> dict[str, FunctionSpec]:
@@ -93,7 +107,8 @@ class LambdaDispatcher:
 
     @property
     def pools(self) -> dict[str, WorkerPool]:
-        return dict(self._pools)
+        """The functions that run in worker processes (all of them unless `local up --lambda sam`)."""
+        return {name: pool for name, pool in self._pools.items() if isinstance(pool, WorkerPool)}
 
     # -- observing -------------------------------------------------------------------------
 

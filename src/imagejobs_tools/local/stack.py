@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import boto3
@@ -35,7 +35,7 @@ import requests
 from botocore.config import Config
 
 from imagejobs_tools.endpoints import connect_problem
-from imagejobs_tools.local import moto_fixes, moto_speedups, server_tuning
+from imagejobs_tools.local import moto_fixes, moto_speedups, samlocal, server_tuning
 from imagejobs_tools.local.aws_faults import AwsFaults, FaultRule
 from imagejobs_tools.local.dispatch import LambdaDispatcher
 from imagejobs_tools.local.iam_audit import REPORT_DIR_VARIABLE, AuditReport, FunctionCallAudit, write_report
@@ -71,6 +71,8 @@ PARAM_ALLOW_HOSTS = "UrlAllowHosts"
 # 1.07x (the moto server, one GIL, is the bottleneck either way). Workers are ~75 MB each.
 DEFAULT_FUNCTION_CONCURRENCY = 2
 RECENT_LOG_LINES = 20_000
+# Where invocations run: worker processes (no Docker), or `sam local start-lambda` containers.
+LambdaRuntime = Literal["workers", "sam"]
 # Process-wide things (os.environ, moto's backends and hooks) allow one stack per process.
 _ACTIVE_LOCK = threading.Lock()
 
@@ -85,6 +87,12 @@ class LocalStackConfig:
     stack_name: str = "imagejobs-local"
     region: str = "us-east-1"
     port: int = 0  # moto server port; 0 = a free one
+    # The address moto and the simulator listen on: loopback, or Docker's bridge so that containers
+    # (`sam local`) can reach them (samlocal.bridge_address()).
+    host: str = "127.0.0.1"
+    lambda_runtime: LambdaRuntime = "workers"
+    # The --env-vars file `lambda_runtime="sam"` writes for start-lambda (as `local sam-env` does).
+    sam_env_file: Path = samlocal.DEFAULT_SAM_ENV_FILE
     # Provider: an external URL, else the in-process simulator (or none at all, for templates without one).
     provider_url: str | None = None
     start_simulator: bool = True
@@ -131,11 +139,13 @@ class StackInfo:
     queues: dict[str, str]  # logical id -> queue url
     parameters: dict[str, str]
     timings: dict[str, float]
+    stack_name: str
 
     def state_document(self) -> dict[str, Any]:
         return {
             "endpointUrl": self.endpoint_url,
             "region": self.region,
+            "stackName": self.stack_name,
             "simulatorUrl": self.simulator_url,
             "outputs": self.outputs,
         }
@@ -166,6 +176,7 @@ class LocalStack:
         self._undo_aws_faults: Any = None
         self._session: boto3.Session | None = None
         self._endpoint: str | None = None
+        self.start_lambda: samlocal.StartLambda | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -230,6 +241,10 @@ class LocalStack:
             self._fix_state_machines(prepared, outputs, resources)
             self._remove_moto_event_source_mappings()
             self._start_iam_audit(prepared, parameters, resources, types)
+            if self.config.lambda_runtime == "sam":
+                sam_started = time.perf_counter()
+                self._start_sam_local()
+                timings["samLocalSeconds"] = time.perf_counter() - sam_started
             functions = self._load_functions(prepared, resources)
             self._set_api_key_secret(resources, types)
             self._apply_bucket_notifications(prepared, outputs, resources)
@@ -256,6 +271,7 @@ class LocalStack:
                 queues=queues,
                 parameters=parameters,
                 timings=timings,
+                stack_name=self.config.stack_name,
             )
             self._write_state_file()
             LOG.info("local stack up in %.2fs: %s", timings["totalSeconds"], endpoint)
@@ -283,6 +299,9 @@ class LocalStack:
                 inner.server_close()
             self._server = None
         self.dispatcher.uninstall()
+        if self.start_lambda is not None:
+            self.start_lambda.stop()
+            self.start_lambda = None
         if self.iam_audit is not None:
             self.iam_audit.uninstall()  # what it recorded stays, for iam_report() after the stop
             if self.config.iam_report_dir is not None and self._info is not None:
@@ -340,10 +359,10 @@ class LocalStack:
         self._undo_moto_fixes = moto_fixes.install()  # moto bugs the stack hits (moto_fixes.py)
         self._undo_moto_speedups = moto_speedups.install()  # moto hot spots under load (moto_speedups.py)
         self._undo_aws_faults = self.aws_faults.install()  # AWS-side faults, when rules are set
-        self._server = ThreadedMotoServer("127.0.0.1", self.config.port, verbose=False)
+        self._server = ThreadedMotoServer(self.config.host, self.config.port, verbose=False)
         self._server.start()
         _, port = self._server.get_host_and_port()
-        endpoint = self._endpoint = f"http://127.0.0.1:{port}"
+        endpoint = self._endpoint = f"http://{self.config.host}:{port}"
         # werkzeug logs every request at INFO: far too chatty next to the handlers' own logs.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         # Handlers build plain boto3 clients: point them (and moto's interpreter) at this server.
@@ -378,6 +397,7 @@ class LocalStack:
 
         self.simulator = start_simulator(
             SimulatorConfig(
+                host=self.config.host,
                 port=self.config.sim_port,
                 api_keys={self.config.api_key: self.config.api_key_credits},
                 latency=self.config.sim_latency,
@@ -562,28 +582,55 @@ class LocalStack:
             configuration = lambda_client.get_function_configuration(FunctionName=resources[logical_id])
             properties = prepared.cfn["Resources"][logical_id].get("Properties") or {}
             reserved = properties.get("ReservedConcurrentExecutions")
-            self.dispatcher.register(
-                FunctionSpec(
-                    logical_id=logical_id,
-                    name=configuration["FunctionName"],
-                    arn=configuration["FunctionArn"],
-                    handler=source.handler,
-                    code_dir=source.code_dir,
-                    memory_mb=int(configuration.get("MemorySize", 128)),
-                    timeout_seconds=int(configuration.get("Timeout", 3)),
-                    environment=self._function_environment(prepared, configuration, source),
-                    max_concurrency=int(
-                        self.config.concurrency_overrides.get(logical_id)
-                        or (
-                            reserved
-                            if isinstance(reserved, int)
-                            else concurrency.get(logical_id) or self.config.function_concurrency
-                        )
-                    ),
-                )
+            spec = FunctionSpec(
+                logical_id=logical_id,
+                name=configuration["FunctionName"],
+                arn=configuration["FunctionArn"],
+                handler=source.handler,
+                code_dir=source.code_dir,
+                memory_mb=int(configuration.get("MemorySize", 128)),
+                timeout_seconds=int(configuration.get("Timeout", 3)),
+                environment=self._function_environment(prepared, configuration, source),
+                max_concurrency=int(
+                    self.config.concurrency_overrides.get(logical_id)
+                    or (
+                        reserved
+                        if isinstance(reserved, int)
+                        else concurrency.get(logical_id) or self.config.function_concurrency
+                    )
+                ),
             )
+            containers = (
+                None if self.start_lambda is None else samlocal.SamLocalFunction(spec, self.start_lambda)
+            )
+            self.dispatcher.register(spec, containers)
             functions[logical_id] = configuration["FunctionName"]
         return functions
+
+    def _start_sam_local(self) -> None:
+        """`sam build` (cached) for this machine, the --env-vars file, and start-lambda's warm containers."""
+        architecture = samlocal.machine_architecture()
+        try:
+            built = samlocal.build(self.config.template_path, architecture)
+            samlocal.write_json(
+                self.config.sam_env_file,
+                samlocal.sam_env_document(
+                    self.client("lambda"),
+                    self.client("cloudformation"),
+                    self.config.stack_name,
+                    self.endpoint_url,
+                ),
+            )
+            self.start_lambda = samlocal.StartLambda(
+                built, self.config.sam_env_file, architecture, self._sam_log_line
+            )
+            self.start_lambda.wait_ready()
+        except samlocal.SamLocalError as exc:
+            raise LocalStackError(str(exc)) from exc
+
+    def _sam_log_line(self, text: str) -> None:
+        """start-lambda's own lines and its containers' output, which it interleaves on one stream."""
+        self._log_line(FunctionLogLine("sam", "sam local start-lambda", 0, None, "stdout", text, time.time()))
 
     def _function_environment(
         self, prepared: PreparedTemplate, configuration: dict[str, Any], source: FunctionSource
@@ -718,9 +765,10 @@ class LocalStack:
     def _check_ports_free(self) -> None:
         """A port in use fails at once, by name (moto's server thread would die and leave start()
         waiting for ever)."""
+        host = self.config.host
         for option, port in (("--port", self.config.port), ("--sim-port", self.config.sim_port)):
-            if port and not port_is_free(port):
-                raise LocalStackError(f"{option} {port}: 127.0.0.1:{port} is already in use")
+            if port and not port_is_free(port, host):
+                raise LocalStackError(f"{option} {port}: {host}:{port} is already in use")
 
     def _refuse_a_running_stack_in_the_state_file(self) -> None:
         """Never strand a running stack: its state file is how the CLI finds it."""
@@ -787,12 +835,12 @@ def _seed_moto(endpoint: str, seed: int) -> None:
     requests.post(f"{endpoint}/moto-api/seed", params={"a": str(seed)}, timeout=10).raise_for_status()
 
 
-def port_is_free(port: int) -> bool:
-    """Whether 127.0.0.1:port can be bound as werkzeug binds it (SO_REUSEADDR: TIME_WAIT is free)."""
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether host:port can be bound as werkzeug binds it (SO_REUSEADDR: TIME_WAIT is free)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind((host, port))
         except OSError:
             return False
     return True
