@@ -13,8 +13,9 @@ polls, Lambda invocations per polling job-second, and the fixed transitions of a
 end; the default is 2-s polling (Wait -> Poll -> Choice: 3 transitions and 1 invocation per 2 s),
 and issue 19's FirstPollAfter and PollsPerInvocation change when and how often it pays them
 (`POLLING_OPTIONS`, docs/polling.md). The per-job figures are those bench/cost.py measured on the
-local stack (docs/performance.md section 5): 47 transitions for a 30-s job = 15 polls x 3 + StoreOutputs + JobCompleted; 1 PutItem
-+ 3 UpdateItem at 22 write units (GSI ByStatus projects ALL) and 1 read unit per job.
+local stack (docs/performance.md section 5): 47 transitions for a 30-s job = 15 polls x 3 +
+StoreOutputs + JobCompleted; 1 PutItem + 3 UpdateItem at 22 write units (GSI ByStatus projects
+ALL) and 1 read unit per job.
 """
 
 from __future__ import annotations
