@@ -28,17 +28,9 @@ from moto import mock_aws
 
 from tests.conftest import SAMPLE_ENV
 from tests.unit.domain.fakes import Clock, create_jobs_table, snapshot
+from tests.unit.domain.test_workflow import STATE, T0
 
-T0 = 1_767_225_600.0
 DONE = "2026-01-01T00:00:31.500Z"  # 31.5 s after the fake snapshots' createdAt
-STATE = {
-    "jobId": "job-1",
-    "taskId": "tsk_1",
-    "kind": "image",
-    "pollIntervalSeconds": 2,
-    "deadline": T0 + 600,
-    "polls": 0,
-}
 PENDING = snapshot()
 COMPLETED = snapshot(
     status=TaskStatus.COMPLETED, output_urls=("https://cdn.example/a.png",), completed_at=DONE
