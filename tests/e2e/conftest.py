@@ -88,7 +88,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 @contextmanager
-def local_up(workdir: Path, *options: str, start_timeout: float = 90) -> Iterator[RunningStack]:
+def local_up(
+    workdir: Path, *options: str, start_timeout: float = 90, stop_timeout: float = 60
+) -> Iterator[RunningStack]:
     """`imagejobs local up OPTIONS` in `workdir` until the block ends; then SIGTERM, and a clean stop
     (exit 0, state file removed) is asserted."""
     state_file = workdir / ".imagejobs" / "local-stack.json"
@@ -119,7 +121,7 @@ def local_up(workdir: Path, *options: str, start_timeout: float = 90) -> Iterato
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            returncode = process.wait(timeout=60)
+            returncode = process.wait(timeout=stop_timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             raise

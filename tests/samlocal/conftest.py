@@ -119,5 +119,8 @@ def sam_env(worker_stack: RunningStack) -> Path:
 def sam_stack(sam_local: SamLocal, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """`imagejobs local up --lambda sam`: every invocation in a start-lambda container."""
     options = ("--lambda", "sam", "--sim-latency", "0:0.05", "--poll-interval", "0")
-    with local_up(tmp_path_factory.mktemp("samlocal-sam"), *options, start_timeout=400) as running:
+    # Stopping start-lambda and its five containers took over 60 s on a loaded CI machine.
+    with local_up(
+        tmp_path_factory.mktemp("samlocal-sam"), *options, start_timeout=400, stop_timeout=240
+    ) as running:
         yield running

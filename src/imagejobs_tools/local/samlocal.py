@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -112,13 +113,37 @@ def container_options(built_template: Path, architecture: str) -> list[str]:
     ]
 
 
+# What a build is made of, beside the template: a build from the same bytes is not redone.
+BUILD_SOURCES = ("functions", "layers", "statemachine")
+BUILD_STAMP = ".imagejobs-inputs"
+
+
+def build_inputs_digest(template: Path, architecture: str) -> str:
+    digest = hashlib.sha256(architecture.encode())
+    files = [template, *(f for d in BUILD_SOURCES for f in sorted((template.parent / d).rglob("*")))]
+    for path in files:
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(template.parent)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def build(template: Path, architecture: str) -> Path:
-    """`sam build` (cached) for `architecture`; returns the built template."""
+    """`sam build` (cached) for `architecture`; returns the built template.
+
+    Skipped when the build dir already holds a build of the same inputs: `sam build` empties its
+    build dir first, so a second build (the setup run twice, `local up --lambda sam` after it)
+    would pull the artifacts from under a `sam local invoke` or start-lambda that uses them."""
+    built = template.parent / BUILD_DIR / "template.yaml"
+    stamp = template.parent / BUILD_DIR / BUILD_STAMP
+    inputs = build_inputs_digest(template, architecture)
+    if built.is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == inputs:
+        return built
     command = [sam_executable(), "build", *build_options(template, architecture)]
     done = subprocess.run(command, env=sam_environment(), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SamLocalError(f"sam build failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return template.parent / BUILD_DIR / "template.yaml"
+    stamp.write_text(inputs, encoding="utf-8")
+    return built
 
 
 def bridge_address() -> str:

@@ -5,6 +5,7 @@ for real)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,31 @@ def test_a_registered_function_runs_in_the_environments_it_was_given(tmp_path: P
     assert dispatcher.pools == {}  # no worker processes: nothing for their statistics
     dispatcher.close()
     assert environments.closed
+
+
+def test_a_build_of_unchanged_inputs_is_not_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sam build empties its build dir first: a second build would pull the artifacts from under
+    a running sam local invoke or start-lambda."""
+    from imagejobs_tools.local import samlocal
+
+    template = tmp_path / "template.yaml"
+    template.write_text("Resources: {}\n")
+    (tmp_path / "functions" / "poll").mkdir(parents=True)
+    (tmp_path / "functions" / "poll" / "app.py").write_text("x = 1\n")
+    builds: list[list[str]] = []
+
+    def fake_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        builds.append(command)
+        built = tmp_path / samlocal.BUILD_DIR
+        built.mkdir(parents=True, exist_ok=True)
+        (built / "template.yaml").write_text("built\n")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(samlocal.subprocess, "run", fake_run)
+    monkeypatch.setattr(samlocal, "sam_executable", lambda: "sam")
+    first = samlocal.build(template, "x86_64")
+    assert samlocal.build(template, "x86_64") == first and len(builds) == 1
+    (tmp_path / "functions" / "poll" / "app.py").write_text("x = 2\n")  # changed code: built again
+    samlocal.build(template, "x86_64")
+    samlocal.build(template, "arm64")  # another architecture: built again
+    assert len(builds) == 3
