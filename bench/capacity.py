@@ -111,37 +111,52 @@ class Capacity:
     longest_job_seconds: float | None  # the history-event limit, for STANDARD
 
 
-def capacity(option: PollingOption, quotas: Quotas, workload: Workload) -> Capacity:
-    """The largest N (jobs polling at once) and rate (jobs/s) every quota allows."""
+@dataclass(frozen=True)
+class JobLoad:
+    """What one job in flight asks of the account, per second, on average over its life."""
+
+    seconds_in_flight: float  # T: generation time + the mean detection delay (half an interval)
+    transitions_per_second: float  # polling, plus its share of the start's and end's transitions
+    lambda_instances: float  # PollFunction and StoreOutputsFunction concurrency it holds
+    invocations_per_second: float  # of PollFunction and StoreOutputsFunction
+    starts: float  # executions per job (1, plus EXPRESS hand-overs)
+
+
+def job_load(option: PollingOption, workload: Workload) -> JobLoad:
     seconds_polling = workload.generation_seconds + option.poll_interval_seconds / 2
-    # Per job in flight, per second: transitions and Lambda concurrency while polling, plus each job's
-    # share of the fixed costs (one start and one end every seconds_polling).
     handovers = (
         workload.generation_seconds / workload.handover_after_seconds
         if workload.handover_after_seconds
         else 0.0
     )
-    starts_per_job = 1.0 + handovers
     # The part of a job's time it actually polls, and each cycle's share of it (several polls per call).
     polling_share = 1.0 - option.first_poll_share * workload.generation_seconds / seconds_polling
     cycles = polling_share / option.polls_per_invocation
     call_seconds = (option.polls_per_invocation - 1) * option.poll_interval_seconds + workload.poll_seconds
+    return JobLoad(
+        seconds_in_flight=seconds_polling,
+        transitions_per_second=option.transitions_per_job_second * cycles
+        + (option.fixed_transitions + 3 * handovers) / seconds_polling,
+        lambda_instances=option.invocations_per_job_second * cycles * call_seconds
+        + workload.store_seconds / seconds_polling,
+        invocations_per_second=option.invocations_per_job_second * cycles + 1.0 / seconds_polling,
+        starts=1.0 + handovers,
+    )
+
+
+def capacity(option: PollingOption, quotas: Quotas, workload: Workload) -> Capacity:
+    """The largest N (jobs polling at once) and rate (jobs/s) every quota allows."""
+    load = job_load(option, workload)
+    seconds_polling = load.seconds_in_flight
     bounds_n: list[tuple[float, str]] = []
     if quotas.transitions_per_second is not None:
-        per_job = (
-            option.transitions_per_job_second * cycles
-            + (option.fixed_transitions + 3 * handovers) / seconds_polling
-        )
-        bounds_n.append((quotas.transitions_per_second / per_job, "state transitions"))
-    lambda_per_job = (
-        option.invocations_per_job_second * cycles * call_seconds + workload.store_seconds / seconds_polling
-    )
+        bounds_n.append((quotas.transitions_per_second / load.transitions_per_second, "state transitions"))
     lambda_left = quotas.lambda_concurrency - workload.intake_concurrency
-    bounds_n.append((lambda_left / lambda_per_job, "Lambda concurrency"))
+    bounds_n.append((lambda_left / load.lambda_instances, "Lambda concurrency"))
     if workload.provider_concurrency is not None:
         bounds_n.append((float(workload.provider_concurrency), "provider concurrency"))
     bounds_n.append(
-        (quotas.start_execution_per_second * seconds_polling / starts_per_job, "StartExecution rate")
+        (quotas.start_execution_per_second * seconds_polling / load.starts, "StartExecution rate")
     )
     bounds_n.append(
         (

@@ -183,3 +183,39 @@ def test_capacity_smoke() -> None:
     default = options[f"2-s polling (Wait -> Poll -> Choice) | {other}"]["maxPolling"]
     assert options[f"FirstPollAfter=auto | {other}"]["maxPolling"] > 5 * default
     assert 900 <= options[f"PollsPerInvocation=15 | {other}"]["maxPolling"] <= 1000
+
+
+def test_soak_smoke() -> None:
+    figures = run_smoke("soak.py")
+    report = figures["report"]
+    assert report["ok"] is True, report["checks"]
+    assert report["jobs_sent"] == figures["jobs"] == 12
+    assert report["lost"] == 0 and report["duplicates"] == 0
+    # Both kinds of fault were on: the AWS layer's and the simulator's.
+    assert sum(report["extra"]["AWS faults injected"].values()) > 0
+    assert sum(report["extra"]["provider faults injected"].values()) > 0
+    # Memory is reported per process: the stack's own and each function's execution environments.
+    processes = figures["processes"]
+    assert {"stack process", "IntakeFunction", "PollFunction", "FinalizeFunction"} <= set(processes)
+    for row in processes.values():
+        number(row["peakMBEach"], minimum=1)
+        assert row["peakMBSum"] >= row["peakMBEach"]
+    assert figures["peakTotalRssMB"] >= processes["stack process"]["peakMBEach"]
+
+
+def test_capacity_check_smoke() -> None:
+    figures = run_smoke("capacity_check.py")
+    assert figures["jobs"] == int(figures["rate"] * figures["arrivalSeconds"])
+    quantities = figures["quantities"]
+    assert set(quantities) == {
+        "jobs polling at once (Little's law)",
+        "state transitions per second",
+        "Lambda invocations per second (Poll + StoreOutputs)",
+        "Lambda instances busy (Poll + StoreOutputs)",
+    }
+    for row in quantities.values():
+        measured, model = number(row["measured"]), number(row["model"], minimum=1e-9)
+        assert row["ratio"] == pytest.approx(measured / model, rel=0.02, abs=0.002)
+        assert row["verdict"] in {"agrees", "DISAGREES"}
+    # The model's time in flight is the generation time plus half a 2-s interval.
+    assert figures["inputs"]["secondsInFlight"] == pytest.approx(figures["generationSeconds"] + 1.0)

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 LOG = logging.getLogger(__name__)
 
 # Short long-poll so stop() is prompt; still a long poll (no busy loop: moto waits on a condition).
@@ -134,10 +136,13 @@ class SqsPoller:
                 batch = self._receive_batch()
                 if batch:
                     self._process(batch)
-            except Exception:
+            except Exception as exc:
                 if self._stop.is_set():
                     return
-                LOG.exception("SQS poller for %s failed; retrying", self.mapping.function_name)
+                if isinstance(exc, ClientError):  # the service's answer (throttled, 5xx): no trace needed
+                    LOG.warning("SQS poller for %s: %s; retrying", self.mapping.function_name, exc)
+                else:
+                    LOG.exception("SQS poller for %s failed; retrying", self.mapping.function_name)
                 self._stop.wait(1.0)
 
     def _receive_batch(self) -> list[dict[str, Any]]:
