@@ -91,6 +91,7 @@ SAMPLE_ENV = {
     "PRESIGN_TTL_SECONDS": "900",
     "JOBS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/imagejobs-JobsQueue-EXAMPLE",
     "LOG_LEVEL": "INFO",
+    "EVENT_BUS_NAME": "imagejobs-events",
 }
 
 

@@ -134,7 +134,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSta
     if not TEMPLATE.is_file():
         pytest.skip("template.yaml not present")
     # Poll interval 0: the template allows it for local tests.
-    options = ("--sim-latency", "0:0.05", "--poll-interval", "0")
+    options = ("--sim-latency", "0:0.05", "--poll-interval", "0", "--show-events")
     with local_up(tmp_path_factory.mktemp("localstack"), *options) as running:
         yield running
 

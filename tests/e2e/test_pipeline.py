@@ -45,6 +45,18 @@ def test_job_completes_with_images_matching_the_aspect_ratio(
     assert abs(width / height - expected) < 0.02, (width, height)
 
 
+def test_local_up_shows_each_published_event(stack: RunningStack) -> None:
+    job_id = new_job_id("shown")
+    stack.send({"jobId": job_id, "prompt": "a lighthouse at dawn"})
+    assert stack.wait_terminal(job_id)["status"] == "COMPLETED"
+    wait_for(
+        lambda: f"Job State Change  {job_id}/COMPLETED  SUBMITTED -> COMPLETED" in stack.log_path.read_text(),
+        30,
+        what=f"--show-events' line for {job_id} in {stack.log_path}",
+    )
+    assert f"Job State Change  {job_id}/SUBMITTED  SUBMITTING -> SUBMITTED" in stack.log_path.read_text()
+
+
 def test_image_to_image_job_reads_an_s3_input(stack: RunningStack) -> None:
     bucket = stack.outputs["OutputBucketName"]
     buffer = io.BytesIO()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -14,6 +15,8 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+
+from imagejobs_tools.local import moto_fixes
 
 from .conftest import ARTIFACT_BUCKET, Template, function_environments
 
@@ -48,7 +51,10 @@ def moto_stack(
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with mock_aws():
+    # As the local stack creates it: with its moto fixes (an event bus's Ref is its name).
+    undo = moto_fixes.install()
+    with contextlib.ExitStack() as cleanup, mock_aws():
+        cleanup.callback(undo)
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket=ARTIFACT_BUCKET)
         for resource in translated_template["Resources"].values():

@@ -42,10 +42,12 @@ RESOURCE_STAR_ALLOWED_ACTIONS = {
     "cloudwatch:PutMetricData",
 }
 
-# AWS managed policies a role may carry: Lambda's basic logging and X-Ray writes (both "*" by necessity).
+# AWS managed policies a role may carry: Lambda's basic logging and X-Ray writes (both "*" by necessity),
+# and the stream reads SAM adds for JobEventsFunction's DynamoDB event source (what Lambda's poller calls).
 ALLOWED_MANAGED_POLICIES = {
     "service-role/AWSLambdaBasicExecutionRole",
     "AWSXrayWriteOnlyAccess",
+    "service-role/AWSLambdaDynamoDBExecutionRole",
 }
 
 
@@ -119,6 +121,7 @@ def test_no_function_can_delete_or_scan_records_or_outputs(translated_template: 
         "PollFunctionRole",
         "StoreOutputsFunctionRole",
         "FinalizeFunctionRole",
+        "JobEventsFunctionRole",
         "S3IntakeFunctionRole",
     ):
         actions = _actions_of(translated_template, role)
@@ -283,7 +286,7 @@ def test_the_documented_environment_is_each_functions_template_environment(
 ) -> None:
     documented = _documented_environment()
     functions = resources_of_type(translated_template, "AWS::Lambda::Function")
-    assert len(functions) == 5
+    assert len(functions) == 6
     for name, function in functions.items():
         variables = function["Properties"]["Environment"]["Variables"]
         expected = {v for v, (readers, _) in documented.items() if readers is None or name in readers}
@@ -596,7 +599,13 @@ def test_upload_outputs(translated_template: Template) -> None:
 
 def test_customer_key_encrypts_every_store_and_every_role_may_use_it(translated_template: Template) -> None:
     resources = translated_template["Resources"]
-    for name in ("JobsQueue", "JobsDeadLetterQueue", "UploadsQueue", "UploadsDeadLetterQueue"):
+    for name in (
+        "JobsQueue",
+        "JobsDeadLetterQueue",
+        "UploadsQueue",
+        "UploadsDeadLetterQueue",
+        "JobEventsDeadLetterQueue",
+    ):
         _assert_queue_encrypted(resources[name]["Properties"])
     assert resources["JobsTable"]["Properties"]["SSESpecification"] == {
         "SSEEnabled": True,
@@ -605,7 +614,7 @@ def test_customer_key_encrypts_every_store_and_every_role_may_use_it(translated_
     }
     assert resources["ApiKeySecret"]["Properties"]["KmsKeyId"] == _with_customer_key(CUSTOMER_KEY)
     log_groups = resources_of_type(translated_template, "AWS::Logs::LogGroup")
-    assert len(log_groups) == 6
+    assert len(log_groups) == 7
     for log_group in log_groups.values():
         assert log_group["Properties"]["KmsKeyId"] == _with_customer_key(CUSTOMER_KEY)
     policy = resources["CustomerKeyAccessPolicy"]

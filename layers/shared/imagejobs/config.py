@@ -288,6 +288,13 @@ class FinalizeSettings(JobRecordsSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
+class JobEventsSettings(EnvironmentSettings):
+    """JobEventsFunction: the records' state changes, published on one EventBridge bus."""
+
+    event_bus_name: str = field(metadata=variable("EVENT_BUS_NAME", _required))
+
+
+@dataclass(frozen=True, kw_only=True)
 class S3IntakeSettings(JobRecordsSettings, JobInputSettings, JobsQueueSettings, TriggerPrefixSettings):
     """S3IntakeFunction: uploads under the trigger prefixes become jobs on the jobs queue."""
 

@@ -16,6 +16,7 @@ from imagejobs.config import (
     FIRST_POLL_AUTO,
     FinalizeSettings,
     IntakeSettings,
+    JobEventsSettings,
     JobRecordsSettings,
     PollSettings,
     ProviderSettings,
@@ -23,6 +24,7 @@ from imagejobs.config import (
     StoreOutputsSettings,
 )
 from imagejobs.copier import OutputCopier
+from imagejobs.events import EventBridgePublisher
 from imagejobs.first_poll import FirstPollPolicy
 from imagejobs.provider import ProviderClient
 from imagejobs.secrets import ApiKeySource
@@ -129,3 +131,19 @@ class S3IntakeRuntime(_JobRecords, _S3, _Sqs):
 
     def __init__(self, settings: S3IntakeSettings) -> None:
         self.settings = settings
+
+
+class JobEventsRuntime:
+    settings: JobEventsSettings
+
+    def __init__(self, settings: JobEventsSettings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def publisher(self) -> EventBridgePublisher:
+        from botocore.config import Config
+
+        # One quick retry: a failed record fails its stream batch, which the event source
+        # retries (MaximumRetryAttempts); long back-offs here would only hold the shard.
+        client = _boto3().client("events", config=Config(retries={"mode": "standard", "max_attempts": 2}))
+        return EventBridgePublisher(client, self.settings.event_bus_name)

@@ -42,6 +42,8 @@ LOG = logging.getLogger(__name__)
 DEFAULT_ACCOUNT_ID = "123456789012"  # moto's default account, the local stack's
 # SigV4 signing names whose botocore service model has another name.
 SERVICE_MODEL_NAMES = {"states": "stepfunctions", "monitoring": "cloudwatch", "email": "ses"}
+# DynamoDB Streams signs as "dynamodb" (its IAM prefix too) but has its own API and target prefix.
+STREAMS_TARGET_PREFIX = "DynamoDBStreams_"
 # Signing names whose IAM action prefix differs.
 IAM_PREFIXES = {"monitoring": "cloudwatch", "email": "ses"}
 # Marks our wrapper, so a second install() does not wrap it again.
@@ -156,6 +158,8 @@ def _dynamodb(
             Access("dynamodb:GetItem", table_arn(item["Get"]["TableName"]))
             for item in params.get("TransactItems") or []
         )
+    if operation in DYNAMODB_STREAM_OPERATIONS:
+        return (Access(f"dynamodb:{operation}", _stream_arn(operation, params)),)
     table = params.get("TableName")
     if not isinstance(table, str):
         raise UnmappedOperation(f"dynamodb {operation}: no TableName to build the resource from")
@@ -163,6 +167,20 @@ def _dynamodb(
     if operation in ("Query", "Scan") and params.get("IndexName"):
         resource += f"/index/{params['IndexName']}"
     return (Access(f"dynamodb:{operation}", resource),)
+
+
+# DynamoDB Streams: authorised on the stream's ARN (ListStreams on "*": it names no stream).
+DYNAMODB_STREAM_OPERATIONS = frozenset({"ListStreams", "DescribeStream", "GetShardIterator", "GetRecords"})
+
+
+def _stream_arn(operation: str, params: Mapping[str, Any]) -> str:
+    if operation == "ListStreams":
+        return "*"
+    if operation == "GetRecords":
+        # An iterator is opaque on AWS; moto's (and so the local stack's) starts with the stream ARN.
+        iterator = str(params.get("ShardIterator") or "")
+        return iterator.partition("|")[0] if iterator.startswith("arn:") else "*"
+    return str(params["StreamArn"])
 
 
 SQS_RESOURCE_FREE = frozenset({"ListQueues"})
@@ -386,7 +404,21 @@ def _sts(operation: str, params: Mapping[str, Any], region: str, context: ArnCon
     raise UnmappedOperation(f"no IAM mapping for sts {operation}")
 
 
+def _events(
+    operation: str, params: Mapping[str, Any], region: str, context: ArnContext
+) -> tuple[Access, ...]:
+    if operation != "PutEvents":
+        raise UnmappedOperation(f"no IAM mapping for events {operation}")
+
+    def bus_arn(name: str) -> str:
+        return name if name.startswith("arn:") else context.regional("events", region, f"event-bus/{name}")
+
+    buses = {bus_arn(str(entry.get("EventBusName") or "default")) for entry in params.get("Entries") or []}
+    return tuple(Access("events:PutEvents", arn) for arn in sorted(buses))
+
+
 _DERIVERS: dict[str, Callable[[str, Mapping[str, Any], str, ArnContext], tuple[Access, ...]]] = {
+    "events": _events,
     "dynamodb": _dynamodb,
     "sqs": _sqs,
     "s3": _s3,
@@ -495,6 +527,8 @@ class CallRecorder:
                 signer.access_key_id, "", "", signer.region, status, unmapped="unsigned request"
             )
         model_name = SERVICE_MODEL_NAMES.get(signer.service, signer.service)
+        if str(request.headers.get("X-Amz-Target", "")).startswith(STREAMS_TARGET_PREFIX):
+            model_name = "dynamodbstreams"  # signed as dynamodb, its own API model
         try:
             operation, params = _parse(model_name, request)
         except Exception as error:

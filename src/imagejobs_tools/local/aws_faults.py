@@ -125,6 +125,7 @@ THROTTLES: dict[str, AwsError] = {
     "sqs": AwsError(400, "RequestThrottled", "Request is throttled."),
     "secretsmanager": AwsError(400, "ThrottlingException", "Rate exceeded"),
     "lambda": AwsError(429, "TooManyRequestsException", "Rate Exceeded."),
+    "events": AwsError(400, "ThrottlingException", "Rate exceeded"),
 }
 DYNAMODB_ITEM_THROTTLE = AwsError(
     400,
@@ -138,11 +139,12 @@ SERVER_ERRORS: dict[str, AwsError] = {
     "sqs": AwsError(500, "InternalError", "We encountered an internal error. Please try again."),
     "secretsmanager": AwsError(500, "InternalServiceError", "An error occurred on the server side."),
     "lambda": AwsError(500, "ServiceException", "The AWS Lambda service encountered an internal error."),
+    "events": AwsError(500, "InternalException", "An internal error occurred."),
 }
 # Lambda's error when Step Functions' own call to it fails without a response (an SDK client error).
 LAMBDA_NO_RESPONSE = AwsError(500, "SdkClientException", "Unable to execute HTTP request: Connection reset")
 # Services whose protocol answers errors as JSON (`__type`); the rest (S3) as XML.
-JSON_SERVICES = frozenset({"dynamodb", "states", "sqs", "secretsmanager", "lambda"})
+JSON_SERVICES = frozenset({"dynamodb", "states", "sqs", "secretsmanager", "lambda", "events"})
 
 
 def error_for(kind: str, service: str, operation: str) -> AwsError:

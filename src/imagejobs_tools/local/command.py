@@ -116,6 +116,11 @@ def register(subparsers: Any) -> None:
         "--show-metrics", action="store_true", help="also show the EMF metric lines Powertools Metrics prints"
     )
     up.add_argument(
+        "--show-events",
+        action="store_true",
+        help="also show each event the stack publishes on EventBridge (docs/events.md), a line each",
+    )
+    up.add_argument(
         "--lambda",
         dest="lambda_runtime",
         choices=LAMBDA_RUNTIMES,
@@ -212,7 +217,9 @@ def _run_up(args: argparse.Namespace) -> int:
         if not terminated.is_set():
             print_summary(console, stack, args.state_file)
         while not terminated.wait(0.5):
-            pass
+            if args.show_events and stack.events is not None:
+                for event in stack.events.drain():
+                    console.print(event_line(event), markup=False, highlight=False)
         return 0
     except Terminated:
         return 0
@@ -223,6 +230,13 @@ def _run_up(args: argparse.Namespace) -> int:
         console.print("stopping…")
         stack.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One published event as `local up --show-events` prints it."""
+    detail = event.get("detail") or {}
+    change = f"{detail.get('previousStatus') or '(new)'} -> {detail.get('status')}"
+    return f"event  {event.get('detail-type')}  {detail.get('eventId')}  {change}"
 
 
 def _default_host(lambda_runtime: str) -> str:

@@ -37,6 +37,21 @@ AWS_MANAGED_POLICY_DOCUMENTS: dict[str, dict[str, Any]] = {
             }
         ],
     },
+    "service-role/AWSLambdaDynamoDBExecutionRole": {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "dynamodb:DescribeStream",
+                    "dynamodb:GetRecords",
+                    "dynamodb:GetShardIterator",
+                    "dynamodb:ListStreams",
+                ],
+                "Resource": "*",
+            }
+        ],
+    },
 }
 IGNORED_MANAGED_POLICIES = {
     "service-role/AWSLambdaBasicExecutionRole": (
@@ -57,6 +72,7 @@ ARN_FORMATS = {
     "AWS::Lambda::Function": "arn:{partition}:lambda:{region}:{account}:function:{physical}",
     "AWS::IAM::Role": "arn:{partition}:iam::{account}:role/{physical}",
     "AWS::Logs::LogGroup": "arn:{partition}:logs:{region}:{account}:log-group:{physical}:*",
+    "AWS::Events::EventBus": "arn:{partition}:events:{region}:{account}:event-bus/{physical}",
 }
 # A value removed by `Ref: AWS::NoValue` (from a list or a mapping).
 _NO_VALUE = object()

@@ -36,6 +36,11 @@
   hand-over (statemachine/job.asl.json, HandOver) rests on catching it, or the job is left without
   a loop. The fix reports those as `StepFunctions.SdkClientException` Task failures.
 
+- moto 5.2.5's `AWS::Events::EventBus` has no physical resource id, so its CloudFormation `Ref`
+  resolves to the model object itself (a function's environment naming the bus then fails to
+  serialize: HTTP 500 on every Lambda call). AWS documents `Ref` of an event bus as its name. The
+  fix gives the model a `physical_resource_id`: its name.
+
 The hook is private moto API (moto is pinned): `check()` says clearly when it has moved.
 """
 
@@ -91,6 +96,7 @@ def check() -> None:
     _sqs_queue_class()
     _dynamodb_handler_class()
     _sfn_parser_backend_class()
+    _event_bus_class()
 
 
 # Every DynamoDB request that reads or writes items; table-level calls need no lock.
@@ -221,11 +227,40 @@ def install() -> Callable[[], None]:
         _sqs_pending_message_groups(),
         _dynamodb_atomic_item_operations(),
         _sfn_unique_execution_names(),
+        _event_bus_ref(),
     ]
 
     def restore() -> None:
         for step in reversed(undo):
             step()
+
+    return restore
+
+
+def _event_bus_class() -> Any:
+    from moto.events import models
+
+    bus = getattr(models, "EventBus", None)
+    if bus is None or not hasattr(bus, "create_from_cloudformation_json"):
+        raise MotoFixError("moto moved moto.events.models.EventBus (the event bus Ref fix needs it)")
+    return bus
+
+
+def _event_bus_ref() -> Callable[[], None]:
+    bus = _event_bus_class()
+    with _LOCK:
+        if "physical_resource_id" in bus.__dict__:
+            return lambda: None  # moto has its own now, or an earlier install() added ours
+
+        def physical_resource_id(self: Any) -> str:
+            return str(self.name)
+
+        bus.physical_resource_id = property(physical_resource_id)
+
+    def restore() -> None:
+        with _LOCK:
+            if "physical_resource_id" in bus.__dict__:
+                delattr(bus, "physical_resource_id")
 
     return restore
 

@@ -38,14 +38,17 @@ from imagejobs_tools.endpoints import connect_problem
 from imagejobs_tools.local import moto_fixes, moto_speedups, samlocal, server_tuning
 from imagejobs_tools.local.aws_faults import AwsFaults, FaultRule
 from imagejobs_tools.local.dispatch import LambdaDispatcher
+from imagejobs_tools.local.event_observer import EventObserver
 from imagejobs_tools.local.iam_audit import REPORT_DIR_VARIABLE, AuditReport, FunctionCallAudit, write_report
 from imagejobs_tools.local.iam_policies import DeployedStack
 from imagejobs_tools.local.logview import FunctionLogLine
 from imagejobs_tools.local.pollers import DEFAULT_CONCURRENCY, SqsMapping, SqsPoller
+from imagejobs_tools.local.stream_pollers import StreamMapping, StreamPoller
 from imagejobs_tools.local.template import (
     RESOLVE_OUTPUT_PREFIX,
     FunctionSource,
     PreparedTemplate,
+    StreamEventSource,
     TemplateError,
     evaluate_condition,
     notification_api_config,
@@ -164,6 +167,8 @@ class LocalStack:
             WorkerOptions(plugins=self.config.worker_plugins), self._log_line, self.aws_faults
         )
         self.pollers: list[SqsPoller] = []
+        self.stream_pollers: list[StreamPoller] = []
+        self.events: EventObserver | None = None  # what the stack publishes on EventBridge
         self.simulator: Any = None
         self._server: Any = None
         self._info: StackInfo | None = None
@@ -250,6 +255,8 @@ class LocalStack:
             self._apply_bucket_notifications(prepared, outputs, resources)
             queues = {lid: pid for lid, pid in resources.items() if types[lid] == "AWS::SQS::Queue"}
             self._start_pollers(prepared, resources, functions)
+            observed = f"{self.config.stack_name}-observed"
+            self.events = EventObserver(self.client("events"), self.client("sqs"), FAKE_ACCOUNT_ID, observed)
             # Faults only from here on: the set-up's own calls (the pollers' lookups) are not the pipeline's.
             self.aws_faults.set_rules(self.config.aws_faults)
             timings["wiringSeconds"] = time.perf_counter() - step
@@ -285,6 +292,9 @@ class LocalStack:
         for poller in self.pollers:
             poller.stop()
         self.pollers.clear()
+        for stream_poller in self.stream_pollers:
+            stream_poller.stop()
+        self.stream_pollers.clear()
         if self._server is not None:
             self._stop_running_executions()
         if self.simulator is not None:
@@ -566,12 +576,18 @@ class LocalStack:
                 raise LocalStackError(f"{logical_id}: re-created ARN {created['stateMachineArn']} != {arn}")
 
     def _remove_moto_event_source_mappings(self) -> None:
-        """moto's SQS mapping runs functions inside SendMessage and drops failures; the pollers replace it."""
+        """moto's SQS mapping runs functions inside SendMessage and drops failures, its stream mapping
+        inside the write that made the record (then empties the stream); the pollers replace both."""
         lambda_client = self.client("lambda")
         for mapping in lambda_client.list_event_source_mappings().get("EventSourceMappings", []):
             # Disable first: moto's queue keeps its own reference, which a delete leaves behind.
             lambda_client.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
             lambda_client.delete_event_source_mapping(UUID=mapping["UUID"])
+        # A table's reference survives both, and its stream ignores Enabled: drop it (moto runs here).
+        from moto.dynamodb.models import dynamodb_backends
+
+        for table in dynamodb_backends[FAKE_ACCOUNT_ID][self.config.region].tables.values():
+            table.lambda_event_source_mappings.clear()
 
     def _load_functions(self, prepared: PreparedTemplate, resources: dict[str, str]) -> dict[str, str]:
         """Register each function's pool of execution environments (started on first use)."""
@@ -741,14 +757,7 @@ class LocalStack:
                 raise LocalStackError(
                     f"{source.function_logical_id}: SQS source for a function with no handler"
                 )
-            timeout = self.dispatcher.functions[function_name].timeout_seconds
-            lambda_client = self._session.client(  # type: ignore[union-attr]
-                "lambda",
-                endpoint_url=self.endpoint_url,
-                config=Config(
-                    retries={"max_attempts": 0}, read_timeout=timeout + 60, max_pool_connections=20
-                ),
-            )
+            lambda_client = self._invoke_client(function_name)
             mapping = SqsMapping(
                 queue_url=queue_url,
                 queue_arn=queue_arn,
@@ -761,6 +770,53 @@ class LocalStack:
             poller = SqsPoller(mapping, sqs_client, lambda_client, self.config.region)
             poller.start()
             self.pollers.append(poller)
+        for stream_source in prepared.stream_sources:
+            if stream_source.enabled:
+                self._start_stream_poller(stream_source, resources, functions)
+
+    def _start_stream_poller(
+        self, source: StreamEventSource, resources: dict[str, str], functions: dict[str, str]
+    ) -> None:
+        """The table's stream read with the function's role, as the Lambda service reads it."""
+        credentials = self._function_credentials(source.function_logical_id)
+        function_name = functions.get(source.function_logical_id)
+        if function_name is None:
+            raise LocalStackError(
+                f"{source.function_logical_id}: stream source for a function with no handler"
+            )
+        table_name = resources[source.table_logical_id]
+        stream_arn = self.client("dynamodb").describe_table(TableName=table_name)["Table"]["LatestStreamArn"]
+        mapping = StreamMapping(
+            stream_arn=stream_arn,
+            table_name=table_name,
+            function_name=function_name,
+            function_arn=self.dispatcher.functions[function_name].arn,
+            starting_position=source.starting_position,
+            batch_size=source.batch_size,
+            max_batching_window_seconds=source.max_batching_window_seconds,
+            report_batch_item_failures=source.report_batch_item_failures,
+            maximum_retry_attempts=source.maximum_retry_attempts,
+            on_failure_queue_url=resources.get(source.on_failure_logical_id or ""),
+        )
+        poller = StreamPoller(
+            mapping,
+            self.client("dynamodbstreams", credentials),
+            self._invoke_client(function_name),
+            self.client("sqs", credentials),
+            self.config.region,
+        )
+        poller.start()
+        self.stream_pollers.append(poller)
+
+    def _invoke_client(self, function_name: str) -> Any:
+        """The event source's Lambda client: no retries of its own (a failed batch is the poller's to
+        retry), and a read timeout past the function's Timeout."""
+        timeout = self.dispatcher.functions[function_name].timeout_seconds
+        return self._session.client(  # type: ignore[union-attr]
+            "lambda",
+            endpoint_url=self.endpoint_url,
+            config=Config(retries={"max_attempts": 0}, read_timeout=timeout + 60, max_pool_connections=20),
+        )
 
     def _check_ports_free(self) -> None:
         """A port in use fails at once, by name (moto's server thread would die and leave start()

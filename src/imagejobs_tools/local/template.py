@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,21 @@ class SqsEventSource:
     enabled: bool = True
 
 
+@dataclass(frozen=True)
+class StreamEventSource:
+    """A DynamoDB Streams → Lambda mapping as declared in the template."""
+
+    function_logical_id: str
+    table_logical_id: str
+    starting_position: str = "LATEST"
+    batch_size: int = 100
+    max_batching_window_seconds: int = 0
+    report_batch_item_failures: bool = False
+    maximum_retry_attempts: int = -1  # -1: until the record expires (24 h), as on AWS
+    on_failure_logical_id: str | None = None  # an SQS queue of this stack
+    enabled: bool = True
+
+
 @dataclass
 class PreparedTemplate:
     """The translated CloudFormation template plus what the local runtime needs from the SAM one."""
@@ -70,6 +86,7 @@ class PreparedTemplate:
     functions: dict[str, FunctionSource] = field(default_factory=dict)
     layer_dirs: list[Path] = field(default_factory=list)
     sqs_sources: list[SqsEventSource] = field(default_factory=list)
+    stream_sources: list[StreamEventSource] = field(default_factory=list)
     # state machine logical id -> output keys holding its definition / substitutions / role
     state_machines: dict[str, StateMachineOutputs] = field(default_factory=dict)
     # bucket logical id -> its NotificationConfiguration with intrinsics deferred to outputs
@@ -167,7 +184,13 @@ def prepare_template(
                 ) from exc
 
     cfn = translate(sam, parameter_values)
-    prepared = PreparedTemplate(cfn, functions, layer_dirs, _sqs_sources(cfn, parameter_values))
+    prepared = PreparedTemplate(
+        cfn,
+        functions,
+        layer_dirs,
+        _sqs_sources(cfn, parameter_values),
+        _stream_sources(cfn, parameter_values),
+    )
     _add_state_machine_outputs(prepared)
     _defer_bucket_notifications(prepared)
     return prepared
@@ -186,8 +209,11 @@ def _defer_bucket_notifications(prepared: PreparedTemplate) -> None:
             )
 
 
-def _sqs_sources(cfn: dict[str, Any], parameter_values: dict[str, str]) -> list[SqsEventSource]:
-    """Every SQS → Lambda event-source mapping in the translated template (SAM `Events: SQS` or raw)."""
+def _event_source_mappings(
+    cfn: dict[str, Any], parameter_values: dict[str, str], source_type: str
+) -> Iterator[tuple[str, str, str, dict[str, Any], Callable[[Any, str], Any]]]:
+    """(mapping id, function id, source id, properties, literal) of every event-source mapping
+    whose source is a resource of `source_type` in this stack (external sources are not emulated)."""
     resources = cfn["Resources"]
     declared = cfn.get("Parameters") or {}
 
@@ -198,17 +224,64 @@ def _sqs_sources(cfn: dict[str, Any], parameter_values: dict[str, str]) -> list[
             raise TemplateError(f"{where}: the local stack needs a literal or a parameter Ref, got {node!r}")
         return node
 
-    sources = []
     for logical_id, resource in resources.items():
         if resource.get("Type") != "AWS::Lambda::EventSourceMapping":
             continue
         props = resource.get("Properties", {})
-        queue_id = logical_id_of(props.get("EventSourceArn"))
+        source_id = logical_id_of(props.get("EventSourceArn"))
         function_id = logical_id_of(props.get("FunctionName"))
-        if queue_id is None or resources.get(queue_id, {}).get("Type") != "AWS::SQS::Queue":
-            continue  # not an SQS source of this stack (streams, external queues): not emulated
+        if source_id is None or resources.get(source_id, {}).get("Type") != source_type:
+            continue
         if function_id is None or function_id not in resources:
             raise TemplateError(f"{logical_id}.FunctionName: the local stack needs !Ref <Function>")
+        yield logical_id, function_id, source_id, props, literal
+
+
+def _mapping_options(
+    logical_id: str, props: dict[str, Any], literal: Callable[[Any, str], Any]
+) -> dict[str, Any]:
+    """What SQS and stream mappings share: batching window, partial batch responses, Enabled."""
+    return {
+        "max_batching_window_seconds": int(
+            literal(props.get("MaximumBatchingWindowInSeconds", 0), f"{logical_id}.MaximumBatchingWindow")
+        ),
+        "report_batch_item_failures": "ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
+        "enabled": literal(props.get("Enabled", True), f"{logical_id}.Enabled")
+        not in (False, "false", "False"),
+    }
+
+
+def _stream_sources(cfn: dict[str, Any], parameter_values: dict[str, str]) -> list[StreamEventSource]:
+    """Every DynamoDB Streams → Lambda mapping of a table of this stack (SAM `Events: DynamoDB`)."""
+    sources = []
+    for logical_id, function_id, table_id, props, literal in _event_source_mappings(
+        cfn, parameter_values, "AWS::DynamoDB::Table"
+    ):
+        on_failure = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+        sources.append(
+            StreamEventSource(
+                function_logical_id=function_id,
+                table_logical_id=table_id,
+                starting_position=str(
+                    literal(props.get("StartingPosition", "LATEST"), f"{logical_id}.StartingPosition")
+                ),
+                batch_size=int(literal(props.get("BatchSize", 100), f"{logical_id}.BatchSize")),
+                maximum_retry_attempts=int(
+                    literal(props.get("MaximumRetryAttempts", -1), f"{logical_id}.MaximumRetryAttempts")
+                ),
+                on_failure_logical_id=logical_id_of(on_failure),
+                **_mapping_options(logical_id, props, literal),
+            )
+        )
+    return sources
+
+
+def _sqs_sources(cfn: dict[str, Any], parameter_values: dict[str, str]) -> list[SqsEventSource]:
+    """Every SQS → Lambda event-source mapping in the translated template (SAM `Events: SQS` or raw)."""
+    sources = []
+    for logical_id, function_id, queue_id, props, literal in _event_source_mappings(
+        cfn, parameter_values, "AWS::SQS::Queue"
+    ):
         scaling = props.get("ScalingConfig") or {}
         concurrency = literal(scaling.get("MaximumConcurrency"), f"{logical_id}.ScalingConfig")
         sources.append(
@@ -216,16 +289,8 @@ def _sqs_sources(cfn: dict[str, Any], parameter_values: dict[str, str]) -> list[
                 function_logical_id=function_id,
                 queue_logical_id=queue_id,
                 batch_size=int(literal(props.get("BatchSize", 10), f"{logical_id}.BatchSize")),
-                max_batching_window_seconds=int(
-                    literal(
-                        props.get("MaximumBatchingWindowInSeconds", 0), f"{logical_id}.MaximumBatchingWindow"
-                    )
-                ),
-                report_batch_item_failures="ReportBatchItemFailures"
-                in (props.get("FunctionResponseTypes") or []),
                 maximum_concurrency=int(concurrency) if concurrency is not None else None,
-                enabled=literal(props.get("Enabled", True), f"{logical_id}.Enabled")
-                not in (False, "false", "False"),
+                **_mapping_options(logical_id, props, literal),
             )
         )
     return sources

@@ -267,6 +267,51 @@ def test_finalize_sample_events(
     assert (record["status"], record["error"]["source"], record["error"]["code"]) == (status, source, code)
 
 
+def subscribe_queue(bus: str) -> tuple[Any, str]:
+    """An SQS queue receiving every event on `bus` (what a subscriber's rule would do)."""
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="subscriber")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events = boto3.client("events")
+    events.create_event_bus(Name=bus)
+    events.put_rule(Name="all", EventBusName=bus, EventPattern=json.dumps({"source": ["imagejobs"]}))
+    events.put_targets(Rule="all", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+    return sqs, url
+
+
+def received(sqs: Any, url: str) -> list[dict[str, Any]]:
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(m["Body"]) for m in messages]
+
+
+def test_job_events_publishes_the_sample_streams_state_changes(
+    handler: Callable[..., ModuleType], aws: Aws, lambda_context: FakeLambdaContext
+) -> None:
+    sqs, url = subscribe_queue(aws.env["EVENT_BUS_NAME"])
+    response = handler("job_events").lambda_handler(event("dynamodb_stream_records.json"), lambda_context)
+    assert response == {"batchItemFailures": []}
+    got = sorted(received(sqs, url), key=lambda e: e["detail"]["eventId"])
+    # Four stream records: SUBMITTED, a poll count (not a state change), COMPLETED, a REJECTED insert.
+    assert [e["detail"]["eventId"] for e in got] == [
+        "bad-0001/REJECTED",
+        f"{DEMO_JOB}/COMPLETED",
+        f"{DEMO_JOB}/SUBMITTED",
+    ]
+    assert {(e["source"], e["detail-type"]) for e in got} == {("imagejobs", "Job State Change")}
+    completed = got[1]["detail"]
+    assert completed["outputs"][0]["key"] == f"outputs/{DEMO_JOB}/1.png" and completed["creditsUsed"] == 3
+
+
+def test_job_events_reports_the_record_it_could_not_publish(
+    handler: Callable[..., ModuleType], aws: Aws, lambda_context: FakeLambdaContext
+) -> None:
+    # No bus of that name: EventBridge refuses every entry, so every state change is a batch item failure.
+    response = handler("job_events").lambda_handler(event("dynamodb_stream_records.json"), lambda_context)
+    records = event("dynamodb_stream_records.json")["Records"]
+    failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+    assert failed == {records[i]["dynamodb"]["SequenceNumber"] for i in (0, 2, 3)}
+
+
 def test_runtime_builds_settings_and_clients_from_the_environment(
     handler: Callable[..., ModuleType], aws: Aws
 ) -> None:
@@ -293,6 +338,7 @@ REQUIRED = {
     "store_outputs": {"JOBS_TABLE", "OUTPUT_BUCKET"},
     "finalize": {"JOBS_TABLE"},
     "s3_intake": {"JOBS_TABLE", "OUTPUT_BUCKET", "JOBS_QUEUE_URL"},
+    "job_events": {"EVENT_BUS_NAME"},
 }
 
 

@@ -74,6 +74,7 @@ def test_every_function_has_its_own_role_and_policies(policies: dict[str, Functi
         "PollFunction",
         "StoreOutputsFunction",
         "FinalizeFunction",
+        "JobEventsFunction",
         "S3IntakeFunction",
     }
     assert policies["IntakeFunction"].role_arn == f"arn:aws:iam::{ACCOUNT}:role/{STACK}-IntakeFunctionRole-X1"

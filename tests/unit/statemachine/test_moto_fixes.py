@@ -126,3 +126,35 @@ def test_a_start_execution_without_response_is_a_task_failure_retry_and_catch_ca
     finally:
         undo()
     assert _failure_of(reset).error_name.error_name == "States.Runtime"
+
+
+EVENT_BUS_TEMPLATE = {
+    "Resources": {
+        "Bus": {"Type": "AWS::Events::EventBus", "Properties": {"Name": "imagejobs-events"}},
+    },
+    "Outputs": {"BusRef": {"Value": {"Ref": "Bus"}}},
+}
+
+
+def bus_ref_output() -> str:
+    """`Ref` of an AWS::Events::EventBus as moto's CloudFormation resolves it (AWS: the bus's name)."""
+    import json
+
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        cloudformation = boto3.client("cloudformation", region_name="us-east-1")
+        cloudformation.create_stack(StackName="bus", TemplateBody=json.dumps(EVENT_BUS_TEMPLATE))
+        [stack] = cloudformation.describe_stacks(StackName="bus")["Stacks"]
+        return str({o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}["BusRef"])
+
+
+def test_an_event_bus_ref_is_its_name_with_the_fix_and_was_not_without() -> None:
+    assert bus_ref_output() != "imagejobs-events"  # moto as released: the model object's repr
+    undo = moto_fixes.install()
+    try:
+        assert bus_ref_output() == "imagejobs-events"
+    finally:
+        undo()
+    assert bus_ref_output() != "imagejobs-events"

@@ -1,0 +1,40 @@
+"""JobEventsFunction: the jobs table's change stream → "Job State Change" events on EventBridge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from imagejobs.config import JobEventsSettings
+from imagejobs.events import publish_change
+from imagejobs.observability import logger, metrics, tracer
+from imagejobs.runtime import JobEventsRuntime
+
+# Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
+runtime = JobEventsRuntime(JobEventsSettings.from_env())
+
+
+@tracer.capture_method
+def record_handler(record: DynamoDBRecord) -> str:
+    change = record.dynamodb
+    if change is None:
+        return "no images"
+    # A failure raises: the batch resumes from this record (ReportBatchItemFailures).
+    return publish_change(change.old_image, change.new_image, runtime.publisher)
+
+
+# One invocation at a time per execution environment: one processor per environment, as Powertools shows.
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return dict(
+        process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    )

@@ -1,0 +1,125 @@
+"""Job events on EventBridge (docs/events.md): what each record's change says, published at least once.
+
+JobEventsFunction reads the jobs table's change stream. A change whose status differs from the
+old image's, into SUBMITTED or a terminal status, becomes one "Job State Change" event whose
+detail is exactly what the new record says. Its ``eventId`` is ``<jobId>/<status>``: a job
+enters each of these statuses at most once (the store's conditional transitions), so a stream
+record delivered twice, or re-read after a failed batch, gives the same id and consumers can
+deduplicate on it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from imagejobs.observability import count
+from imagejobs.store import SUBMITTED, TERMINAL, from_dynamo
+
+SOURCE = "imagejobs"
+JOB_STATE_CHANGE = "Job State Change"
+PUBLISHED_STATUSES = frozenset({SUBMITTED}) | TERMINAL
+# PutEvents takes at most 10 entries of at most 256 KB each (the detail here is a few KB).
+ENTRIES_PER_CALL = 10
+
+
+class EventPublishError(RuntimeError):
+    """EventBridge refused some entries: the stream batch is retried from the first of them."""
+
+    def __init__(self, failed: Sequence[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{event_id}: {reason}" for event_id, reason in failed))
+        self.event_ids = [event_id for event_id, _ in failed]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    detail_type: str
+    detail: dict[str, Any]
+
+    @property
+    def event_id(self) -> str:
+        return str(self.detail["eventId"])
+
+
+class EventPublisher(Protocol):
+    def publish(self, events: Sequence[JobEvent]) -> None:
+        """Publish every event or raise ``EventPublishError`` naming those that were not."""
+
+
+def job_state_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> JobEvent | None:
+    """The event for one change of a record (plain JSON images), or None when it is not one."""
+    if not new:
+        return None  # a deletion (TTL, a user's clean-up): not a state change of a job
+    status = str(new.get("status") or "")
+    previous = str((old or {}).get("status") or "") or None
+    if status not in PUBLISHED_STATUSES or status == previous:
+        return None
+    job_id = str(new["jobId"])
+    detail = {
+        "eventId": f"{job_id}/{status}",
+        "jobId": job_id,
+        "batchId": new.get("batchId"),
+        "status": status,
+        "previousStatus": previous,
+        "model": new.get("model"),
+        "kind": new.get("kind"),
+        "taskId": new.get("taskId"),
+        "outputs": [
+            {"bucket": o.get("bucket"), "key": o.get("key"), "uri": o.get("uri")}
+            for o in new.get("outputs") or []
+        ],
+        "creditsUsed": new.get("creditsUsed"),
+        "creditsRefunded": new.get("creditsRefunded"),
+        "error": new.get("error"),
+        "timings": {
+            name: new.get(name)
+            for name in ("createdAt", "submittedAt", "completedAt", "updatedAt")
+            if new.get(name) is not None
+        }
+        | ({"latency": new["latency"]} if new.get("latency") else {}),
+    }
+    return JobEvent(JOB_STATE_CHANGE, detail)
+
+
+def publish_change(
+    old_image: Mapping[str, Any] | None, new_image: Mapping[str, Any] | None, publisher: EventPublisher
+) -> str:
+    """One stream record: publish its event if it is a state change; what happened, for the log."""
+    event = job_state_change(from_dynamo(old_image or {}), from_dynamo(new_image or {}))
+    if event is None:
+        return "not a state change"
+    publisher.publish([event])
+    count("JobEventsPublished")
+    return event.event_id
+
+
+class EventBridgePublisher:
+    """PutEvents on one bus, ten entries a call; failed entries raise after the rest went out."""
+
+    def __init__(self, client: Any, bus_name: str) -> None:
+        self._client = client
+        self._bus_name = bus_name
+
+    def publish(self, events: Sequence[JobEvent]) -> None:
+        failed: list[tuple[str, str]] = []
+        for start in range(0, len(events), ENTRIES_PER_CALL):
+            chunk = events[start : start + ENTRIES_PER_CALL]
+            response = self._client.put_events(Entries=[self._entry(event) for event in chunk])
+            if response.get("FailedEntryCount"):
+                failed.extend(
+                    (event.event_id, f"{result.get('ErrorCode')}: {result.get('ErrorMessage')}")
+                    for event, result in zip(chunk, response["Entries"], strict=True)
+                    if result.get("ErrorCode")
+                )
+        if failed:
+            raise EventPublishError(failed)
+
+    def _entry(self, event: JobEvent) -> dict[str, Any]:
+        return {
+            "Source": SOURCE,
+            "DetailType": event.detail_type,
+            "Detail": json.dumps(event.detail, default=str, sort_keys=True),
+            "EventBusName": self._bus_name,
+        }
