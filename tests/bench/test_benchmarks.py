@@ -140,7 +140,8 @@ def test_cost_smoke() -> None:
     polls = figures["pollsPerJob"]
     assert polls >= 1
     # Wait, Poll, Choice per poll, then StoreOutputs and JobCompleted (no retries on a clean run).
-    assert figures["transitionsPerJob"] == pytest.approx(3 * polls + 2)
+    # Both are means over the jobs, rounded to 3 decimals (polls 1.333 for 1, 1 and 2 polls).
+    assert figures["transitionsPerJob"] == pytest.approx(3 * polls + 2, abs=0.005)
     default = figures["byKind"]["image"]["default"]
     assert default["awsRequests"]["dynamodb.PutItem"] >= 3
     assert default["s3Puts"] >= 1
