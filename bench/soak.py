@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ from imagejobs_tools.reliability.report import SuiteReport
 from imagejobs_tools.reliability.stacksuites import (
     AWS_FAULTS,
     READ_TIMEOUT_SECONDS,
+    VISIBILITY_SECONDS,
     Harness,
     _wait_settled,
     analyse,
@@ -146,7 +148,9 @@ def run_soak(size: int, seed: int = 17) -> tuple[SuiteReport, ProcessMemory, dic
     started = time.perf_counter()
     with running_stack(
         f"sk_test_soak_{rng.getrandbits(48):012x}",
-        parameters={"MaxWaitImageSeconds": "25"},
+        # A failed upload event comes back after its visibility timeout (AWS: 5,400 s), scaled down as
+        # the aws-faults suite does, or a faulted batch would wait an hour and a half.
+        parameters={"MaxWaitImageSeconds": "25", "UploadsVisibilityTimeoutSeconds": str(VISIBILITY_SECONDS)},
         aws_faults=AWS_FAULTS,
     ) as h:
         timings["stackReadySeconds"] = round(time.perf_counter() - started, 1)
@@ -160,7 +164,7 @@ def run_soak(size: int, seed: int = 17) -> tuple[SuiteReport, ProcessMemory, dic
         )
         h.send([bodies[j] for j in job_ids if j not in batch_jobs])
         timings["sendSeconds"] = round(time.perf_counter() - sent_at, 1)
-        _wait_queue_empty(h, timeout=300 + size * 1.5)
+        _wait_submitted(h, size, timeout=300 + size * 1.5)
         settled = _wait_settled(h, job_ids, timeout=300 + size * 0.5)
         timings["settledSeconds"] = round(time.perf_counter() - sent_at, 1)
         h.stack.aws_faults.set_rules(())  # the figures are read without faults
@@ -181,9 +185,22 @@ def run_soak(size: int, seed: int = 17) -> tuple[SuiteReport, ProcessMemory, dic
     return report, memory, timings
 
 
-def _wait_queue_empty(h: Harness, timeout: float) -> None:
-    """Until intake has taken every message (cheap: queue attributes, not a table scan)."""
-    h.wait(lambda: h.queue_depth("JobsQueueUrl") == 0, timeout, interval=10.0)
+def _wait_submitted(h: Harness, size: int, timeout: float) -> None:
+    """Until the provider has a task per job, or both queues are empty (cheap: no table scan);
+    progress on stderr every minute."""
+    started = time.monotonic()
+    last_report = started
+
+    def done() -> bool:
+        nonlocal last_report
+        tasks = int(h.sim.stats().get("tasks", 0))
+        if time.monotonic() - last_report >= 60:
+            last_report = time.monotonic()
+            print(f"soak: {tasks} of {size} submitted after {last_report - started:.0f} s", file=sys.stderr)
+        empty = h.queue_depth("JobsQueueUrl") == 0 and h.queue_depth("UploadsQueueUrl") == 0
+        return tasks >= size or empty
+
+    h.wait(done, timeout, interval=10.0)
 
 
 def main() -> None:
