@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from imagejobs import budget as credit_budget
 from imagejobs import store as records
 from imagejobs.copier import OutputCopier, OutputCopyError, TransientCopyError
 from imagejobs.jobs import JobRequest
@@ -229,6 +230,7 @@ def store_outputs_step(
             now=now,
         )
         count(JOBS_FAILED)
+        return_refund(store, result.record)
         logger.error("completed task has no outputs; recorded FAILED")
         return {"jobId": job_id, "status": result.status, "outputs": []}
     try:
@@ -257,6 +259,7 @@ def store_outputs_step(
         latency=_latency(record, poll, moment),
         now=moment,
     )
+    return_refund(store, result.record)
     if result.applied:
         count(JOBS_COMPLETED)
         total = (result.record or {}).get("latency", {}).get("totalSeconds")
@@ -266,6 +269,15 @@ def store_outputs_step(
     else:
         logger.warning("COMPLETED not recorded", extra={"reason": result.reason})
     return {"jobId": job_id, "status": result.status, "outputs": outputs}
+
+
+def return_refund(store: JobStore, record: Mapping[str, Any] | None) -> None:
+    """Give the job's budget day the refund its record shows (once; also on a repeated call,
+    when an earlier one recorded the status but stopped before this)."""
+    if record is None or credit_budget.refund_due(record) is None:
+        return
+    result = store.settle_refund(record)
+    logger.info("refund returned to the credit budget", extra={"applied": result.applied})
 
 
 def _status(store: JobStore, job_id: str) -> str | None:
@@ -313,6 +325,7 @@ def finalize_step(state: Mapping[str, Any], store: JobStore, now: float | None =
         if result.applied:
             count(JOBS_FAILED)
             count(CREDITS_REFUNDED, refunded)
+        return_refund(store, result.record)
     elif outcome == "TIMED_OUT":
         result = store.mark_timed_out(
             job_id, polls=polls, message="the provider did not finish before the job's deadline", now=now
