@@ -24,6 +24,7 @@ from imagejobs_tools.jobcli.records import ALL_STATUSES, JobRecord, OutputObject
 from imagejobs_tools.jobcli.target import SessionFactory, Target
 
 if TYPE_CHECKING:
+    from imagejobs.budget import BudgetDay
     from mypy_boto3_dynamodb.service_resource import Table
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_sqs.client import SQSClient
@@ -253,6 +254,12 @@ class JobsClient:
             full = self.batch_get(record.job_id for record in records)
             records = [full.get(record.job_id, record) for record in records]
         return records
+
+    def budget_day(self, day: str, limit: int) -> BudgetDay:
+        """One UTC day's credit budget counters (docs/control.md); `limit` is the stack's."""
+        from imagejobs.budget import read_day  # the domain's item layout, not a second copy of it
+
+        return read_day(self._require_table(), day, limit)
 
     # -- outputs ------------------------------------------------------------------------
 

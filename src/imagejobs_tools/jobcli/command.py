@@ -14,6 +14,7 @@ import contextlib
 import json
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,6 +146,21 @@ def register(subparsers: Any) -> None:
     watch.add_argument("--json", action="store_true", help="print the summary as JSON")
     watch.set_defaults(func=_guarded(cmd_watch))
 
+    budget = subparsers.add_parser(
+        "budget",
+        help="show the day's credit spend, reservations and limit",
+        description=_wrap(
+            "The credit budget of one UTC day (default today): the limit (the stack's CreditBudgetPerDay; "
+            "0 = no limit, and then nothing is counted), credits spent (the provider's creditsUsed, "
+            "SUBMIT_UNKNOWN jobs' reservations, less refunds), credits reserved by jobs being submitted, "
+            "and what is left. Jobs over the budget wait (status WAITING_FOR_BUDGET in `list`)."
+        ),
+        **common,
+    )
+    budget.add_argument("--day", type=_utc_day, help="UTC day YYYY-MM-DD (default: today)")
+    budget.add_argument("--json", action="store_true", help="print the day as JSON")
+    budget.set_defaults(func=_guarded(cmd_budget))
+
     download = subparsers.add_parser(
         "download",
         help="download job outputs",
@@ -165,6 +181,15 @@ def register(subparsers: Any) -> None:
 
 def _wrap(text: str) -> str:
     return textwrap.fill(text, width=88)
+
+
+def _utc_day(value: str) -> str:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a UTC day YYYY-MM-DD, got {value!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -451,6 +476,22 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("\n".join(list_lines(records)))
     else:
         _error(f"no jobs{' with status ' + ', '.join(args.statuses) if args.statuses else ''}")
+    return EXIT_OK
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from imagejobs import budget
+
+    from imagejobs_tools.jobcli.render import budget_lines
+
+    target = resolve(args)
+    client = open_client(target, table=True)
+    limit = int(target.outputs.get("CreditBudgetPerDay") or 0)
+    day = client.budget_day(args.day or budget.day_of(time.time()), limit)
+    if args.json:
+        print(json.dumps(day.to_dict(), sort_keys=True))
+    else:
+        print("\n".join(budget_lines(day)))
     return EXIT_OK
 
 
