@@ -23,13 +23,13 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
+from imagejobs.store import TERMINAL
 
 from imagejobs_tools.sim import SimulatorAdmin
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 API_KEY = "sk_test_local"
-TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN"}
 
 
 @dataclass

@@ -37,7 +37,9 @@ FAILED = "FAILED"
 TIMED_OUT = "TIMED_OUT"
 REJECTED = "REJECTED"
 SUBMIT_UNKNOWN = "SUBMIT_UNKNOWN"
-TERMINAL = frozenset({COMPLETED, FAILED, TIMED_OUT, REJECTED, SUBMIT_UNKNOWN})
+CANCELLED = "CANCELLED"
+# The one set of terminal statuses: the CLI, the local demo, the suites and the benches import it.
+TERMINAL = frozenset({COMPLETED, FAILED, TIMED_OUT, REJECTED, SUBMIT_UNKNOWN, CANCELLED})
 ACTIVE = (RECEIVED, SUBMITTING, SUBMITTED)
 BY_STATUS_INDEX = "ByStatus"
 WRITE_ID = "lastWriteId"
@@ -199,6 +201,9 @@ class JobStore:
             "model": request.get("model"),
             "kind": request.get("kind"),
             "prompt": request.get("prompt"),
+            # Top-level copies of the links, for selecting a batch's jobs.
+            "batchId": request.get("batchId"),
+            "retryOf": request.get("retryOf"),
             "submitAttempts": 0,
             "polls": 0,
             "modelHint": model_hint,
@@ -647,6 +652,34 @@ class JobStore:
             values["latency"] = dict(latency)
         return self._transition(
             job_id, FAILED, ACTIVE, now=now, set_values=values, remove=["leaseExpiresAt"], detail=code
+        )
+
+    def mark_cancelled(self, job_id: str, reason: str, *, now: float | None = None) -> TransitionResult:
+        """RECEIVED or SUBMITTED → CANCELLED. Never from SUBMITTING: a submission in flight may be
+        charged, and its outcome must be recorded first. A SUBMITTED job keeps its creditsUsed (the
+        provider cannot cancel a task); a RECEIVED one was never submitted."""
+        return self._transition(
+            job_id,
+            CANCELLED,
+            [RECEIVED, SUBMITTED],
+            now=now,
+            set_values={"error": {"source": "user", "code": "CANCELLED", "message": reason[:500]}},
+            remove=["leaseExpiresAt", "budgetWait"],
+            detail=reason,
+        )
+
+    def link_retry(
+        self, job_id: str, retry_id: str, statuses: Iterable[str], *, now: float | None = None
+    ) -> TransitionResult:
+        """Note on a finished job that ``retry_id`` re-sends it (``retriedAs``; status kept). At most
+        once: a second retry of the same job finds the link and sends nothing new."""
+        return self._transition(
+            job_id,
+            None,
+            statuses,
+            now=now,
+            set_values={"retriedAs": retry_id},
+            extra_condition=("attribute_not_exists(retriedAs)", {}),
         )
 
     def mark_timed_out(

@@ -213,6 +213,9 @@ def store_outputs_step(
     if record.get("status") == records.COMPLETED:
         logger.info("outputs already stored (repeat call)")
         return {"jobId": job_id, "status": records.COMPLETED, "outputs": record.get("outputs", [])}
+    if record.get("status") in records.TERMINAL:  # e.g. CANCELLED while the task ran: nothing to store
+        logger.info("job already finished; outputs not copied", extra={"status": record.get("status")})
+        return {"jobId": job_id, "status": record.get("status"), "outputs": []}
     request = JobRequest.from_record(record.get("request") or {"jobId": job_id})
     output_urls = [str(u) for u in poll.get("outputUrls") or []]
     credits_used = poll.get("creditsUsed")

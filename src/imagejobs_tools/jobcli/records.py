@@ -8,17 +8,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN"})
-ALL_STATUSES = (
-    "RECEIVED",
-    "SUBMITTING",
-    "SUBMITTED",
-    "COMPLETED",
-    "FAILED",
-    "TIMED_OUT",
-    "REJECTED",
-    "SUBMIT_UNKNOWN",
-)
+from imagejobs.store import ACTIVE, TERMINAL
+
+TERMINAL_STATUSES = TERMINAL  # the domain's one set
+ALL_STATUSES = (*ACTIVE, *sorted(TERMINAL))
 # Derived display states (never stored): a RECEIVED job whose last submit failed for a reason
 # that retries cannot fix (docs/cli.md), and an unfinished job whose message went to the DLQ.
 BLOCKED = "BLOCKED"
