@@ -129,6 +129,20 @@ def local_up(
     assert not state_file.exists()  # removed on a clean stop
 
 
+def own_stack_config(stack_name: str, poll_interval_seconds: int, **parameters: str) -> Any:
+    """A module's own in-process stack: quick simulator, warnings only, no metrics output."""
+    from imagejobs_tools.local.stack import LocalStackConfig
+
+    return LocalStackConfig(
+        template_path=TEMPLATE,
+        stack_name=stack_name,
+        sim_latency=(0.0, 0.01),
+        poll_interval_seconds=poll_interval_seconds,
+        parameter_overrides={"LogLevel": "WARNING", **parameters},
+        environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
+    )
+
+
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     if not TEMPLATE.is_file():

@@ -17,8 +17,8 @@ import boto3
 import pytest
 
 from imagejobs_tools.jobcli.client import JobsClient
-from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
-from tests.e2e.conftest import REPO, wait_for
+from imagejobs_tools.local.stack import LocalStack
+from tests.e2e.conftest import own_stack_config, wait_for
 from tests.e2e.test_handover import job_record
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack")]
@@ -28,17 +28,8 @@ CREDITS = 3  # gpt-image-2, the catalog's price and the simulator's
 
 @pytest.fixture(scope="module")
 def budget_stack() -> Iterator[LocalStack]:
-    config = LocalStackConfig(
-        template_path=REPO / "template.yaml",
-        stack_name="imagejobs-budget",
-        sim_latency=(0.0, 0.01),
-        poll_interval_seconds=0,
-        parameter_overrides={
-            "CreditBudgetPerDay": str(2 * CREDITS),
-            "BudgetRecheckSeconds": "1",
-            "LogLevel": "WARNING",
-        },
-        environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
+    config = own_stack_config(
+        "imagejobs-budget", 0, CreditBudgetPerDay=str(2 * CREDITS), BudgetRecheckSeconds="1"
     )
     with LocalStack(config) as stack:
         yield stack

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from imagejobs_tools.cli import main
-from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
-from tests.e2e.conftest import REPO, wait_for
+from imagejobs_tools.local.stack import LocalStack
+from tests.e2e.conftest import own_stack_config, wait_for
 from tests.e2e.test_handover import job_record
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack")]
@@ -24,15 +24,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack")]
 
 @pytest.fixture(scope="module")
 def control_stack() -> Iterator[LocalStack]:
-    config = LocalStackConfig(
-        template_path=REPO / "template.yaml",
-        stack_name="imagejobs-control",
-        sim_latency=(0.0, 0.01),
-        poll_interval_seconds=1,
-        parameter_overrides={"LogLevel": "WARNING"},
-        environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
-    )
-    with LocalStack(config) as stack:
+    with LocalStack(own_stack_config("imagejobs-control", 1)) as stack:
         yield stack
 
 
