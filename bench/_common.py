@@ -31,7 +31,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 JSON_PREFIX = "BENCH_JSON "
-TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN"}
 
 for _entry in (REPO / "src", REPO / "layers" / "shared"):
     if str(_entry) not in sys.path:

@@ -30,6 +30,7 @@ from _common import (
     summary,
     wait_until,
 )
+from imagejobs.store import TERMINAL  # importable once _common has set sys.path
 
 POLL_INTERVAL = 2
 # One prompt for every job: the simulator renders (and caches) each prompt's PNG, CPU that a real
@@ -69,9 +70,7 @@ def main() -> None:
                     return None
                 records = [r for r in scan_records(stack) if r["jobId"] in ids]
                 statuses = collections.Counter(r.get("status") for r in records)
-                done = sum(
-                    statuses[s] for s in ("COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN")
-                )
+                done = sum(statuses[s] for s in TERMINAL)
                 return records if done == jobs else None
 
             records = wait_until(all_terminal, timeout=600 + jobs, what="every job terminal", interval=0.5)

@@ -11,7 +11,7 @@ from imagejobs.config import IntakeSettings
 from imagejobs.intake import handle_job_message, note_last_receive
 from imagejobs.observability import logger, metrics, tracer, unbind_job
 from imagejobs.runtime import IntakeRuntime
-from imagejobs.sqs_retry import RetryLater, lease_seconds, redeliver_after
+from imagejobs.sqs_retry import RetryLater, lease_seconds, redeliver_after, send_again
 
 # Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
 runtime = IntakeRuntime(IntakeSettings.from_env())
@@ -38,7 +38,7 @@ def record_handler(record: SQSRecord, lease: float) -> str:
             lease_seconds=lease,
             first_poll=runtime.first_poll,
         )
-        if not outcome.ack:
+        if outcome.action == "retry":
             note_last_receive(
                 runtime.store,
                 outcome,
@@ -47,6 +47,14 @@ def record_handler(record: SQSRecord, lease: float) -> str:
             )
     finally:
         unbind_job()
+    if outcome.action == "requeue" and outcome.requeue_body is not None:
+        send_again(
+            runtime.sqs,
+            queue_url=runtime.settings.jobs_queue_url,
+            body=outcome.requeue_body,
+            seconds=outcome.retry_after_seconds or 0,
+        )
+        return outcome.reason
     if not outcome.ack:
         if outcome.retry_after_seconds is not None:
             redeliver_after(

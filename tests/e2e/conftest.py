@@ -23,13 +23,13 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
+from imagejobs.store import TERMINAL
 
 from imagejobs_tools.sim import SimulatorAdmin
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 API_KEY = "sk_test_local"
-TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN"}
 
 
 @dataclass
@@ -127,6 +127,20 @@ def local_up(
             raise
     assert returncode == 0, log_path.read_text()[-4000:]
     assert not state_file.exists()  # removed on a clean stop
+
+
+def own_stack_config(stack_name: str, poll_interval_seconds: int, **parameters: str) -> Any:
+    """A module's own in-process stack: quick simulator, warnings only, no metrics output."""
+    from imagejobs_tools.local.stack import LocalStackConfig
+
+    return LocalStackConfig(
+        template_path=TEMPLATE,
+        stack_name=stack_name,
+        sim_latency=(0.0, 0.01),
+        poll_interval_seconds=poll_interval_seconds,
+        parameter_overrides={"LogLevel": "WARNING", **parameters},
+        environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
+    )
 
 
 @pytest.fixture(scope="session")

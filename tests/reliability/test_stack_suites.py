@@ -73,3 +73,19 @@ def test_aws_faults_end_every_job_recorded_or_dead_lettered_never_submitted_twic
     assert injected.get("throttle") and injected.get("server_error"), "no AWS fault fired: nothing proven"
     assert report.checks["no orphaned S3 objects"]
     assert report.ok, report.render()
+
+
+def test_a_credit_budget_is_spent_exactly_and_the_rest_waits_until_it_is_raised() -> None:
+    report = run_suite("budget", smoke=True)
+    _assert_shared_invariants(report)
+    size = SMOKE_SIZES["budget"]
+    phase1 = report.extra["phase 1 (budget used up)"]
+    funded = report.extra["budget"]["funded jobs"]
+    assert (phase1["completed"], phase1["waiting"], phase1["provider tasks"]) == (
+        funded,
+        size - funded,
+        funded,
+    )
+    assert phase1["budget"]["spent"] == report.extra["budget"]["limit"]
+    assert report.terminal == {"COMPLETED": size}
+    assert report.ok, report.render()

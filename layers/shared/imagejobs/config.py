@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
+SQS_MAX_DELAY_SECONDS = 900  # SQS's DelaySeconds limit
 
 
 class ConfigError(ValueError):
@@ -258,6 +259,17 @@ class IntakeSettings(
     # JobsQueue's redrive maxReceiveCount (template parameter JobsMaxReceiveCount): the receive
     # after which a failed job message goes to the DLQ. 0 = unknown (nothing noted on the record).
     jobs_max_receive_count: int = field(metadata=variable("JOBS_MAX_RECEIVE_COUNT", _number, 0, int, 0))
+    # Credits the jobs may reserve per UTC day (docs/control.md); 0 = no limit, no accounting.
+    credit_budget_per_day: int = field(metadata=variable("CREDIT_BUDGET_PER_DAY", _number, 0, int, 0))
+    # How soon a job waiting for budget looks again (SQS's DelaySeconds caps it at 900).
+    budget_recheck_seconds: int = field(metadata=variable("BUDGET_RECHECK_SECONDS", _number, 300, int, 1))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.budget_recheck_seconds > SQS_MAX_DELAY_SECONDS:
+            raise ConfigError(
+                "BUDGET_RECHECK_SECONDS", f"must be <= {SQS_MAX_DELAY_SECONDS} (SQS DelaySeconds)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

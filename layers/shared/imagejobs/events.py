@@ -20,6 +20,8 @@ from imagejobs.store import SUBMITTED, TERMINAL, from_dynamo
 
 SOURCE = "imagejobs"
 JOB_STATE_CHANGE = "Job State Change"
+# A RECEIVED job that found no room in the day's credit budget (docs/control.md): once per job and day.
+JOB_BUDGET_WAIT = "Job Waiting For Budget"
 PUBLISHED_STATUSES = frozenset({SUBMITTED}) | TERMINAL
 # PutEvents takes at most 10 entries of at most 256 KB each (the detail here is a few KB).
 ENTRIES_PER_CALL = 10
@@ -83,16 +85,34 @@ def job_state_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | Non
     return JobEvent(JOB_STATE_CHANGE, detail)
 
 
+def budget_wait(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> JobEvent | None:
+    """The event for a job that started waiting for the credit budget (a new day's wait included)."""
+    wait = (new or {}).get("budgetWait")
+    if not wait or wait.get("day") == ((old or {}).get("budgetWait") or {}).get("day"):
+        return None
+    job_id = str(new["jobId"]) if new else ""
+    detail = {
+        "eventId": f"{job_id}/budgetWait/{wait.get('day')}",
+        "jobId": job_id,
+        "batchId": (new or {}).get("batchId"),
+        "status": (new or {}).get("status"),
+        "model": (new or {}).get("model"),
+        "budgetWait": wait,
+    }
+    return JobEvent(JOB_BUDGET_WAIT, detail)
+
+
 def publish_change(
     old_image: Mapping[str, Any] | None, new_image: Mapping[str, Any] | None, publisher: EventPublisher
 ) -> str:
-    """One stream record: publish its event if it is a state change; what happened, for the log."""
-    event = job_state_change(from_dynamo(old_image or {}), from_dynamo(new_image or {}))
-    if event is None:
+    """One stream record: publish its events (a state change, a wait for the budget); what happened."""
+    old, new = from_dynamo(old_image or {}), from_dynamo(new_image or {})
+    events = [e for e in (job_state_change(old, new), budget_wait(old, new)) if e is not None]
+    if not events:
         return "not a state change"
-    publisher.publish([event])
-    count("JobEventsPublished")
-    return event.event_id
+    publisher.publish(events)
+    count("JobEventsPublished", len(events))
+    return ", ".join(event.event_id for event in events)
 
 
 class EventBridgePublisher:

@@ -15,11 +15,13 @@ from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from imagejobs import budget as credit_budget
 from imagejobs import catalog, jobs
 from imagejobs import store as records
 from imagejobs.config import ExecutionSettings, IntakeSettings
 from imagejobs.first_poll import FirstPollPolicy
 from imagejobs.observability import (
+    BUDGET_WAITS,
     CREDITS_USED,
     JOBS_REJECTED,
     JOBS_SUBMITTED,
@@ -33,7 +35,9 @@ from imagejobs.provider import OutcomeUnknown, ProviderError, ProviderRejected, 
 from imagejobs.secrets import SecretNotConfigured
 from imagejobs.store import JobStore
 
-Action = Literal["ack", "retry"]
+# requeue: the message is sent again with a delay and this receive acknowledged (a job waiting for
+# budget must not use up the queue's maxReceiveCount and end in the DLQ).
+Action = Literal["ack", "retry", "requeue"]
 # A duplicate delivery that finds the job claimed by another worker looks again this soon: the claim
 # normally ends in well under a second, and the queue's own visibility timeout is many minutes.
 CLAIM_CONTENTION_RETRY_SECONDS = 10.0
@@ -49,6 +53,8 @@ class IntakeOutcome:
     # For a retry: when to look again. None keeps the queue's visibility timeout (provider trouble
     # backs off for long); a claim held by another worker or a 429's Retry-After asks for sooner.
     retry_after_seconds: float | None = None
+    # For a requeue: the body to send again (it names the job id) and its delay.
+    requeue_body: str | None = None
 
     @property
     def ack(self) -> bool:
@@ -225,7 +231,9 @@ def handle_job_message(
                     retry_after_seconds=CLAIM_CONTENTION_RETRY_SECONDS,
                 )
             reason = "an earlier submit attempt did not finish within its lease; it may have been charged"
-            marked = store.mark_submit_unknown(job_id, reason, now=now())
+            marked = store.mark_submit_unknown(
+                job_id, reason, held=credit_budget.held_reservation(record), now=now()
+            )
             if marked.applied:
                 count(SUBMIT_UNKNOWN)
             elif marked.status not in records.TERMINAL:
@@ -243,8 +251,11 @@ def handle_job_message(
             logger.warning("redelivered job differs from the recorded request; using the recorded one")
             request = jobs.JobRequest.from_record(stored)
 
-    # 3. Claim.
-    claim = store.claim_for_submit(job_id, lease_seconds, now=now())
+    # 3. Claim (and reserve the job's credits in the day's budget, in the same transaction).
+    reservation = _reservation(request.model, settings.credit_budget_per_day, now())
+    claim = store.claim_for_submit(job_id, lease_seconds, reservation=reservation, now=now())
+    if claim.over_budget and reservation is not None:
+        return wait_for_budget(store, body, job_id, reservation, settings, now=now)
     if not claim.applied:
         logger.info("lost the submit claim race", extra={"status": claim.status})
         if claim.status in records.TERMINAL:
@@ -258,6 +269,7 @@ def handle_job_message(
             claim.status,
             retry_after_seconds=CLAIM_CONTENTION_RETRY_SECONDS,
         )
+    held = credit_budget.held_reservation(claim.record)
 
     # 4. Submit (exactly once per claim).
     try:
@@ -265,7 +277,7 @@ def handle_job_message(
         provider_body = request.to_provider_body(jobs.resolve_input_urls(request, presign))
     except Exception as exc:  # nothing was sent: release and let SQS retry
         error = {"code": "PRESIGN_FAILED", "message": redact(str(exc))}
-        store.release_claim(job_id, error, now=now())
+        store.release_claim(job_id, error, held=held, now=now())
         logger.exception("could not presign input images; claim released")
         return IntakeOutcome("retry", "presigning inputs failed", job_id, records.RECEIVED)
 
@@ -279,12 +291,14 @@ def handle_job_message(
     except ProviderRejected as rejected:
         # Provider messages may echo the presigned input URLs: keep them without signatures.
         field_errors = {name: [redact(m) for m in msgs] for name, msgs in rejected.field_errors.items()}
-        result = store.mark_rejected(job_id, field_errors, message=redact(str(rejected)), now=now())
+        result = store.mark_rejected(
+            job_id, field_errors, message=redact(str(rejected)), held=held, now=now()
+        )
         count(JOBS_REJECTED)
         logger.warning("provider rejected the job", extra={"field_errors": field_errors})
         return IntakeOutcome("ack", "rejected by the provider (400)", job_id, result.status)
     except OutcomeUnknown as unknown:
-        result = store.mark_submit_unknown(job_id, redact(str(unknown)), now=now())
+        result = store.mark_submit_unknown(job_id, redact(str(unknown)), held=held, now=now())
         count(SUBMIT_UNKNOWN)
         logger.error("submission outcome unknown; never resubmitted", extra={"error": redact(str(unknown))})
         return IntakeOutcome("ack", "submission outcome unknown", job_id, result.status)
@@ -295,7 +309,7 @@ def handle_job_message(
         detail = str(cause) if missing_key else str(failure)
         code = "SecretNotConfigured" if missing_key else type(failure).__name__
         error = {"code": code, "message": redact(detail)}
-        store.release_claim(job_id, error, now=now())
+        store.release_claim(job_id, error, held=held, now=now())
         logger.warning("submit failed before charging; claim released for retry", extra={"error": error})
         retry_after = failure.retry_after if isinstance(failure, RateLimited) else None
         return IntakeOutcome(
@@ -308,7 +322,7 @@ def handle_job_message(
     except Exception as exc:
         # Not a classified provider error: the request may have gone out. Never resubmit.
         result = store.mark_submit_unknown(
-            job_id, f"unexpected {type(exc).__name__} while submitting", now=now()
+            job_id, f"unexpected {type(exc).__name__} while submitting", held=held, now=now()
         )
         count(SUBMIT_UNKNOWN)
         logger.exception("unexpected error while submitting; job marked SUBMIT_UNKNOWN")
@@ -319,7 +333,13 @@ def handle_job_message(
     arn = execution_arn(settings.state_machine_arn, job_id)
     bind_job(job_id, task_id=submission.task_id)
     marked = store.mark_submitted(
-        job_id, submission.task_id, submission.credits_used, arn, submit_ms=submit_ms, now=submitted_at
+        job_id,
+        submission.task_id,
+        submission.credits_used,
+        arn,
+        submit_ms=submit_ms,
+        held=held,
+        now=submitted_at,
     )
     if not marked.applied:
         # The claim was lost (e.g. a stale-lease SUBMIT_UNKNOWN) while we held a real task: keep its id.
@@ -342,6 +362,53 @@ def handle_job_message(
     return _ensure_execution(sfn, settings, job_id, submission.task_id, payload, "submitted")
 
 
+def _reservation(model: str, limit: int, at: float) -> credit_budget.Reservation | None:
+    """What a claim of this model reserves today; None when the budget is off (limit 0)."""
+    if limit <= 0:
+        return None
+    return credit_budget.Reservation(credit_budget.day_of(at), credit_budget.credits_to_reserve(model), limit)
+
+
+def requeue_body(body: str | bytes | Mapping[str, Any], job_id: str) -> str:
+    """The message to send again: the same job, its id made explicit (a message without ``jobId``
+    takes the SQS message id, which the new message would not share)."""
+    document = dict(body) if isinstance(body, Mapping) else json.loads(body)
+    document["jobId"] = job_id
+    return json.dumps(document, separators=(",", ":"))
+
+
+def wait_for_budget(
+    store: JobStore,
+    body: str | bytes | Mapping[str, Any],
+    job_id: str,
+    reservation: credit_budget.Reservation,
+    settings: IntakeSettings,
+    *,
+    now: Callable[[], float] = time.time,
+) -> IntakeOutcome:
+    """No room in the day's budget: nothing is submitted; the record says why, the BudgetWaits
+    metric (and its alarm) counts it, and the message comes back after the recheck interval, or
+    at the next UTC day if that is sooner. The record's budgetWait is what JobEventsFunction
+    publishes as "Job Waiting For Budget" (imagejobs.events), once per job and day."""
+    moment = now()
+    delay = min(float(settings.budget_recheck_seconds), credit_budget.seconds_until_next_day(moment))
+    reason = (
+        f"waiting for credit budget: {reservation.credits} credits do not fit in the "
+        f"{reservation.limit}-credit budget of {reservation.day}"
+    )
+    store.note_budget_wait(job_id, reason, reservation, now=moment)
+    count(BUDGET_WAITS)
+    logger.warning("over the credit budget; job waits", extra={"day": reservation.day, "delay": delay})
+    return IntakeOutcome(
+        "requeue",
+        reason,
+        job_id,
+        records.RECEIVED,
+        retry_after_seconds=delay,
+        requeue_body=requeue_body(body, job_id),
+    )
+
+
 def note_last_receive(
     store: JobStore,
     outcome: IntakeOutcome,
@@ -355,7 +422,7 @@ def note_last_receive(
 
     Only for a job left RECEIVED (claim released) or SUBMITTED (its execution not started), and
     only while the record is still so; a job another worker holds decides its own fate."""
-    if outcome.ack or outcome.job_id is None or max_receive_count <= 0 or receive_count is None:
+    if outcome.action != "retry" or outcome.job_id is None or max_receive_count <= 0 or receive_count is None:
         return False
     if receive_count < max_receive_count or outcome.status not in (records.RECEIVED, records.SUBMITTED):
         return False

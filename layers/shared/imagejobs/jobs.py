@@ -43,7 +43,12 @@ FIELDS = (
     "providerInput",
     "outputPrefix",
     "metadata",
+    "batchId",
+    "retryOf",
 )
+# Job-id-shaped references kept on the record: the batch a job belongs to (``imagejobs cancel
+# --batch``, ``retry --batch``), and the job a retry re-sends (``<jobId>-r<n>``).
+LINK_FIELDS = {"batchId": "batch_id", "retryOf": "retry_of"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class JobRequest:
     provider_input: Mapping[str, Any] | None = None
     output_prefix: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    batch_id: str | None = None
+    retry_of: str | None = None
 
     def to_provider_body(self, input_image_urls: Iterable[str] | None = None) -> dict[str, Any]:
         """The provider request body, fields in a fixed order; ``input_image_urls`` replaces s3:// URIs."""
@@ -105,6 +112,9 @@ class JobRequest:
             record["outputPrefix"] = self.output_prefix
         if self.metadata:
             record["metadata"] = dict(self.metadata)
+        for name, attribute in LINK_FIELDS.items():
+            if getattr(self, attribute) is not None:
+                record[name] = getattr(self, attribute)
         return record
 
     @classmethod
@@ -122,6 +132,8 @@ class JobRequest:
             provider_input=request.get("providerInput"),
             output_prefix=request.get("outputPrefix"),
             metadata={str(k): str(v) for k, v in (request.get("metadata") or {}).items()},
+            batch_id=request.get("batchId"),
+            retry_of=request.get("retryOf"),
         )
 
     def s3_inputs(self) -> list[str]:
@@ -226,6 +238,17 @@ def parse_job(
     problem = job_id_problem(job_id)
     if problem is not None:
         fail("jobId", problem if "jobId" in document else f"(defaulted to the message id) {problem}")
+
+    links: dict[str, str] = {}
+    for name, attribute in LINK_FIELDS.items():
+        value = document.get(name)
+        if value is None:
+            continue
+        problem = job_id_problem(value)
+        if problem is None:
+            links[attribute] = str(value)
+        else:
+            fail(name, problem)
 
     prompt = document.get("prompt")
     if prompt is None:
@@ -352,6 +375,7 @@ def parse_job(
             provider_input=dict(provider_input) if isinstance(provider_input, Mapping) else None,
             output_prefix=output_prefix,
             metadata=clean_metadata,
+            **links,
         )
         for name, reasons in catalog.validate_generation_request(request.to_provider_body(), kind).items():
             for reason in reasons:

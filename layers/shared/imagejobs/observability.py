@@ -38,6 +38,7 @@ JOBS_COMPLETED = "JobsCompleted"
 JOBS_FAILED = "JobsFailed"
 JOBS_TIMED_OUT = "JobsTimedOut"
 SUBMIT_UNKNOWN = "SubmitUnknown"
+BUDGET_WAITS = "BudgetWaits"  # claims refused for want of room in the day's credit budget
 CREDITS_USED = "CreditsUsed"
 CREDITS_REFUNDED = "CreditsRefunded"
 JOB_LATENCY_SECONDS = "JobLatencySeconds"

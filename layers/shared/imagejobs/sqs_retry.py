@@ -3,7 +3,9 @@
 A message the function cannot finish now (another worker holds the job's submit claim, the
 provider said 429) is reported as a batch item failure; SQS would then keep it hidden for
 the queue's whole visibility timeout (20 minutes by default). When the outcome says when a
-retry makes sense, the message's visibility is shortened to that.
+retry makes sense, the message's visibility is shortened to that. A message that must wait long
+and often (a job waiting for credit budget) is sent again with a delay instead (``send_again``):
+every receive counts towards the queue's maxReceiveCount, a new message starts from zero.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from imagejobs.config import SQS_MAX_DELAY_SECONDS
 from imagejobs.observability import logger
 
 DEFAULT_LEASE_SECONDS = 900.0  # Lambda's maximum timeout, when no context tells us ours
@@ -64,3 +67,14 @@ def redeliver_after(
         logger.warning("could not shorten the retry delay; the queue's visibility timeout applies")
         return False
     return True
+
+
+def send_again(sqs: Any, *, queue_url: str, body: str, seconds: float) -> None:
+    """Send the message again, offered after `seconds` (at most SQS's 15 minutes). The caller then
+    acknowledges the received copy; if this raises, the copy stays and its visibility timeout
+    redelivers it."""
+    sqs.send_message(
+        QueueUrl=queue_url,
+        MessageBody=body,
+        DelaySeconds=max(0, min(SQS_MAX_DELAY_SECONDS, math.ceil(seconds))),
+    )

@@ -26,6 +26,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from imagejobs import budget as credit_budget
+from imagejobs.budget import CounterChange, Reservation
+
 RECEIVED = "RECEIVED"
 SUBMITTING = "SUBMITTING"
 SUBMITTED = "SUBMITTED"
@@ -34,7 +37,9 @@ FAILED = "FAILED"
 TIMED_OUT = "TIMED_OUT"
 REJECTED = "REJECTED"
 SUBMIT_UNKNOWN = "SUBMIT_UNKNOWN"
-TERMINAL = frozenset({COMPLETED, FAILED, TIMED_OUT, REJECTED, SUBMIT_UNKNOWN})
+CANCELLED = "CANCELLED"
+# The one set of terminal statuses: the CLI, the local demo, the suites and the benches import it.
+TERMINAL = frozenset({COMPLETED, FAILED, TIMED_OUT, REJECTED, SUBMIT_UNKNOWN, CANCELLED})
 ACTIVE = (RECEIVED, SUBMITTING, SUBMITTED)
 BY_STATUS_INDEX = "ByStatus"
 WRITE_ID = "lastWriteId"
@@ -81,6 +86,8 @@ class TransitionResult:
     status: str | None  # the record's status after the call (None: no record)
     record: dict[str, Any] | None
     reason: str = ""
+    # A claim refused because the day's credit budget has no room for its reservation.
+    over_budget: bool = False
 
     @property
     def already(self) -> bool:
@@ -96,6 +103,14 @@ def _write_id() -> str:
 
 def _is_conditional_failure(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _cancelled_by(error: ClientError) -> list[str] | None:
+    """Each transaction item's cancellation code, or None when the error is not a cancellation."""
+    if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+        return None
+    reasons = error.response.get("CancellationReasons") or []
+    return [str(reason.get("Code") or "None") for reason in reasons]
 
 
 class JobStore:
@@ -186,6 +201,9 @@ class JobStore:
             "model": request.get("model"),
             "kind": request.get("kind"),
             "prompt": request.get("prompt"),
+            # Top-level copies of the links, for selecting a batch's jobs.
+            "batchId": request.get("batchId"),
+            "retryOf": request.get("retryOf"),
             "submitAttempts": 0,
             "polls": 0,
             "modelHint": model_hint,
@@ -241,7 +259,11 @@ class JobStore:
         add: Mapping[str, int] | None = None,
         detail: str | None = None,
         extra_condition: tuple[str, Mapping[str, Any]] | None = None,
+        budget: CounterChange | None = None,
+        reservation: Reservation | None = None,
     ) -> TransitionResult:
+        """One conditional update of the job; with ``budget``, in one transaction with that change
+        to the day's budget counters (refused, ``over_budget``, if ``reservation`` does not fit)."""
         at = iso(time.time() if now is None else now)
         sources = list(from_statuses)
         write_id = _write_id()
@@ -283,63 +305,188 @@ class JobStore:
         if extra_condition is not None:
             condition += f" AND ({extra_condition[0]})"
             values.update(to_dynamo(dict(extra_condition[1])))
+        update = {
+            "Key": {"jobId": job_id},
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+        if budget is not None and not budget.is_empty():
+            return self._transact(job_id, update, budget, reservation, at, write_id, to_status, sources)
         try:
-            response = self.table.update_item(
-                Key={"jobId": job_id},
-                UpdateExpression=expression,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-            )
+            response = self.table.update_item(**update, ReturnValues="ALL_NEW")
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
-            current = self.get(job_id)
-            if current is None:
-                return TransitionResult(False, None, None, "no such job")
-            status = current.get("status")
-            if current.get(WRITE_ID) == write_id:
-                return TransitionResult(True, status, current, LOST_RESPONSE)
-            if status == to_status:
-                reason = f"already {status}"
-            elif status in TERMINAL:
-                reason = f"record is {status} (terminal, never overwritten)"
-            else:
-                reason = f"record is {status}, expected {' or '.join(sources)}"
-            return TransitionResult(False, status, current, reason)
+            return self._not_applied(job_id, write_id, to_status, sources)
         record = from_dynamo(response.get("Attributes", {}))
         return TransitionResult(True, record.get("status"), record)
 
-    def claim_for_submit(
-        self, job_id: str, lease_seconds: float, *, now: float | None = None
+    def _transact(
+        self,
+        job_id: str,
+        update: Mapping[str, Any],
+        change: CounterChange,
+        reservation: Reservation | None,
+        at: str,
+        write_id: str,
+        to_status: str | None,
+        sources: Sequence[str],
     ) -> TransitionResult:
-        """RECEIVED → SUBMITTING; the lease (epoch seconds) tells others how long to keep off."""
+        if reservation is not None and reservation.threshold < 0:  # dearer than the whole budget
+            current = self.get(job_id)
+            return TransitionResult(False, (current or {}).get("status"), current, "over budget", True)
+        counters: dict[str, Any] = {
+            "Key": {"jobId": credit_budget.budget_key(change.day)},
+            "UpdateExpression": "SET updatedAt = :now ADD reserved :r, spent :s, committed :c",
+            "ExpressionAttributeValues": {
+                ":now": at,
+                ":r": change.reserved,
+                ":s": change.spent,
+                ":c": change.committed,
+            },
+        }
+        if reservation is not None:
+            counters["ConditionExpression"] = "attribute_not_exists(committed) OR committed <= :threshold"
+            counters["ExpressionAttributeValues"][":threshold"] = reservation.threshold
+        try:
+            self.table.meta.client.transact_write_items(
+                TransactItems=[
+                    {"Update": self._transaction_item(update)},
+                    {"Update": self._transaction_item(counters)},
+                ]
+            )
+        except ClientError as error:
+            codes = _cancelled_by(error)
+            if codes is None:
+                raise
+            if codes[:1] == ["ConditionalCheckFailed"]:
+                return self._not_applied(job_id, write_id, to_status, sources)
+            current = self.get(job_id)
+            if current is not None and current.get(WRITE_ID) == write_id:
+                return TransitionResult(True, current.get("status"), current, LOST_RESPONSE)
+            if codes[1:2] == ["ConditionalCheckFailed"] and reservation is not None:
+                return TransitionResult(False, (current or {}).get("status"), current, "over budget", True)
+            raise  # a conflicting transaction or throttling: the caller's retry decides again
+        current = self.get(job_id)
+        return TransitionResult(True, (current or {}).get("status"), current)
+
+    def _transaction_item(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """A Table.update_item request as a transaction item. The resource's client takes plain
+        Python values, as the table does (boto3 injects the same serialisation into it)."""
+        return {**request, "TableName": self.table.name}
+
+    def _not_applied(
+        self, job_id: str, write_id: str, to_status: str | None, sources: Sequence[str]
+    ) -> TransitionResult:
+        """The job's condition failed: applied by a lost earlier send, or why not."""
+        current = self.get(job_id)
+        if current is None:
+            return TransitionResult(False, None, None, "no such job")
+        status = current.get("status")
+        if current.get(WRITE_ID) == write_id:
+            return TransitionResult(True, status, current, LOST_RESPONSE)
+        if status == to_status:
+            reason = f"already {status}"
+        elif status in TERMINAL:
+            reason = f"record is {status} (terminal, never overwritten)"
+        else:
+            reason = f"record is {status}, expected {' or '.join(sources)}"
+        return TransitionResult(False, status, current, reason)
+
+    def claim_for_submit(
+        self,
+        job_id: str,
+        lease_seconds: float,
+        *,
+        reservation: Reservation | None = None,
+        now: float | None = None,
+    ) -> TransitionResult:
+        """RECEIVED → SUBMITTING; the lease (epoch seconds) tells others how long to keep off.
+
+        With a ``reservation`` the claim and the reservation are one transaction: no room in the
+        day's budget means no claim (``over_budget``), and a job holds at most one reservation."""
         moment = time.time() if now is None else now
+        values: dict[str, Any] = {"claimedAt": iso(moment), "leaseExpiresAt": moment + lease_seconds}
+        change = None
+        if reservation is not None:
+            values["budget"] = {
+                "day": reservation.day,
+                "reserved": reservation.credits,
+                "state": credit_budget.HELD,
+            }
+            change = CounterChange(reservation.day, reserved=reservation.credits)
         return self._transition(
             job_id,
             SUBMITTING,
             [RECEIVED],
             now=moment,
-            set_values={"claimedAt": iso(moment), "leaseExpiresAt": moment + lease_seconds},
-            # A message redriven from the DLQ is being worked on again.
-            remove=["deadLettered"],
+            set_values=values,
+            # A message redriven from the DLQ is being worked on again; a budget wait has ended.
+            remove=["deadLettered", "budgetWait"],
             add={"submitAttempts": 1},
+            budget=change,
+            reservation=reservation,
+        )
+
+    def note_budget_wait(
+        self, job_id: str, reason: str, reservation: Reservation, *, now: float | None = None
+    ) -> TransitionResult:
+        """A RECEIVED job waits for room in the day's budget (status kept; the claim clears it)."""
+        moment = time.time() if now is None else now
+        wait = {
+            "at": iso(moment),
+            "reason": reason[:500],
+            "day": reservation.day,
+            "credits": reservation.credits,
+            "limit": reservation.limit,
+        }
+        return self._transition(job_id, None, [RECEIVED], now=moment, set_values={"budgetWait": wait})
+
+    def settle_refund(self, record: Mapping[str, Any], *, now: float | None = None) -> TransitionResult:
+        """Return to the job's budget day the part of ``creditsRefunded`` not returned before.
+
+        Conditional on the record being the one read (``lastWriteId``), so a repeat or a
+        concurrent call returns a refund once; a refund seen on a later snapshot is picked up
+        by calling again after recording it."""
+        job_id = str(record["jobId"])
+        change = credit_budget.refund_due(record)
+        if change is None:
+            return TransitionResult(False, record.get("status"), dict(record), "no refund due")
+        settled = {**record["budget"], "refunded": int(record.get("creditsRefunded") or 0)}
+        return self._transition(
+            job_id,
+            None,
+            [str(record.get("status"))],
+            now=now,
+            set_values={"budget": settled},
+            extra_condition=("#write = :seen", {":seen": record.get(WRITE_ID)}),
+            budget=change,
         )
 
     def release_claim(
-        self, job_id: str, error: Mapping[str, Any], *, now: float | None = None
+        self,
+        job_id: str,
+        error: Mapping[str, Any],
+        *,
+        held: Mapping[str, Any] | None = None,
+        now: float | None = None,
     ) -> TransitionResult:
-        """SUBMITTING → RECEIVED after a submission that certainly charged nothing."""
+        """SUBMITTING → RECEIVED after a submission that certainly charged nothing (the ``held``
+        reservation goes back to the budget; the next claim reserves again)."""
         moment = time.time() if now is None else now
+        values: dict[str, Any] = {"lastSubmitError": {**error, "at": iso(moment)}}
+        values, change = _settle(values, held, None if held is None else credit_budget.release(held))
         return self._transition(
             job_id,
             RECEIVED,
             [SUBMITTING],
             now=moment,
-            set_values={"lastSubmitError": {**error, "at": iso(moment)}},
+            set_values=values,
             remove=["leaseExpiresAt"],
             detail=str(error.get("code") or ""),
+            budget=change,
         )
 
     def note_dead_lettered(
@@ -367,8 +514,10 @@ class JobStore:
         execution_arn: str,
         *,
         submit_ms: int | None = None,
+        held: Mapping[str, Any] | None = None,
         now: float | None = None,
     ) -> TransitionResult:
+        """SUBMITTING → SUBMITTED; the ``held`` reservation settles at the provider's creditsUsed."""
         moment = time.time() if now is None else now
         values: dict[str, Any] = {
             "taskId": task_id,
@@ -378,8 +527,16 @@ class JobStore:
         }
         if credits_used is not None:
             values["creditsUsed"] = credits_used
+        spent = None if held is None else credit_budget.settle_spent(held, credits_used)
+        values, change = _settle(values, held, spent)
         return self._transition(
-            job_id, SUBMITTED, [SUBMITTING], now=moment, set_values=values, remove=["leaseExpiresAt"]
+            job_id,
+            SUBMITTED,
+            [SUBMITTING],
+            now=moment,
+            set_values=values,
+            remove=["leaseExpiresAt"],
+            budget=change,
         )
 
     def mark_rejected(
@@ -389,33 +546,49 @@ class JobStore:
         *,
         message: str,
         code: str = "PROVIDER_REJECTED",
+        held: Mapping[str, Any] | None = None,
         now: float | None = None,
     ) -> TransitionResult:
-        """SUBMITTING → REJECTED: the provider answered 400 (nothing was charged)."""
+        """SUBMITTING → REJECTED: the provider answered 400 (nothing was charged: the ``held``
+        reservation goes back)."""
         error = {
             "source": "provider",
             "code": code,
             "message": message,
             "fieldErrors": {k: list(v) for k, v in field_errors.items()},
         }
+        values, change = _settle(
+            {"error": error}, held, None if held is None else credit_budget.release(held)
+        )
         return self._transition(
             job_id,
             REJECTED,
             [SUBMITTING],
             now=now,
-            set_values={"error": error},
+            set_values=values,
             remove=["leaseExpiresAt"],
             detail=code,
+            budget=change,
         )
 
     def mark_submit_unknown(
-        self, job_id: str, reason: str, *, task_id: str | None = None, now: float | None = None
+        self,
+        job_id: str,
+        reason: str,
+        *,
+        task_id: str | None = None,
+        held: Mapping[str, Any] | None = None,
+        now: float | None = None,
     ) -> TransitionResult:
-        """SUBMITTING → SUBMIT_UNKNOWN: the submission may have been charged; never resubmitted."""
+        """SUBMITTING → SUBMIT_UNKNOWN: the submission may have been charged; never resubmitted.
+        The ``held`` reservation counts as spent."""
         error = {"source": "provider", "code": "SUBMIT_OUTCOME_UNKNOWN", "message": reason}
         values: dict[str, Any] = {"error": error}
         if task_id:
             values["taskId"] = task_id
+        values, change = _settle(
+            values, held, None if held is None else credit_budget.settle_spent(held, None)
+        )
         return self._transition(
             job_id,
             SUBMIT_UNKNOWN,
@@ -424,6 +597,7 @@ class JobStore:
             set_values=values,
             remove=["leaseExpiresAt"],
             detail=reason,
+            budget=change,
         )
 
     def note_task_on_unknown(
@@ -480,6 +654,34 @@ class JobStore:
             job_id, FAILED, ACTIVE, now=now, set_values=values, remove=["leaseExpiresAt"], detail=code
         )
 
+    def mark_cancelled(self, job_id: str, reason: str, *, now: float | None = None) -> TransitionResult:
+        """RECEIVED or SUBMITTED → CANCELLED. Never from SUBMITTING: a submission in flight may be
+        charged, and its outcome must be recorded first. A SUBMITTED job keeps its creditsUsed (the
+        provider cannot cancel a task); a RECEIVED one was never submitted."""
+        return self._transition(
+            job_id,
+            CANCELLED,
+            [RECEIVED, SUBMITTED],
+            now=now,
+            set_values={"error": {"source": "user", "code": "CANCELLED", "message": reason[:500]}},
+            remove=["leaseExpiresAt", "budgetWait"],
+            detail=reason,
+        )
+
+    def link_retry(
+        self, job_id: str, retry_id: str, statuses: Iterable[str], *, now: float | None = None
+    ) -> TransitionResult:
+        """Note on a finished job that ``retry_id`` re-sends it (``retriedAs``; status kept). At most
+        once: a second retry of the same job finds the link and sends nothing new."""
+        return self._transition(
+            job_id,
+            None,
+            statuses,
+            now=now,
+            set_values={"retriedAs": retry_id},
+            extra_condition=("attribute_not_exists(retriedAs)", {}),
+        )
+
     def mark_timed_out(
         self, job_id: str, *, polls: int | None = None, message: str = "", now: float | None = None
     ) -> TransitionResult:
@@ -489,3 +691,16 @@ class JobStore:
         if polls is not None:
             values["polls"] = polls
         return self._transition(job_id, TIMED_OUT, [SUBMITTED], now=now, set_values=values)
+
+
+def _settle(
+    values: dict[str, Any], held: Mapping[str, Any] | None, change: CounterChange | None
+) -> tuple[dict[str, Any], CounterChange | None]:
+    """The job update's values with the ``held`` reservation ended by ``change``: released when it
+    spends nothing, else settled at what it spends."""
+    if held is None or change is None:
+        return values, None
+    ended = {**held, "state": credit_budget.RELEASED if change.spent == 0 else credit_budget.SETTLED}
+    if change.spent:
+        ended["spent"] = change.spent
+    return {**values, "budget": ended}, change

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from imagejobs import budget as credit_budget
 from imagejobs import store as records
 from imagejobs.copier import OutputCopier, OutputCopyError, TransientCopyError
 from imagejobs.jobs import JobRequest
@@ -212,6 +213,9 @@ def store_outputs_step(
     if record.get("status") == records.COMPLETED:
         logger.info("outputs already stored (repeat call)")
         return {"jobId": job_id, "status": records.COMPLETED, "outputs": record.get("outputs", [])}
+    if record.get("status") in records.TERMINAL:  # e.g. CANCELLED while the task ran: nothing to store
+        logger.info("job already finished; outputs not copied", extra={"status": record.get("status")})
+        return {"jobId": job_id, "status": record.get("status"), "outputs": []}
     request = JobRequest.from_record(record.get("request") or {"jobId": job_id})
     output_urls = [str(u) for u in poll.get("outputUrls") or []]
     credits_used = poll.get("creditsUsed")
@@ -229,6 +233,7 @@ def store_outputs_step(
             now=now,
         )
         count(JOBS_FAILED)
+        return_refund(store, result.record)
         logger.error("completed task has no outputs; recorded FAILED")
         return {"jobId": job_id, "status": result.status, "outputs": []}
     try:
@@ -257,6 +262,7 @@ def store_outputs_step(
         latency=_latency(record, poll, moment),
         now=moment,
     )
+    return_refund(store, result.record)
     if result.applied:
         count(JOBS_COMPLETED)
         total = (result.record or {}).get("latency", {}).get("totalSeconds")
@@ -266,6 +272,15 @@ def store_outputs_step(
     else:
         logger.warning("COMPLETED not recorded", extra={"reason": result.reason})
     return {"jobId": job_id, "status": result.status, "outputs": outputs}
+
+
+def return_refund(store: JobStore, record: Mapping[str, Any] | None) -> None:
+    """Give the job's budget day the refund its record shows (once; also on a repeated call,
+    when an earlier one recorded the status but stopped before this)."""
+    if record is None or credit_budget.refund_due(record) is None:
+        return
+    result = store.settle_refund(record)
+    logger.info("refund returned to the credit budget", extra={"applied": result.applied})
 
 
 def _status(store: JobStore, job_id: str) -> str | None:
@@ -313,6 +328,7 @@ def finalize_step(state: Mapping[str, Any], store: JobStore, now: float | None =
         if result.applied:
             count(JOBS_FAILED)
             count(CREDITS_REFUNDED, refunded)
+        return_refund(store, result.record)
     elif outcome == "TIMED_OUT":
         result = store.mark_timed_out(
             job_id, polls=polls, message="the provider did not finish before the job's deadline", now=now

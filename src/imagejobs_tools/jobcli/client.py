@@ -24,6 +24,8 @@ from imagejobs_tools.jobcli.records import ALL_STATUSES, JobRecord, OutputObject
 from imagejobs_tools.jobcli.target import SessionFactory, Target
 
 if TYPE_CHECKING:
+    from imagejobs.budget import BudgetDay
+    from imagejobs.store import JobStore
     from mypy_boto3_dynamodb.service_resource import Table
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_sqs.client import SQSClient
@@ -253,6 +255,36 @@ class JobsClient:
             full = self.batch_get(record.job_id for record in records)
             records = [full.get(record.job_id, record) for record in records]
         return records
+
+    def batch_records(self, batch_id: str) -> list[JobRecord]:
+        """Every job record of a batch (`batchId`), oldest first. A filtered Scan: there is no batch
+        index yet, so this reads the whole table (fine for a CLI, not for a hot path)."""
+        table = self._require_table()
+        kwargs: dict[str, Any] = {
+            "FilterExpression": "batchId = :batch",
+            "ExpressionAttributeValues": {":batch": batch_id},
+            "ConsistentRead": True,
+        }
+        records: list[JobRecord] = []
+        while True:
+            page = table.scan(**kwargs)
+            records.extend(JobRecord.from_item(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted(records, key=lambda record: str(record.data.get("createdAt", "")))
+
+    def job_store(self) -> JobStore:
+        """The domain's store over this table: cancel and retry use its conditional writes."""
+        from imagejobs.store import JobStore
+
+        return JobStore(self._require_table())
+
+    def budget_day(self, day: str, limit: int) -> BudgetDay:
+        """One UTC day's credit budget counters (docs/control.md); `limit` is the stack's."""
+        from imagejobs.budget import read_day  # the domain's item layout, not a second copy of it
+
+        return read_day(self._require_table(), day, limit)
 
     # -- outputs ------------------------------------------------------------------------
 

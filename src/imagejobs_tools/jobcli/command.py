@@ -14,6 +14,7 @@ import contextlib
 import json
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,6 +146,59 @@ def register(subparsers: Any) -> None:
     watch.add_argument("--json", action="store_true", help="print the summary as JSON")
     watch.set_defaults(func=_guarded(cmd_watch))
 
+    cancel = subparsers.add_parser(
+        "cancel",
+        help="cancel jobs: unsubmitted ones never reach the provider, running ones are stopped",
+        description=_wrap(
+            "Record each job CANCELLED (a conditional write: the pipeline never overwrites it), then "
+            "stop its Step Functions executions. A job not yet submitted never reaches the provider "
+            "and costs nothing; a running one keeps the credits already spent (the provider has no "
+            "cancel endpoint). A finished job is left as it is, and the command says so; a job being "
+            "submitted at that very moment is reported, to cancel again a few seconds later. Exit 1 "
+            "when a job was not found or was being submitted."
+        ),
+        **common,
+    )
+    cancel.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    cancel.add_argument("--batch", help="every job of this batch (records with this batchId)")
+    cancel.add_argument("--reason", default="cancelled by the user", help="kept on the records")
+    cancel.add_argument("--json", action="store_true", help="print one JSON object per job")
+    cancel.set_defaults(func=_guarded(cmd_cancel))
+
+    retry = subparsers.add_parser(
+        "retry",
+        help="re-send a batch's FAILED and TIMED_OUT jobs as new jobs",
+        description=_wrap(
+            "Send each FAILED or TIMED_OUT job of the batch again as a new job <jobId>-r1 (then -r2, "
+            "...), with retryOf naming the original and the same request; the original records "
+            "retriedAs first, so running retry twice sends nothing twice. SUBMIT_UNKNOWN jobs only "
+            "with --include-unknown: they may already have been charged."
+        ),
+        **common,
+    )
+    retry.add_argument("--batch", required=True, help="the batch (records with this batchId)")
+    retry.add_argument("--failed", action="store_true", required=True, help="FAILED and TIMED_OUT jobs")
+    retry.add_argument(
+        "--include-unknown", action="store_true", help="also SUBMIT_UNKNOWN jobs (may be charged twice)"
+    )
+    retry.add_argument("--json", action="store_true", help="print one JSON object per job")
+    retry.set_defaults(func=_guarded(cmd_retry))
+
+    budget = subparsers.add_parser(
+        "budget",
+        help="show the day's credit spend, reservations and limit",
+        description=_wrap(
+            "The credit budget of one UTC day (default today): the limit (the stack's CreditBudgetPerDay; "
+            "0 = no limit, and then nothing is counted), credits spent (the provider's creditsUsed, "
+            "SUBMIT_UNKNOWN jobs' reservations, less refunds), credits reserved by jobs being submitted, "
+            "and what is left. Jobs over the budget wait (status WAITING_FOR_BUDGET in `list`)."
+        ),
+        **common,
+    )
+    budget.add_argument("--day", type=_utc_day, help="UTC day YYYY-MM-DD (default: today)")
+    budget.add_argument("--json", action="store_true", help="print the day as JSON")
+    budget.set_defaults(func=_guarded(cmd_budget))
+
     download = subparsers.add_parser(
         "download",
         help="download job outputs",
@@ -165,6 +219,15 @@ def register(subparsers: Any) -> None:
 
 def _wrap(text: str) -> str:
     return textwrap.fill(text, width=88)
+
+
+def _utc_day(value: str) -> str:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a UTC day YYYY-MM-DD, got {value!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -451,6 +514,95 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("\n".join(list_lines(records)))
     else:
         _error(f"no jobs{' with status ' + ', '.join(args.statuses) if args.statuses else ''}")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from imagejobs.cancel import cancel_job
+
+    if not args.job_ids and not args.batch:
+        _error("error: give job ids or --batch B")
+        return 2
+    target = resolve(args)
+    client = open_client(target, table=True)
+    job_ids = list(dict.fromkeys(args.job_ids))
+    if args.batch:
+        job_ids += [r.job_id for r in client.batch_records(args.batch) if r.job_id not in job_ids]
+        if not job_ids:
+            _error(f"no jobs of batch {args.batch!r} in {target.description}")
+            return EXIT_FAILED
+    sfn = target.session().client(
+        "stepfunctions", endpoint_url=target.endpoint_url, config=target.client_config()
+    )
+    store = client.job_store()
+    unsettled = 0
+    for job_id in job_ids:
+        outcome = cancel_job(job_id, store=store, sfn=sfn, reason=args.reason)
+        unsettled += outcome.result in ("not_found", "in_flight")
+        if args.json:
+            shown = {"jobId": job_id, "result": outcome.result, "status": outcome.status}
+            shown |= {"creditsUsed": outcome.credits_used, "stopped": list(outcome.stopped_executions)}
+            print(json.dumps(shown, sort_keys=True))
+        else:
+            print(outcome.message, flush=True)
+    return EXIT_FAILED if unsettled else EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from imagejobs import retry
+
+    from imagejobs_tools.jobcli.messages import OutgoingJob
+
+    target = resolve(args)
+    client = open_client(target, queue=True, table=True)
+    store = client.job_store()
+    statuses = (*retry.RETRYABLE, *(retry.MAYBE_CHARGED if args.include_unknown else ()))
+    batch = client.batch_records(args.batch)
+    chosen = [record for record in batch if record.status in statuses]
+    if args.include_unknown and any(r.status in retry.MAYBE_CHARGED for r in chosen):
+        _error(
+            "warning: SUBMIT_UNKNOWN jobs may already have been charged by the provider; "
+            "their retries may be charged again"
+        )
+    failed = 0
+    for record in chosen:
+        linked = record.data.get("retriedAs")
+        new_id = str(linked) if linked else retry.retry_id(record.data)
+        if linked and client.get(new_id) is not None:
+            result = f"already retried as {new_id}"
+        elif not linked and (problem := retry.retry_problem(record.data)):
+            failed += 1
+            result = f"not retried: {problem}"
+        elif not linked and not store.link_retry(record.job_id, new_id, statuses).applied:
+            result = "not retried: its record changed meanwhile (run retry again)"
+            failed += 1
+        else:
+            body = json.dumps(retry.retry_message(record.data, new_id), separators=(",", ":"))
+            [sent] = client.submit_messages([OutgoingJob(new_id, body, record.job_id)])
+            failed += not sent.ok
+            result = f"sent as {new_id}" if sent.ok else f"not sent: {sent.error} (run retry again)"
+        if args.json:
+            print(json.dumps({"jobId": record.job_id, "status": record.status, "result": result}))
+        else:
+            print(f"{record.job_id} ({record.status}): {result}", flush=True)
+    if not chosen:
+        print(f"no {' or '.join(statuses)} jobs in batch {args.batch!r}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from imagejobs import budget
+
+    from imagejobs_tools.jobcli.render import budget_lines
+
+    target = resolve(args)
+    client = open_client(target, table=True)
+    limit = int(target.outputs.get("CreditBudgetPerDay") or 0)
+    day = client.budget_day(args.day or budget.day_of(time.time()), limit)
+    if args.json:
+        print(json.dumps(day.to_dict(), sort_keys=True))
+    else:
+        print("\n".join(budget_lines(day)))
     return EXIT_OK
 
 

@@ -8,22 +8,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN"})
-ALL_STATUSES = (
-    "RECEIVED",
-    "SUBMITTING",
-    "SUBMITTED",
-    "COMPLETED",
-    "FAILED",
-    "TIMED_OUT",
-    "REJECTED",
-    "SUBMIT_UNKNOWN",
-)
+from imagejobs.store import ACTIVE, TERMINAL
+
+TERMINAL_STATUSES = TERMINAL  # the domain's one set
+ALL_STATUSES = (*ACTIVE, *sorted(TERMINAL))
 # Derived display states (never stored): a RECEIVED job whose last submit failed for a reason
 # that retries cannot fix (docs/cli.md), and an unfinished job whose message went to the DLQ.
 BLOCKED = "BLOCKED"
 DISPLAY_KEY = "display"  # the key `--json` adds to a record for the derived fields
 DEAD_LETTERED = "DEAD_LETTERED"
+# A RECEIVED job whose claim found no room in the day's credit budget (docs/control.md).
+WAITING_FOR_BUDGET = "WAITING_FOR_BUDGET"
 # lastSubmitError codes (intake stores the provider error's class name) that block a job until
 # someone acts: the key is wrong or missing, or the balance is empty. It resumes on its own after.
 BLOCKING_SUBMIT_ERRORS = {
@@ -121,12 +116,23 @@ class JobRecord:
         return entry
 
     @property
+    def budget_wait_reason(self) -> str | None:
+        """Why a RECEIVED job waits for credit budget (`budgetWait`, cleared by its claim), or None."""
+        wait = self.data.get("budgetWait")
+        if self.status != "RECEIVED" or not isinstance(wait, Mapping) or not wait:
+            return None
+        return str(wait.get("reason") or "waiting for credit budget")
+
+    @property
     def display_status(self) -> str:
-        """The status as the CLI shows it: the stored one, or DEAD_LETTERED / BLOCKED (derived)."""
+        """The status as the CLI shows it: the stored one, or DEAD_LETTERED / BLOCKED /
+        WAITING_FOR_BUDGET (derived)."""
         if self.dead_letter is not None:
             return DEAD_LETTERED
         if self.blocked_reason is not None:
             return BLOCKED
+        if self.budget_wait_reason is not None:
+            return WAITING_FOR_BUDGET
         return self.status
 
     @property
@@ -141,7 +147,7 @@ class JobRecord:
         if dead is not None:
             why = str(dead.get("reason") or "").strip()
             return "message moved to the dead-letter queue" + (f": {why}" if why else "")
-        blocked = self.blocked_reason
+        blocked = self.blocked_reason or self.budget_wait_reason
         if blocked is not None:
             return blocked
         error = self.error

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagejobs_tools.jobcli.records import BLOCKED, DEAD_LETTERED, JobRecord
+
+if TYPE_CHECKING:
+    from imagejobs.budget import BudgetDay
 
 PROMPT_WIDTH = 80
 
@@ -192,3 +195,18 @@ def record_json(record: JobRecord | None, job_id: str) -> dict[str, Any]:
     if record is None:
         return {"jobId": job_id, "status": None}
     return record.to_json()
+
+
+def budget_lines(day: BudgetDay) -> list[str]:
+    """`imagejobs budget`: one UTC day's counters."""
+    limit = f"{day.limit} credits" if day.limit > 0 else "none (CreditBudgetPerDay = 0: nothing is counted)"
+    available = "unlimited" if day.available is None else str(day.available)
+    return format_columns(
+        ("credit budget", f"{day.day} (UTC)"),
+        [
+            ("limit", limit),
+            ("spent", str(day.spent)),
+            ("reserved", str(day.reserved)),
+            ("available", available),
+        ],
+    )

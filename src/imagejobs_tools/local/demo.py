@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
+from imagejobs.store import TERMINAL
 
-TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN"}
 INPUT_KEY = "demo-inputs/product.png"
 
 

@@ -24,7 +24,7 @@ import time
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -337,6 +337,15 @@ class LocalStack:
         if self._holds_lock:
             self._holds_lock = False
             _ACTIVE_LOCK.release()
+
+    def update_function_environment(self, logical_id: str, values: Mapping[str, str]) -> None:
+        """Change a function's environment variables while the stack runs, as a deploy of a changed
+        parameter would (e.g. a raised CreditBudgetPerDay): later invocations get fresh environments."""
+        pools = [pool for pool in self.dispatcher.pools.values() if pool.spec.logical_id == logical_id]
+        if not pools:
+            raise LocalStackError(f"{logical_id}: no such function runs in worker processes")
+        for pool in pools:
+            pool.update_environment(values)
 
     def _log_line(self, line: FunctionLogLine) -> None:
         self.function_logs.append(line)

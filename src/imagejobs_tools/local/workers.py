@@ -19,6 +19,7 @@ everything the function writes, one `FunctionLogLine` each.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -362,12 +363,24 @@ class WorkerPool:
             self.stats.peak = max(self.stats.peak, len(self._workers))
         return worker
 
+    def update_environment(self, values: Mapping[str, str]) -> None:
+        """Lambda's UpdateFunctionConfiguration of environment variables: invocations from now on
+        get environments started with the new variables; warm ones retire (busy ones once done)."""
+        with self._condition:
+            self.spec = dataclasses.replace(self.spec, environment={**self.spec.environment, **values})
+            idle, self._idle = self._idle, []
+            self._workers.difference_update(idle)
+            self._condition.notify_all()
+        for worker in idle:
+            worker.close()
+
     def _release(self, worker: Worker) -> None:
         alive = worker.alive
         if not alive:
             worker.close()  # reap it and join its readers
+        current = worker.spec is self.spec
         with self._condition:
-            if alive and not self._closed:
+            if alive and current and not self._closed:
                 self._idle.append(worker)
             else:
                 self._workers.discard(worker)
@@ -376,7 +389,7 @@ class WorkerPool:
                 elif not alive:
                     self.stats.exits += 1
             self._condition.notify()
-        if alive and self._closed:
+        if alive and (self._closed or not current):
             worker.close()
 
     @property

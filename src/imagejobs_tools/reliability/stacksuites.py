@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
+from imagejobs.store import TERMINAL
 
 from imagejobs_tools.local.aws_faults import ENGINE, FaultRule
 from imagejobs_tools.local.workers import WorkerPlugin
@@ -33,7 +34,6 @@ from imagejobs_tools.reliability.report import SuiteReport
 from imagejobs_tools.reliability.worker_plugins import CRASH_POINTS, crashes_fired
 
 REPO = Path(__file__).resolve().parents[3]
-TERMINAL = ("COMPLETED", "FAILED", "TIMED_OUT", "REJECTED", "SUBMIT_UNKNOWN")
 PROMPT_RE = re.compile(r"^\S+ job (?P<job>[A-Za-z0-9_-]+):")
 FAILURE_CODES = ("EMPTY_RESULT", "STORAGE_ERROR", "PROVIDER_NSFW_BLOCKED")
 READ_TIMEOUT_SECONDS = 2.0

@@ -13,9 +13,19 @@ FULL_SIZES: dict[str, int] = {
     "crashes": 200,
     "account": 30,
     "aws-faults": 1000,
+    "budget": 1000,
 }
-SMOKE_SIZES: dict[str, int] = {"duplicates": 12, "faults": 25, "crashes": 8, "account": 3, "aws-faults": 20}
-SUITES = ("duplicates", "faults", "crashes", "account", "aws-faults", "badinput", "outputs", "security")
+SMOKE_SIZES: dict[str, int] = {
+    "duplicates": 12,
+    "faults": 25,
+    "crashes": 8,
+    "account": 3,
+    "aws-faults": 20,
+    "budget": 10,
+}
+SUITES = (
+    "duplicates", "faults", "crashes", "account", "aws-faults", "budget", "badinput", "outputs", "security",
+)  # fmt: skip
 
 
 def _fake_aws_credentials() -> None:
@@ -50,6 +60,10 @@ def run_suite(name: str, size: int | None = None, *, smoke: bool = False) -> Sui
         from imagejobs_tools.reliability.security import run_security
 
         return run_security()
+    if name == "budget":
+        from imagejobs_tools.reliability.budgetsuite import run_budget
+
+        return run_budget(size or SMOKE_SIZES[name])
     from imagejobs_tools.reliability import stacksuites
 
     runner = getattr(stacksuites, f"run_{name.replace('-', '_')}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,23 @@ def test_a_warm_environment_is_reused_and_the_pool_never_exceeds_its_concurrency
     finally:
         probe.close()
     assert probe.invoke("{}")[1]  # a closed pool refuses
+
+
+def test_an_environment_update_replaces_warm_environments_and_a_busy_one_retires(tmp_path: Path) -> None:
+    probe = pool(tmp_path, [], max_concurrency=2)
+    try:
+        first = json.loads(probe.invoke("{}")[0])["pid"]
+        probe.update_environment({"FLAG": "on"})
+        assert probe.size == 0  # the idle one is shut down
+        second = json.loads(probe.invoke("{}")[0])["pid"]
+        assert second != first and probe.spec.environment["FLAG"] == "on"
+        busy = threading.Thread(target=probe.invoke, args=(json.dumps({"sleep": 2.0}),))
+        busy.start()
+        time.sleep(0.5)  # it has taken the warm environment (a pop from the idle list)
+        probe.update_environment({"FLAG": "off"})
+        assert probe.size == 1  # still running its invocation
+        busy.join()
+        assert probe.size == 0  # retired when done, never reused
+        assert json.loads(probe.invoke("{}")[0])["pid"] not in (first, second)
+    finally:
+        probe.close()

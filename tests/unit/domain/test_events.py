@@ -154,3 +154,22 @@ def test_failed_entries_raise_naming_them_after_the_rest_went_out() -> None:
     assert caught.value.event_ids == ["j3/COMPLETED", "j12/COMPLETED"]
     assert "InternalFailure" in str(caught.value)
     assert sum(len(call) for call in client.calls) == 15
+
+
+def test_a_job_waiting_for_the_budget_is_one_event_per_day() -> None:
+    from imagejobs.events import JOB_BUDGET_WAIT, budget_wait
+
+    received = {"jobId": "j", "status": "RECEIVED", "model": "gpt-image-2"}
+    wait = {"at": "2026-12-02T10:00:00.000Z", "day": "2026-12-02", "credits": 3, "limit": 9, "reason": "r"}
+    waiting = {**received, "budgetWait": wait}
+    event = budget_wait(received, waiting)
+    assert event is not None and event.detail_type == JOB_BUDGET_WAIT
+    assert event.event_id == "j/budgetWait/2026-12-02" and event.detail["budgetWait"] == wait
+    # A recheck the same day writes a new `at`: no second event; the next day's wait is one.
+    recheck = {**received, "budgetWait": {**wait, "at": "2026-12-02T10:05:00.000Z"}}
+    assert budget_wait(waiting, recheck) is None
+    next_day = budget_wait(waiting, {**received, "budgetWait": {**wait, "day": "2026-12-03"}})
+    assert next_day is not None and next_day.event_id == "j/budgetWait/2026-12-03"
+    assert budget_wait(waiting, {**received, "status": "SUBMITTING"}) is None  # claimed: the wait is over
+    publisher = RecordingPublisher()
+    assert publish_change(received, waiting, publisher) == "j/budgetWait/2026-12-02"

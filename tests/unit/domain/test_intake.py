@@ -219,9 +219,9 @@ def test_lost_claim_race_means_retry(env: Env) -> None:
     rival = JobStore(env.store.table)
 
     class RacingStore(JobStore):
-        def claim_for_submit(self, job_id: str, lease_seconds: float, *, now: float | None = None) -> Any:
-            rival.claim_for_submit(job_id, lease_seconds, now=now)  # another worker wins first
-            return super().claim_for_submit(job_id, lease_seconds, now=now)
+        def claim_for_submit(self, job_id: str, lease_seconds: float, **kwargs: Any) -> Any:
+            rival.claim_for_submit(job_id, lease_seconds, **kwargs)  # another worker wins first
+            return super().claim_for_submit(job_id, lease_seconds, **kwargs)
 
     outcome = env.handle({"jobId": "job-1", "prompt": "p"}, store=RacingStore(env.store.table))
     assert (outcome.action, outcome.status) == ("retry", "SUBMITTING")

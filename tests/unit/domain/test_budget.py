@@ -1,0 +1,170 @@
+"""The daily credit budget's rules (imagejobs.budget) as intake, the store and finalize apply them."""
+
+# ruff: noqa: F811  (the tests take test_intake's `env` fixture, imported by its name)
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from imagejobs import budget
+from imagejobs.intake import requeue_body
+from imagejobs.provider import OutcomeUnknown, ProviderRejected, ProviderServerError
+from imagejobs.workflow import finalize_step
+
+from tests.unit.domain.test_intake import Env, env  # noqa: F401  (the fixture, by its name)
+
+DAY = "2026-01-01"  # the Clock's day
+
+
+def limited(env: Env, limit: int) -> Env:
+    return dataclasses.replace(env, settings=dataclasses.replace(env.settings, credit_budget_per_day=limit))
+
+
+def counters(env: Env, day: str = DAY) -> tuple[int, int]:
+    shown = budget.read_day(env.store.table, day, 0)
+    return shown.spent, shown.reserved
+
+
+def job(n: int, **fields: Any) -> dict[str, Any]:
+    return {"jobId": f"job-{n}", "prompt": "p", **fields}
+
+
+def test_jobs_are_submitted_until_the_budget_is_used_then_wait(env: Env) -> None:
+    env = limited(env, 9)  # gpt-image-2 reserves 3
+    outcomes = [env.handle(job(n)) for n in range(4)]
+    assert [o.action for o in outcomes] == ["ack", "ack", "ack", "requeue"]
+    assert len(env.provider.submissions) == 3
+    assert counters(env) == (9, 0)
+    waiting = env.record("job-3")
+    assert waiting["status"] == "RECEIVED" and "budget" not in waiting
+    assert waiting["budgetWait"]["day"] == DAY and waiting["budgetWait"]["limit"] == 9
+    assert "waiting for credit budget" in waiting["budgetWait"]["reason"]
+    assert outcomes[3].retry_after_seconds == env.settings.budget_recheck_seconds
+    assert json.loads(outcomes[3].requeue_body or "{}") == job(3)
+
+
+def test_a_reservation_settles_at_the_providers_credits_used(env: Env) -> None:
+    env = limited(env, 9)
+    env.provider.credits = 2  # reserved 3, charged 2: the difference is free again at once
+    actions = [env.handle(job(n)).action for n in range(5)]
+    assert actions == ["ack"] * 4 + ["requeue"]  # 8 spent; a fifth would need 3 more
+    assert counters(env) == (8, 0)
+    assert env.record("job-0")["budget"] == {"day": DAY, "reserved": 3, "state": "settled", "spent": 2}
+
+
+def test_a_duplicate_delivery_never_reserves_twice(env: Env) -> None:
+    env = limited(env, 9)
+    env.handle(job(1))
+    assert env.handle(job(1), message_id="msg-2").action == "ack"
+    assert counters(env) == (3, 0) and len(env.provider.submissions) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "spent"),
+    [(ProviderServerError(500), 0), (ProviderRejected({"prompt": ["bad"]}), 0), (OutcomeUnknown("t"), 3)],
+)
+def test_an_uncharged_submission_returns_its_reservation_and_an_unknown_one_spends_it(
+    env: Env, error: Exception, spent: int
+) -> None:
+    env = limited(env, 9)
+    env.provider.submit_error = error
+    env.handle(job(1))
+    assert counters(env) == (spent, 0)
+    state = env.record("job-1")["budget"]["state"]
+    assert state == ("settled" if spent else "released")
+
+
+def test_a_released_job_reserves_again_when_retried(env: Env) -> None:
+    env = limited(env, 3)
+    env.provider.submit_error = ProviderServerError(503)
+    assert env.handle(job(1)).action == "retry"
+    env.provider.submit_error = None
+    assert env.handle(job(1)).status == "SUBMITTED"
+    assert counters(env) == (3, 0)
+
+
+def test_a_stale_claim_counts_its_reservation_as_spent(env: Env) -> None:
+    env = limited(env, 9)
+    env.store.create_received(
+        "job-1", {"jobId": "job-1", "kind": "image", "model": "gpt-image-2", "prompt": "p"}
+    )
+    reservation = budget.Reservation(DAY, 3, 9)
+    env.store.claim_for_submit("job-1", 60, reservation=reservation, now=env.clock.now)
+    assert counters(env) == (0, 3)
+    env.clock.advance(120)  # the worker holding the claim vanished
+    assert env.handle(job(1)).status == "SUBMIT_UNKNOWN"
+    assert counters(env) == (3, 0)
+
+
+def test_waiting_jobs_resume_when_the_budget_is_raised_or_the_next_day_starts(env: Env) -> None:
+    tight = limited(env, 3)
+    tight.handle(job(1))
+    assert tight.handle(job(2)).action == "requeue"
+    assert limited(env, 6).handle(job(2)).status == "SUBMITTED"
+    assert "budgetWait" not in env.record("job-2")
+    assert tight.handle(job(3)).action == "requeue"
+    env.clock.advance(86_400)
+    assert tight.handle(job(3)).status == "SUBMITTED"
+    assert counters(env) == (6, 0) and counters(env, "2026-01-02") == (3, 0)
+
+
+def test_a_job_dearer_than_the_whole_budget_waits(env: Env) -> None:
+    env = limited(env, 10)
+    outcome = env.handle(job(1, model="nano-banana-pro"))  # reserves 20
+    assert outcome.action == "requeue" and env.provider.submissions == []
+    assert counters(env) == (0, 0)
+
+
+def test_no_limit_means_no_accounting(env: Env) -> None:
+    env.handle(job(1))
+    assert "budget" not in env.record("job-1")
+    assert env.store.table.get_item(Key={"jobId": budget.budget_key(DAY)}).get("Item") is None
+
+
+def test_a_refund_returns_to_the_budget_once_even_when_it_shows_up_late(env: Env) -> None:
+    env = limited(env, 9)
+    env.handle(job(1))
+    failed = {"jobId": "job-1", "taskId": "tsk_1", "outcome": "FAILED", "polls": 2}
+    no_refund_yet = {"status": "FAILED", "errorCode": "EMPTY_RESULT", "creditsRefunded": 0}
+    finalize_step({**failed, "poll": no_refund_yet}, env.store, now=env.clock.now)
+    assert counters(env) == (3, 0)
+    # A later snapshot shows the refund: recorded, then returned once.
+    record = env.record("job-1")
+    later = env.store._transition("job-1", None, ["FAILED"], now=None, set_values={"creditsRefunded": 3})
+    assert later.applied and env.store.settle_refund(env.record("job-1")).applied
+    assert counters(env) == (0, 0)
+    assert not env.store.settle_refund(env.record("job-1")).applied  # nothing more due
+    assert not env.store.settle_refund(record).applied  # a stale copy cannot return it again
+    assert counters(env) == (0, 0)
+
+
+def test_finalize_returns_the_refund_of_a_failed_job(env: Env) -> None:
+    env = limited(env, 9)
+    env.handle(job(1))
+    event = {
+        "jobId": "job-1",
+        "taskId": "tsk_1",
+        "outcome": "FAILED",
+        "poll": {"status": "FAILED", "errorCode": "STORAGE_ERROR", "creditsRefunded": 3},
+    }
+    finalize_step(event, env.store, now=env.clock.now)
+    finalize_step(event, env.store, now=env.clock.now)  # a Step Functions retry
+    assert counters(env) == (0, 0)
+    assert env.record("job-1")["budget"]["refunded"] == 3
+
+
+def test_rules() -> None:
+    assert budget.credits_to_reserve("gpt-image-2") == 3
+    assert budget.credits_to_reserve("nano-banana-2") == 8  # the dearest resolution
+    assert budget.credits_to_reserve("veo3") == budget.UNPRICED_RESERVATION  # no catalog price
+    assert budget.seconds_until_next_day(1_767_225_600.0 + 86_399.5) == 1.0
+    assert budget.day_of(1_767_225_600.0 - 1) == "2025-12-31"
+    assert budget.BudgetDay(DAY, 10, reserved=3, spent=4).available == 3
+    assert budget.BudgetDay(DAY, 0, reserved=3, spent=4).available is None
+
+
+def test_a_requeued_message_names_its_job() -> None:
+    assert json.loads(requeue_body('{"prompt": "p"}', "msg-1")) == {"prompt": "p", "jobId": "msg-1"}
