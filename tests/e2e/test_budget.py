@@ -114,4 +114,3 @@ def test_jobs_over_the_budget_wait_and_run_once_it_is_raised(budget_stack: Local
     spent = client.budget_day(today, 4 * CREDITS)
     assert (spent.spent, spent.reserved) == (3 * CREDITS, 0)
     assert spent.spent == sim.key_stats(stack.config.api_key)["net"]
-
