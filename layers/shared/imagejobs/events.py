@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from imagejobs.observability import count
 from imagejobs.store import SUBMITTED, TERMINAL, from_dynamo
+from imagejobs.webhooks import DeliveryQueue, delivery_for
 
 SOURCE = "imagejobs"
 JOB_STATE_CHANGE = "Job State Change"
@@ -84,15 +85,26 @@ def job_state_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | Non
 
 
 def publish_change(
-    old_image: Mapping[str, Any] | None, new_image: Mapping[str, Any] | None, publisher: EventPublisher
+    old_image: Mapping[str, Any] | None,
+    new_image: Mapping[str, Any] | None,
+    publisher: EventPublisher,
+    webhooks: DeliveryQueue,
 ) -> str:
-    """One stream record: publish its event if it is a state change; what happened, for the log."""
-    event = job_state_change(from_dynamo(old_image or {}), from_dynamo(new_image or {}))
+    """One stream record: publish its event if it is a state change, then queue its webhook
+    delivery when the job has one (after the event: a failure retries both, ids unchanged);
+    what happened, for the log."""
+    new_record = from_dynamo(new_image or {})
+    event = job_state_change(from_dynamo(old_image or {}), new_record)
     if event is None:
         return "not a state change"
     publisher.publish([event])
     count("JobEventsPublished")
-    return event.event_id
+    delivery = delivery_for(event, new_record)
+    if delivery is None:
+        return event.event_id
+    webhooks.enqueue(delivery)
+    count("WebhookDeliveriesQueued")
+    return f"{event.event_id} (+ webhook)"
 
 
 class EventBridgePublisher:

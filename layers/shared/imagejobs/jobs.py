@@ -43,6 +43,7 @@ FIELDS = (
     "providerInput",
     "outputPrefix",
     "metadata",
+    "webhookUrl",
 )
 
 
@@ -81,6 +82,8 @@ class JobRequest:
     provider_input: Mapping[str, Any] | None = None
     output_prefix: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Where the job's state changes are POSTed (docs/webhooks.md); checked like input URLs.
+    webhook_url: str | None = None
 
     def to_provider_body(self, input_image_urls: Iterable[str] | None = None) -> dict[str, Any]:
         """The provider request body, fields in a fixed order; ``input_image_urls`` replaces s3:// URIs."""
@@ -105,6 +108,8 @@ class JobRequest:
             record["outputPrefix"] = self.output_prefix
         if self.metadata:
             record["metadata"] = dict(self.metadata)
+        if self.webhook_url is not None:
+            record["webhookUrl"] = self.webhook_url
         return record
 
     @classmethod
@@ -122,6 +127,7 @@ class JobRequest:
             provider_input=request.get("providerInput"),
             output_prefix=request.get("outputPrefix"),
             metadata={str(k): str(v) for k, v in (request.get("metadata") or {}).items()},
+            webhook_url=request.get("webhookUrl"),
         )
 
     def s3_inputs(self) -> list[str]:
@@ -339,6 +345,13 @@ def parse_job(
             if total > limits.max_metadata_bytes:
                 fail("metadata", f"is {total} bytes; the limit is {limits.max_metadata_bytes}")
 
+    webhook_url = document.get("webhookUrl")
+    if webhook_url is not None:
+        if not isinstance(webhook_url, str):
+            fail("webhookUrl", "must be a URL string")
+        elif reason := urls.check_public_https_url(webhook_url, allow, resolver):
+            fail("webhookUrl", reason)
+
     if not errors:
         request = JobRequest(
             job_id=str(job_id),
@@ -352,6 +365,7 @@ def parse_job(
             provider_input=dict(provider_input) if isinstance(provider_input, Mapping) else None,
             output_prefix=output_prefix,
             metadata=clean_metadata,
+            webhook_url=webhook_url,
         )
         for name, reasons in catalog.validate_generation_request(request.to_provider_body(), kind).items():
             for reason in reasons:
