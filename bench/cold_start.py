@@ -55,6 +55,9 @@ def lambda_like_env(function: str) -> dict[str, str]:
             "PROVIDER_API_KEY_SECRET": "secret",
             "JOBS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/jobs",
             "EVENT_BUS_NAME": "imagejobs-events",
+            "WEBHOOK_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/webhooks",
+            "WEBHOOK_DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/webhooks-dlq",
+            "WEBHOOK_SIGNING_SECRET": "signing-secret",
             "LOG_LEVEL": "INFO",
         }
     )

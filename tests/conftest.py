@@ -92,6 +92,11 @@ SAMPLE_ENV = {
     "JOBS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/imagejobs-JobsQueue-EXAMPLE",
     "LOG_LEVEL": "INFO",
     "EVENT_BUS_NAME": "imagejobs-events",
+    "WEBHOOK_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/imagejobs-WebhookDeliveryQueue-EXAMPLE",
+    "WEBHOOK_DEAD_LETTER_QUEUE_URL": (
+        "https://sqs.us-east-1.amazonaws.com/123456789012/imagejobs-WebhookDeadLetterQueue-EXAMPLE"
+    ),
+    "WEBHOOK_SIGNING_SECRET": "imagejobs/webhook-signing-secret",
 }
 
 

@@ -1,4 +1,5 @@
-"""JobEventsFunction: the jobs table's change stream → "Job State Change" events on EventBridge."""
+"""JobEventsFunction: the jobs table's change stream → "Job State Change" events on EventBridge
+(and, for jobs with a webhookUrl, their deliveries on WebhookDeliveryQueue)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def record_handler(record: DynamoDBRecord) -> str:
     if change is None:
         return "no images"
     # A failure raises: the batch resumes from this record (ReportBatchItemFailures).
-    return publish_change(change.old_image, change.new_image, runtime.publisher)
+    return publish_change(change.old_image, change.new_image, runtime.publisher, runtime.webhooks)
 
 
 # One invocation at a time per execution environment: one processor per environment, as Powertools shows.

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.template
 REGION = "us-east-1"
 STACK = "imagejobs-test"
 SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:imagejobs-provider-key-AbCdEf"
+SIGNING_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:imagejobs-webhooks-AbCdEf"
 
 # Resource types moto's CloudFormation skips (with a warning) rather than creates: the local stack
 # must not depend on them. Anything else unsupported would silently vanish locally.
@@ -68,7 +69,10 @@ def moto_stack(
                 StackName=STACK,
                 TemplateBody=json.dumps(translated_template),
                 # moto cannot create the secret: the local stack creates it through the API and passes it in.
-                Parameters=[{"ParameterKey": "ApiKeySecretArn", "ParameterValue": SECRET_ARN}],
+                Parameters=[
+                    {"ParameterKey": "ApiKeySecretArn", "ParameterValue": SECRET_ARN},
+                    {"ParameterKey": "WebhookSigningSecretArn", "ParameterValue": SIGNING_SECRET_ARN},
+                ],
                 Capabilities=["CAPABILITY_IAM"],
             )
         [stack] = cloudformation.describe_stacks(StackName=STACK)["Stacks"]
@@ -98,6 +102,7 @@ def test_created_functions_point_at_the_created_resources(
         "OUTPUT_BUCKET": outputs["OutputBucketName"],
         "STATE_MACHINE_ARN": outputs["StateMachineArn"],
         "PROVIDER_API_KEY_SECRET": SECRET_ARN,
+        "WEBHOOK_SIGNING_SECRET": SIGNING_SECRET_ARN,
         "JOBS_QUEUE_URL": outputs["JobsQueueUrl"],
         "INPUTS_PREFIX": outputs["InputsPrefix"],
         "BATCHES_PREFIX": outputs["BatchesPrefix"],

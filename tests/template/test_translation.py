@@ -123,6 +123,7 @@ def test_no_function_can_delete_or_scan_records_or_outputs(translated_template: 
         "FinalizeFunctionRole",
         "JobEventsFunctionRole",
         "S3IntakeFunctionRole",
+        "WebhookFunctionRole",
     ):
         actions = _actions_of(translated_template, role)
         assert actions, f"{role} has no inline permissions"
@@ -286,7 +287,7 @@ def test_the_documented_environment_is_each_functions_template_environment(
 ) -> None:
     documented = _documented_environment()
     functions = resources_of_type(translated_template, "AWS::Lambda::Function")
-    assert len(functions) == 6
+    assert len(functions) == 7
     for name, function in functions.items():
         variables = function["Properties"]["Environment"]["Variables"]
         expected = {v for v, (readers, _) in documented.items() if readers is None or name in readers}
@@ -614,7 +615,7 @@ def test_customer_key_encrypts_every_store_and_every_role_may_use_it(translated_
     }
     assert resources["ApiKeySecret"]["Properties"]["KmsKeyId"] == _with_customer_key(CUSTOMER_KEY)
     log_groups = resources_of_type(translated_template, "AWS::Logs::LogGroup")
-    assert len(log_groups) == 7
+    assert len(log_groups) == 8
     for log_group in log_groups.values():
         assert log_group["Properties"]["KmsKeyId"] == _with_customer_key(CUSTOMER_KEY)
     policy = resources["CustomerKeyAccessPolicy"]

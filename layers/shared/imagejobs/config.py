@@ -300,10 +300,48 @@ class FinalizeSettings(JobRecordsSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class JobEventsSettings(EnvironmentSettings):
-    """JobEventsFunction: the records' state changes, published on one EventBridge bus."""
+class WebhookQueueSettings(EnvironmentSettings):
+    webhook_queue_url: str = field(metadata=variable("WEBHOOK_QUEUE_URL", _required))
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobEventsSettings(WebhookQueueSettings):
+    """JobEventsFunction: the records' state changes, published on one EventBridge bus, and
+    queued for the jobs' webhooks."""
 
     event_bus_name: str = field(metadata=variable("EVENT_BUS_NAME", _required))
+
+
+def _delays(environ: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    items = [item.strip() for item in raw.split(",")]
+    if not all(item.isdigit() and int(item) <= MAX_RETRY_DELAY_SECONDS for item in items):
+        raise ConfigError(
+            name, f"must be comma-separated whole seconds, each at most {MAX_RETRY_DELAY_SECONDS}: {raw!r}"
+        )
+    return tuple(int(item) for item in items)
+
+
+# SQS holds a message back at most 12 hours (ChangeMessageVisibility's limit).
+MAX_RETRY_DELAY_SECONDS = 43_200
+# Standard Webhooks' schedule after the first attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
+# (about 27.6 h in all, so a receiver down for a day still gets every delivery).
+STANDARD_WEBHOOK_DELAYS = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookSettings(WebhookQueueSettings, UrlPolicySettings):
+    """WebhookFunction: signs and POSTs queued deliveries, retrying on the delay schedule."""
+
+    webhook_dead_letter_queue_url: str = field(metadata=variable("WEBHOOK_DEAD_LETTER_QUEUE_URL", _required))
+    # A Secrets Manager name or ARN: the signing secret itself never sits in the environment.
+    webhook_signing_secret: str = field(metadata=variable("WEBHOOK_SIGNING_SECRET", _required))
+    # Seconds before each retry; len + 1 attempts in all (template parameter WebhookRetryDelays).
+    retry_delays: tuple[int, ...] = field(
+        metadata=variable("WEBHOOK_RETRY_DELAYS", _delays, STANDARD_WEBHOOK_DELAYS)
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

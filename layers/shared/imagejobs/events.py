@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from imagejobs.observability import count
 from imagejobs.store import SUBMITTED, TERMINAL, from_dynamo
+from imagejobs.webhooks import DeliveryQueue, delivery_for
 
 SOURCE = "imagejobs"
 JOB_STATE_CHANGE = "Job State Change"
@@ -103,16 +104,28 @@ def budget_wait(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) ->
 
 
 def publish_change(
-    old_image: Mapping[str, Any] | None, new_image: Mapping[str, Any] | None, publisher: EventPublisher
+    old_image: Mapping[str, Any] | None,
+    new_image: Mapping[str, Any] | None,
+    publisher: EventPublisher,
+    webhooks: DeliveryQueue,
 ) -> str:
-    """One stream record: publish its events (a state change, a wait for the budget); what happened."""
-    old, new = from_dynamo(old_image or {}), from_dynamo(new_image or {})
-    events = [e for e in (job_state_change(old, new), budget_wait(old, new)) if e is not None]
+    """One stream record: publish its events (a state change, a wait for the budget), then queue
+    the state change's webhook delivery when the job has one (after the events: a failure retries
+    both, ids unchanged); what happened, for the log."""
+    old, new_record = from_dynamo(old_image or {}), from_dynamo(new_image or {})
+    event = job_state_change(old, new_record)
+    events = [e for e in (event, budget_wait(old, new_record)) if e is not None]
     if not events:
         return "not a state change"
     publisher.publish(events)
     count("JobEventsPublished", len(events))
-    return ", ".join(event.event_id for event in events)
+    done = ", ".join(e.event_id for e in events)
+    delivery = delivery_for(event, new_record) if event is not None else None
+    if delivery is None:
+        return done
+    webhooks.enqueue(delivery)
+    count("WebhookDeliveriesQueued")
+    return f"{done} (+ webhook)"
 
 
 class EventBridgePublisher:

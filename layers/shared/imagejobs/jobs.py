@@ -45,6 +45,7 @@ FIELDS = (
     "metadata",
     "batchId",
     "retryOf",
+    "webhookUrl",
 )
 # Job-id-shaped references kept on the record: the batch a job belongs to (``imagejobs cancel
 # --batch``, ``retry --batch``), and the job a retry re-sends (``<jobId>-r<n>``).
@@ -88,6 +89,8 @@ class JobRequest:
     metadata: Mapping[str, str] = field(default_factory=dict)
     batch_id: str | None = None
     retry_of: str | None = None
+    # Where the job's state changes are POSTed (docs/webhooks.md); checked like input URLs.
+    webhook_url: str | None = None
 
     def to_provider_body(self, input_image_urls: Iterable[str] | None = None) -> dict[str, Any]:
         """The provider request body, fields in a fixed order; ``input_image_urls`` replaces s3:// URIs."""
@@ -115,6 +118,8 @@ class JobRequest:
         for name, attribute in LINK_FIELDS.items():
             if getattr(self, attribute) is not None:
                 record[name] = getattr(self, attribute)
+        if self.webhook_url is not None:
+            record["webhookUrl"] = self.webhook_url
         return record
 
     @classmethod
@@ -134,6 +139,7 @@ class JobRequest:
             metadata={str(k): str(v) for k, v in (request.get("metadata") or {}).items()},
             batch_id=request.get("batchId"),
             retry_of=request.get("retryOf"),
+            webhook_url=request.get("webhookUrl"),
         )
 
     def s3_inputs(self) -> list[str]:
@@ -362,6 +368,13 @@ def parse_job(
             if total > limits.max_metadata_bytes:
                 fail("metadata", f"is {total} bytes; the limit is {limits.max_metadata_bytes}")
 
+    webhook_url = document.get("webhookUrl")
+    if webhook_url is not None:
+        if not isinstance(webhook_url, str):
+            fail("webhookUrl", "must be a URL string")
+        elif reason := urls.check_public_https_url(webhook_url, allow, resolver):
+            fail("webhookUrl", reason)
+
     if not errors:
         request = JobRequest(
             job_id=str(job_id),
@@ -376,6 +389,7 @@ def parse_job(
             output_prefix=output_prefix,
             metadata=clean_metadata,
             **links,
+            webhook_url=webhook_url,
         )
         for name, reasons in catalog.validate_generation_request(request.to_provider_body(), kind).items():
             for reason in reasons:

@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import Any
 
 import requests
+from standardwebhooks import Webhook
 
 from imagejobs.config import (
     FIRST_POLL_AUTO,
@@ -22,14 +23,16 @@ from imagejobs.config import (
     ProviderSettings,
     S3IntakeSettings,
     StoreOutputsSettings,
+    WebhookSettings,
 )
 from imagejobs.copier import OutputCopier
 from imagejobs.events import EventBridgePublisher
 from imagejobs.first_poll import FirstPollPolicy
 from imagejobs.provider import ProviderClient
-from imagejobs.secrets import ApiKeySource
+from imagejobs.secrets import ApiKeySource, SecretSource
 from imagejobs.store import JobStore
 from imagejobs.urls import PinnedAddressAdapter
+from imagejobs.webhooks import SqsDeadLetters, SqsDeliveryQueue, signing_key
 
 
 def _boto3() -> Any:
@@ -96,6 +99,16 @@ class PollRuntime(_Provider):
         self.settings = settings
 
 
+def pinned_session(allow_hosts: tuple[str, ...]) -> requests.Session:
+    """A session whose connections go only to addresses checked when connecting (no retries:
+    the callers decide what a failure means)."""
+    session = requests.Session()
+    adapter = PinnedAddressAdapter(allow_hosts=allow_hosts, pool_maxsize=10, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
 class StoreOutputsRuntime(_JobRecords, _S3):
     settings: StoreOutputsSettings
 
@@ -104,14 +117,8 @@ class StoreOutputsRuntime(_JobRecords, _S3):
 
     @cached_property
     def copier(self) -> OutputCopier:
-        session = requests.Session()
-        adapter = PinnedAddressAdapter(
-            allow_hosts=self.settings.url_allow_hosts, pool_maxsize=10, max_retries=0
-        )
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
         return OutputCopier(
-            session,
+            pinned_session(self.settings.url_allow_hosts),
             self.s3,
             self.settings.output_bucket,
             max_bytes=self.settings.max_output_bytes,
@@ -133,7 +140,7 @@ class S3IntakeRuntime(_JobRecords, _S3, _Sqs):
         self.settings = settings
 
 
-class JobEventsRuntime:
+class JobEventsRuntime(_Sqs):
     settings: JobEventsSettings
 
     def __init__(self, settings: JobEventsSettings) -> None:
@@ -147,3 +154,28 @@ class JobEventsRuntime:
         # retries (MaximumRetryAttempts); long back-offs here would only hold the shard.
         client = _boto3().client("events", config=Config(retries={"mode": "standard", "max_attempts": 2}))
         return EventBridgePublisher(client, self.settings.event_bus_name)
+
+    @cached_property
+    def webhooks(self) -> SqsDeliveryQueue:
+        return SqsDeliveryQueue(self.sqs, self.settings.webhook_queue_url)
+
+
+class WebhookRuntime(_Sqs):
+    settings: WebhookSettings
+
+    def __init__(self, settings: WebhookSettings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def session(self) -> requests.Session:
+        return pinned_session(self.settings.url_allow_hosts)
+
+    @cached_property
+    def signer(self) -> SecretSource[Webhook]:
+        return SecretSource(
+            self.settings.webhook_signing_secret, signing_key, _boto3().client("secretsmanager")
+        )
+
+    @cached_property
+    def dead_letters(self) -> SqsDeadLetters:
+        return SqsDeadLetters(self.sqs, self.settings.webhook_dead_letter_queue_url)

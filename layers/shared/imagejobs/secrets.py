@@ -1,9 +1,13 @@
-"""The provider API key, read from Secrets Manager through Powertools Parameters (cached)."""
+"""Secrets (the provider API key, the webhook signing secret), read from Secrets Manager through
+Powertools Parameters (cached)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class SecretNotConfigured(RuntimeError):
@@ -37,26 +41,40 @@ def get_api_key(secret_name: str, max_age: int = 300) -> str:
     return parse_api_key(secret_name, parameters.get_secret(secret_name, max_age=max_age))
 
 
-class ApiKeySource:
-    """Callable the provider client calls on every request: cached for ``max_age`` seconds.
+class SecretSource(Generic[T]):
+    """Callable returning a secret, parsed, cached for ``max_age`` seconds (read on every use).
 
     A dedicated SecretsProvider (over an injected or lazily built client) keeps the
-    cache per source, so tests and the local stack never see another endpoint's key.
+    cache per source, so tests and the local stack never see another endpoint's secret.
     """
 
-    def __init__(self, secret_name: str, secrets_client: Any = None, max_age: int = 300) -> None:
+    def __init__(
+        self,
+        secret_name: str,
+        parse: Callable[[str, str | bytes | None], T],
+        secrets_client: Any = None,
+        max_age: int = 300,
+    ) -> None:
         self.secret_name = secret_name
         self.max_age = max_age
+        self._parse = parse
         self._client = secrets_client
         self._provider: Any = None  # a Powertools SecretsProvider, built on first use
 
-    def __call__(self) -> str:
+    def __call__(self) -> T:
         if self._provider is None:
             from aws_lambda_powertools.utilities import parameters
 
             self._provider = parameters.SecretsProvider(boto3_client=self._client)
         raw = self._provider.get(self.secret_name, max_age=self.max_age)
-        return parse_api_key(self.secret_name, raw if isinstance(raw, str | bytes) else None)
+        return self._parse(self.secret_name, raw if isinstance(raw, str | bytes) else None)
 
-    def __repr__(self) -> str:  # never show the key
-        return f"ApiKeySource({self.secret_name!r})"
+    def __repr__(self) -> str:  # never show the secret
+        return f"{type(self).__name__}({self.secret_name!r})"
+
+
+class ApiKeySource(SecretSource[str]):
+    """The provider client calls it on every request."""
+
+    def __init__(self, secret_name: str, secrets_client: Any = None, max_age: int = 300) -> None:
+        super().__init__(secret_name, parse_api_key, secrets_client, max_age)

@@ -64,7 +64,7 @@ OPTION_METADATA = {
 RECIPE_METADATA = "recipe"
 RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 RECIPE_FIELDS = ("prompt", "model", "aspectRatio", "providerInput", "outputPrefix", "metadata")
-SIDECAR_FIELDS = (*RECIPE_FIELDS, "jobId", "recipe", "inputImageUrls", "inputMode", "duration")
+SIDECAR_FIELDS = (*RECIPE_FIELDS, "jobId", "recipe", "inputImageUrls", "inputMode", "duration", "webhookUrl")
 
 Kind = Literal["image", "sidecar", "batch", "unsupported", "ignored"]
 UPLOADS_REJECTED = "UploadsRejected"

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import socket
+import string
 import sys
 import threading
 import time
@@ -80,6 +81,14 @@ LambdaRuntime = Literal["workers", "sam"]
 _ACTIVE_LOCK = threading.Lock()
 
 
+def generated_secret(spec: Any) -> str:
+    """A value for a secret CloudFormation would generate: alphanumeric (so that it also reads as
+    base64, as the webhook signing secret must), of the template's PasswordLength (default 32)."""
+    length = spec.get("PasswordLength", 32) if isinstance(spec, dict) else 32
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(int(length)))
+
+
 class LocalStackError(RuntimeError):
     """The local stack could not start; the message says which step and why."""
 
@@ -105,6 +114,8 @@ class LocalStackConfig:
     api_key_credits: int = 1000
     poll_interval_seconds: float | None = None
     parameter_overrides: dict[str, str] = field(default_factory=dict)
+    # host:port entries exempt from the URL checks besides the simulator's (a test's webhook receiver).
+    extra_allow_hosts: tuple[str, ...] = ()
     # Set on top of the functions' environment (local-only knobs, e.g. POWERTOOLS_METRICS_DISABLED).
     environment_overrides: dict[str, str] = field(default_factory=dict)
     sqs_concurrency: int = DEFAULT_CONCURRENCY  # pollers per queue when ScalingConfig is absent
@@ -434,7 +445,7 @@ class LocalStack:
         s3.put_object(Bucket=BOOTSTRAP_BUCKET, Key=BOOTSTRAP_KEY, Body=_placeholder_zip())
         declared = _declared_parameters(template_path)
         parameters: dict[str, str] = {}
-        allow_hosts = [urlsplit(endpoint).netloc]
+        allow_hosts = [urlsplit(endpoint).netloc, *self.config.extra_allow_hosts]
         if provider_url:
             allow_hosts.insert(0, urlsplit(provider_url).netloc)
             if PARAM_PROVIDER_URL in declared:
@@ -530,7 +541,9 @@ class LocalStack:
                 continue
             if kind == "AWS::SecretsManager::Secret":
                 secret_name = self._literal(props.get("Name")) or f"{self.config.stack_name}-{logical_id}"
-                secret_value = self._literal(props.get("SecretString")) or secrets.token_urlsafe(24)
+                secret_value = self._literal(props.get("SecretString")) or generated_secret(
+                    props.get("GenerateSecretString")
+                )
                 arn = secrets_client.create_secret(Name=secret_name, SecretString=secret_value)["ARN"]
                 values[logical_id] = {"Ref": arn, "Id": arn}
                 physical[logical_id] = arn

@@ -168,6 +168,7 @@ def running_stack(
     sqs_concurrency: int = 5,
     plugins: tuple[WorkerPlugin, ...] = (),
     aws_faults: tuple[FaultRule, ...] = (),
+    allow_hosts: tuple[str, ...] = (),
 ) -> Iterator[Harness]:
     from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
 
@@ -196,6 +197,7 @@ def running_stack(
         sqs_concurrency=sqs_concurrency,
         worker_plugins=(timers, *plugins),
         aws_faults=aws_faults,
+        extra_allow_hosts=allow_hosts,
         log_sink=lambda line: log_lines.append(line.text),  # list.append is atomic
     )
     with LocalStack(config) as stack:

@@ -97,14 +97,20 @@ class RecordingPublisher:
         self.published.extend(events)
 
 
+class NoWebhooks:
+    def enqueue(self, delivery: object) -> None:
+        raise AssertionError(f"a job without a webhookUrl got a delivery: {delivery}")
+
+
 def test_publish_change_reads_dynamodb_numbers_and_names_what_it_did() -> None:
     from decimal import Decimal
 
     publisher = RecordingPublisher()
     old = {**SUBMITTED, "creditsUsed": Decimal("3")}
     new = {**COMPLETED, "creditsUsed": Decimal("3"), "latency": {"generationSeconds": Decimal("8.6")}}
-    assert publish_change(old, new, publisher) == "job-1/COMPLETED"
-    assert publish_change(new, new, publisher) == "not a state change"
+    no_webhooks = NoWebhooks()
+    assert publish_change(old, new, publisher, no_webhooks) == "job-1/COMPLETED"
+    assert publish_change(new, new, publisher, no_webhooks) == "not a state change"
     [event] = publisher.published
     assert event.detail["creditsUsed"] == 3 and isinstance(event.detail["creditsUsed"], int)
     assert event.detail["timings"]["latency"] == {"generationSeconds": 8.6}
@@ -172,4 +178,4 @@ def test_a_job_waiting_for_the_budget_is_one_event_per_day() -> None:
     assert next_day is not None and next_day.event_id == "j/budgetWait/2026-12-03"
     assert budget_wait(waiting, {**received, "status": "SUBMITTING"}) is None  # claimed: the wait is over
     publisher = RecordingPublisher()
-    assert publish_change(received, waiting, publisher) == "j/budgetWait/2026-12-02"
+    assert publish_change(received, waiting, publisher, NoWebhooks()) == "j/budgetWait/2026-12-02"

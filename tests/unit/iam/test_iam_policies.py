@@ -76,6 +76,7 @@ def test_every_function_has_its_own_role_and_policies(policies: dict[str, Functi
         "FinalizeFunction",
         "JobEventsFunction",
         "S3IntakeFunction",
+        "WebhookFunction",
     }
     assert policies["IntakeFunction"].role_arn == f"arn:aws:iam::{ACCOUNT}:role/{STACK}-IntakeFunctionRole-X1"
     assert policies["PollFunction"].role_arn == f"arn:aws:iam::{ACCOUNT}:role/{STACK}-PollFunctionRole-X1"

@@ -1,0 +1,144 @@
+"""Webhooks end to end (docs/webhooks.md): a job's state changes POSTed, signed, to its webhookUrl.
+
+One in-process local stack with a plain-http receiver on loopback (allow-listed, as the simulator is)
+and the retry schedule shortened to two 1 s delays through the template parameter WebhookRetryDelays
+(three attempts): a receiver that answers 200, one that fails twice with 500 then answers, one that
+answers 410, one that is down; and a webhookUrl on a loopback address that is not allow-listed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from imagejobs_tools.reliability.stacksuites import Harness, job_body, running_stack
+from tests.e2e.conftest import TERMINAL, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack"), pytest.mark.timeout(300)]
+
+
+class Receiver:
+    """/ok answers 200, /flaky 500 twice per webhook-id then 200, /gone 410, /down always 500."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                with receiver.lock:
+                    receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    seen = sum(
+                        1
+                        for r in receiver.requests
+                        if r["path"] == self.path and r["headers"]["webhook-id"] == self.headers["webhook-id"]
+                    )
+                status = {"/ok": 200, "/gone": 410, "/down": 500}.get(self.path, 500 if seen <= 2 else 200)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}{path}"
+
+    def attempts(self, path: str) -> Counter[str]:
+        with self.lock:
+            return Counter(r["headers"]["webhook-id"] for r in self.requests if r["path"] == path)
+
+    def of(self, path: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r["path"] == path]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    receiving = Receiver()
+    yield receiving
+    receiving.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def harness(receiver: Receiver) -> Iterator[Harness]:
+    with running_stack(
+        "sk_test_webhooks", parameters={"WebhookRetryDelays": "1,1"}, allow_hosts=(receiver.host,)
+    ) as h:
+        yield h
+
+
+def dead_letters(h: Harness) -> dict[str, str]:
+    """webhook-id -> reason, for every delivery on WebhookDeadLetterQueue (read, not deleted)."""
+    found: dict[str, str] = {}
+    url = h.outputs["WebhookDeadLetterQueueUrl"]
+    for _ in range(3):
+        for message in h.sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=0
+        ).get("Messages", []):
+            found[json.loads(message["Body"])["webhookId"]] = message["MessageAttributes"]["reason"][
+                "StringValue"
+            ]
+    return found
+
+
+def test_deliveries_are_signed_retried_on_500_not_on_410_and_dead_lettered_after_the_limit(
+    harness: Harness, receiver: Receiver
+) -> None:
+    h = harness
+    jobs = {path: f"wh{path.replace('/', '-')}" for path in ("/ok", "/flaky", "/gone", "/down")}
+    h.send([job_body("webhooks", job, webhookUrl=receiver.url(path)) for path, job in jobs.items()])
+    h.send([job_body("webhooks", "wh-ssrf", webhookUrl="https://127.0.0.1:8443/hook")])
+    ids = {path: {f"{job}/SUBMITTED", f"{job}/COMPLETED"} for path, job in jobs.items()}
+
+    def settled() -> bool:
+        dlq = dead_letters(h)
+        return (
+            set(receiver.attempts("/ok")) == ids["/ok"]
+            and receiver.attempts("/flaky") == {i: 3 for i in ids["/flaky"]}
+            and ids["/gone"] | ids["/down"] <= set(dlq)
+        )
+
+    wait_for(settled, 120, what="every delivery delivered or dead-lettered", interval=1)
+
+    # A failing endpoint never affects the job: every job completed.
+    records = h.records()
+    for job in jobs.values():
+        assert records[job]["status"] == "COMPLETED", records[job]
+    rejected = wait_for(
+        lambda: (r := h.records().get("wh-ssrf")) and r.get("status") in TERMINAL and r, 30, what="wh-ssrf"
+    )
+    assert rejected["status"] == "REJECTED"
+    assert "loopback" in " ".join(rejected["error"]["fieldErrors"]["webhookUrl"])
+
+    # Signatures verify with the stack's secret, as a receiver checks them (webhook-id = the event's id).
+    secret = h.secrets.get_secret_value(SecretId=h.outputs["WebhookSigningSecretArn"])["SecretString"]
+    for request in receiver.of("/ok") + receiver.of("/flaky"):
+        payload = Webhook(secret).verify(request["body"], request["headers"])
+        assert request["headers"]["webhook-id"] == payload["data"]["eventId"]
+        assert payload["type"] == "Job State Change"
+    completed = next(r for r in receiver.of("/ok") if r["headers"]["webhook-id"].endswith("/COMPLETED"))
+    assert json.loads(completed["body"])["data"]["outputs"] == [
+        {k: o[k] for k in ("bucket", "key", "uri")} for o in records[jobs["/ok"]]["outputs"]
+    ]
+
+    # 410: one attempt, then the DLQ with the reason; 500 forever: three attempts, then the DLQ.
+    dlq = dead_letters(h)
+    assert receiver.attempts("/gone") == {i: 1 for i in ids["/gone"]}
+    assert {dlq[i] for i in ids["/gone"]} == {"HTTP 410"}
+    assert receiver.attempts("/down") == {i: 3 for i in ids["/down"]}
+    assert {dlq[i] for i in ids["/down"]} == {"gave up after 3 attempts: HTTP 500"}
+    assert not ids["/ok"] & set(dlq) and not ids["/flaky"] & set(dlq)
