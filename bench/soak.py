@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import emit, parser, stack_pids
+from _common import emit, parser, peak_rss_mb, rss_mb, stack_pids
 
 from imagejobs_tools.reliability.report import SuiteReport
 from imagejobs_tools.reliability.stacksuites import (
@@ -82,11 +82,11 @@ class ProcessMemory:
     def sample(self) -> None:
         total = 0.0
         for pid in stack_pids():
-            status = _status(pid)
-            if not status:
-                continue
-            total += status.get("VmRSS", 0.0)
-            self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0.0), status.get("VmHWM", 0.0))
+            peak = peak_rss_mb(pid)
+            if not peak:
+                continue  # gone since it was listed
+            total += rss_mb(pid)
+            self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0.0), peak)
             self.label_by_pid.setdefault(pid, _label(pid))
         self.peak_total_mb = max(self.peak_total_mb, total)
 
@@ -102,19 +102,6 @@ class ProcessMemory:
             }
             for label, peaks in sorted(grouped.items())
         }
-
-
-def _status(pid: int) -> dict[str, float]:
-    """VmRSS / VmHWM of a live process in MB ({} once it is gone)."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return {}
-    return {
-        name: float(value.split()[0]) / 1024.0
-        for name, _, value in (line.partition(":") for line in lines)
-        if name in ("VmRSS", "VmHWM")
-    }
 
 
 def _label(pid: int) -> str:
