@@ -34,7 +34,6 @@ from imagejobs_tools.reliability.report import SuiteReport
 from imagejobs_tools.reliability.stacksuites import (
     AWS_FAULTS,
     READ_TIMEOUT_SECONDS,
-    VISIBILITY_SECONDS,
     Harness,
     _wait_settled,
     analyse,
@@ -58,6 +57,7 @@ PROVIDER_FAULTS = {
 }
 UNSET_PROVIDER_FAULTS = {k: 0 for k in PROVIDER_FAULTS if k not in ("retry_after", "hang_seconds")}
 SAMPLE_SECONDS = 5.0
+UPLOADS_VISIBILITY_SECONDS = 300
 STACK = "stack process"
 
 
@@ -135,9 +135,13 @@ def run_soak(size: int, seed: int = 17) -> tuple[SuiteReport, ProcessMemory, dic
     started = time.perf_counter()
     with running_stack(
         f"sk_test_soak_{rng.getrandbits(48):012x}",
-        # A failed upload event comes back after its visibility timeout (AWS: 5,400 s), scaled down as
-        # the aws-faults suite does, or a faulted batch would wait an hour and a half.
-        parameters={"MaxWaitImageSeconds": "25", "UploadsVisibilityTimeoutSeconds": str(VISIBILITY_SECONDS)},
+        # A failed upload event comes back after its visibility timeout (AWS: 5,400 s). Scaled down so a
+        # faulted batch is retried within the soak, but kept longer than reading the whole batch takes
+        # under load: at 2 s the event came back mid-read, again and again, and went to the DLQ.
+        parameters={
+            "MaxWaitImageSeconds": "25",
+            "UploadsVisibilityTimeoutSeconds": str(UPLOADS_VISIBILITY_SECONDS),
+        },
         aws_faults=AWS_FAULTS,
     ) as h:
         timings["stackReadySeconds"] = round(time.perf_counter() - started, 1)
