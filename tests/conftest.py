@@ -97,6 +97,7 @@ SAMPLE_ENV = {
         "https://sqs.us-east-1.amazonaws.com/123456789012/imagejobs-WebhookDeadLetterQueue-EXAMPLE"
     ),
     "WEBHOOK_SIGNING_SECRET": "imagejobs/webhook-signing-secret",
+    "BATCH_RESULTS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/imagejobs-BatchResultsQueue-EXAMPLE",
 }
 
 

@@ -1,5 +1,6 @@
 """JobEventsFunction: the jobs table's change stream → "Job State Change" events on EventBridge
-(and, for jobs with a webhookUrl, their deliveries on WebhookDeliveryQueue)."""
+(and, for jobs with a webhookUrl, their deliveries on WebhookDeliveryQueue); batches' jobs
+counted, complete batches queued for their results, "Batch Completed" published."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from imagejobs.batches import follow_change
 from imagejobs.config import JobEventsSettings
 from imagejobs.events import publish_change
 from imagejobs.observability import logger, metrics, tracer
@@ -22,8 +24,17 @@ def record_handler(record: DynamoDBRecord) -> str:
     change = record.dynamodb
     if change is None:
         return "no images"
-    # A failure raises: the batch resumes from this record (ReportBatchItemFailures).
-    return publish_change(change.old_image, change.new_image, runtime.publisher, runtime.webhooks)
+    # A failure raises: the batch resumes from this record (ReportBatchItemFailures); both steps
+    # are idempotent (events keep their ids, a job is counted in its batch once).
+    published = publish_change(change.old_image, change.new_image, runtime.publisher, runtime.webhooks)
+    followed = follow_change(
+        change.old_image,
+        change.new_image,
+        batches=runtime.batches,
+        results=runtime.results_queue,
+        publisher=runtime.publisher,
+    )
+    return published if followed is None else f"{published}; {followed}"
 
 
 # One invocation at a time per execution environment: one processor per environment, as Powertools shows.

@@ -287,7 +287,7 @@ def test_the_documented_environment_is_each_functions_template_environment(
 ) -> None:
     documented = _documented_environment()
     functions = resources_of_type(translated_template, "AWS::Lambda::Function")
-    assert len(functions) == 7
+    assert len(functions) == 8
     for name, function in functions.items():
         variables = function["Properties"]["Environment"]["Variables"]
         expected = {v for v, (readers, _) in documented.items() if readers is None or name in readers}
@@ -423,13 +423,21 @@ def test_jobs_table_key_index_and_protection(translated_template: Template) -> N
     properties = table["Properties"]
     assert properties["BillingMode"] == "PAY_PER_REQUEST"
     assert properties["KeySchema"] == [{"AttributeName": "jobId", "KeyType": "HASH"}]
-    [index] = properties["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "ByStatus"
-    assert index["KeySchema"] == [
+    indexes = {index["IndexName"]: index for index in properties["GlobalSecondaryIndexes"]}
+    assert set(indexes) == {"ByStatus", "ByBatch"}
+    assert indexes["ByStatus"]["KeySchema"] == [
         {"AttributeName": "status", "KeyType": "HASH"},
         {"AttributeName": "updatedAt", "KeyType": "RANGE"},
     ]
-    assert index["Projection"]["ProjectionType"] in {"ALL", "INCLUDE"}
+    assert indexes["ByStatus"]["Projection"]["ProjectionType"] in {"ALL", "INCLUDE"}
+    # A batch's jobs in line order; every attribute a results line reads is projected.
+    assert indexes["ByBatch"]["KeySchema"] == [
+        {"AttributeName": "batchId", "KeyType": "HASH"},
+        {"AttributeName": "batchLine", "KeyType": "RANGE"},
+    ]
+    from imagejobs.batch_results import RESULT_ATTRIBUTES
+
+    assert set(indexes["ByBatch"]["Projection"]["NonKeyAttributes"]) == set(RESULT_ATTRIBUTES)
     assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert properties["SSESpecification"]["SSEEnabled"] is True
     assert table["DeletionPolicy"] == "Retain"
@@ -556,6 +564,7 @@ def test_s3_intake_gets_only_what_it_needs(translated_template: Template) -> Non
         "s3:PutObject",
         "dynamodb:GetItem",
         "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
     }
     statements = _statements_of(translated_template, "S3IntakeFunctionRole")
     send = next(s for s in statements if s["Action"] == "sqs:SendMessage")
@@ -615,7 +624,7 @@ def test_customer_key_encrypts_every_store_and_every_role_may_use_it(translated_
     }
     assert resources["ApiKeySecret"]["Properties"]["KmsKeyId"] == _with_customer_key(CUSTOMER_KEY)
     log_groups = resources_of_type(translated_template, "AWS::Logs::LogGroup")
-    assert len(log_groups) == 8
+    assert len(log_groups) == 9
     for log_group in log_groups.values():
         assert log_group["Properties"]["KmsKeyId"] == _with_customer_key(CUSTOMER_KEY)
     policy = resources["CustomerKeyAccessPolicy"]

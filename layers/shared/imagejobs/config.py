@@ -305,11 +305,18 @@ class WebhookQueueSettings(EnvironmentSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class JobEventsSettings(WebhookQueueSettings):
+class JobEventsSettings(WebhookQueueSettings, JobRecordsSettings):
     """JobEventsFunction: the records' state changes, published on one EventBridge bus, and
-    queued for the jobs' webhooks."""
+    queued for the jobs' webhooks; batches' jobs counted, complete batches queued for results."""
 
     event_bus_name: str = field(metadata=variable("EVENT_BUS_NAME", _required))
+    batch_results_queue_url: str = field(metadata=variable("BATCH_RESULTS_QUEUE_URL", _required))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchResultsSettings(JobRecordsSettings):
+    """BatchResultsFunction: writes a complete batch's results and summary (the bucket and keys
+    are on the batch item)."""
 
 
 def _delays(environ: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:

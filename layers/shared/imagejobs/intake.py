@@ -33,7 +33,7 @@ from imagejobs.observability import (
 )
 from imagejobs.provider import OutcomeUnknown, ProviderError, ProviderRejected, RateLimited, Submission
 from imagejobs.secrets import SecretNotConfigured
-from imagejobs.store import JobStore
+from imagejobs.store import BatchLine, JobStore
 
 # requeue: the message is sent again with a delay and this receive acknowledged (a job waiting for
 # budget must not use up the queue's maxReceiveCount and end in the DLQ).
@@ -146,7 +146,7 @@ def _rejected_job_id(document: Any, message_id: str) -> str:
     return message_id if jobs.JOB_ID_RE.match(message_id) else "invalid-" + message_id[:60]
 
 
-def _partial_request(body: str | bytes | Mapping[str, Any]) -> Mapping[str, Any] | None:
+def partial_request(body: str | bytes | Mapping[str, Any]) -> Mapping[str, Any] | None:
     """What can be kept of an invalid message for the REJECTED record (small, known fields only)."""
     document: Any = body
     if not isinstance(body, Mapping):
@@ -169,6 +169,39 @@ def _partial_request(body: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]
     return kept
 
 
+def _batch_line_clash(request: jobs.JobRequest, record: Mapping[str, Any]) -> BatchLine | None:
+    """The batch line whose job id is already another job's (a redelivery is not a clash)."""
+    if request.batch_id is None or request.batch_line is None:
+        return None
+    line = BatchLine(request.batch_id, request.batch_line)
+    return None if BatchLine.of(record) == line else line
+
+
+def _reject_batch_clash(
+    store: JobStore, request: jobs.JobRequest, line: BatchLine, record: Mapping[str, Any], at: float
+) -> IntakeOutcome:
+    """A batch line naming a job id that another job has: the line still gets its record (the
+    batch's results list every line), REJECTED under the line's own id."""
+    owner = BatchLine.of(record)
+    used_by = (
+        f"batch {owner.batch_id} line {owner.line}" if owner else f"a job created {record.get('createdAt')}"
+    )
+    errors = {"jobId": [f"{request.job_id} is already used by another job ({used_by})"]}
+    bind_job(line.default_job_id)
+    result = store.put_rejected(
+        line.default_job_id,
+        errors,
+        request={"jobId": request.job_id, "prompt": request.prompt[:2000], "model": request.model},
+        message=f"invalid job: jobId: {errors['jobId'][0]}",
+        batch=line,
+        now=at,
+    )
+    if result.applied:
+        count(JOBS_REJECTED)
+    logger.warning("batch line names a job id already in use", extra={"field_errors": errors})
+    return IntakeOutcome("ack", "rejected: job id already in use", line.default_job_id, records.REJECTED)
+
+
 def handle_job_message(
     body: str | bytes | Mapping[str, Any],
     message_id: str,
@@ -187,7 +220,7 @@ def handle_job_message(
     try:
         request = parse(body, message_id, settings=settings)
     except jobs.JobValidationError as invalid:
-        partial = _partial_request(body)
+        partial = partial_request(body)
         job_id = invalid.job_id or _rejected_job_id(partial, message_id)
         bind_job(job_id)
         result = store.put_rejected(
@@ -214,6 +247,9 @@ def handle_job_message(
     if not created.applied:
         record = created.record or {}
         status = created.status
+        clash = _batch_line_clash(request, record)
+        if clash is not None:
+            return _reject_batch_clash(store, request, clash, record, now())
         if status in records.TERMINAL:
             logger.info("duplicate of a finished job; acknowledged", extra={"status": status})
             return IntakeOutcome("ack", f"duplicate: job already {status}", job_id, status)

@@ -44,12 +44,15 @@ FIELDS = (
     "outputPrefix",
     "metadata",
     "batchId",
+    "batchLine",
     "retryOf",
     "webhookUrl",
 )
 # Job-id-shaped references kept on the record: the batch a job belongs to (``imagejobs cancel
 # --batch``, ``retry --batch``), and the job a retry re-sends (``<jobId>-r<n>``).
 LINK_FIELDS = {"batchId": "batch_id", "retryOf": "retry_of"}
+# A batch's line numbers are 1-based; a JSONL batch of more lines than this is not plausible.
+MAX_BATCH_LINE = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class JobRequest:
     output_prefix: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     batch_id: str | None = None
+    # The job's line in its batch (docs/batches.md): the batch's results list lines in this order.
+    batch_line: int | None = None
     retry_of: str | None = None
     # Where the job's state changes are POSTed (docs/webhooks.md); checked like input URLs.
     webhook_url: str | None = None
@@ -118,6 +123,8 @@ class JobRequest:
         for name, attribute in LINK_FIELDS.items():
             if getattr(self, attribute) is not None:
                 record[name] = getattr(self, attribute)
+        if self.batch_line is not None:
+            record["batchLine"] = self.batch_line
         if self.webhook_url is not None:
             record["webhookUrl"] = self.webhook_url
         return record
@@ -138,6 +145,7 @@ class JobRequest:
             output_prefix=request.get("outputPrefix"),
             metadata={str(k): str(v) for k, v in (request.get("metadata") or {}).items()},
             batch_id=request.get("batchId"),
+            batch_line=int(request["batchLine"]) if request.get("batchLine") is not None else None,
             retry_of=request.get("retryOf"),
             webhook_url=request.get("webhookUrl"),
         )
@@ -255,6 +263,16 @@ def parse_job(
             links[attribute] = str(value)
         else:
             fail(name, problem)
+    batch_line = document.get("batchLine")
+    if batch_line is not None:
+        if isinstance(batch_line, bool) or not isinstance(batch_line, int):
+            fail("batchLine", "must be a whole number (the job's line in its batch, from 1)")
+            batch_line = None
+        elif not 1 <= batch_line <= MAX_BATCH_LINE:
+            fail("batchLine", f"must be between 1 and {MAX_BATCH_LINE}")
+            batch_line = None
+        elif "batchId" not in document:
+            fail("batchLine", "needs batchId (the batch the line belongs to)")
 
     prompt = document.get("prompt")
     if prompt is None:
@@ -389,6 +407,7 @@ def parse_job(
             output_prefix=output_prefix,
             metadata=clean_metadata,
             **links,
+            batch_line=batch_line,
             webhook_url=webhook_url,
         )
         for name, reasons in catalog.validate_generation_request(request.to_provider_body(), kind).items():

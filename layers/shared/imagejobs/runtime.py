@@ -13,8 +13,11 @@ from typing import Any
 import requests
 from standardwebhooks import Webhook
 
+from imagejobs.batch_results import BatchRecords
+from imagejobs.batches import BatchStore, SqsResultsQueue
 from imagejobs.config import (
     FIRST_POLL_AUTO,
+    BatchResultsSettings,
     FinalizeSettings,
     IntakeSettings,
     JobEventsSettings,
@@ -140,7 +143,7 @@ class S3IntakeRuntime(_JobRecords, _S3, _Sqs):
         self.settings = settings
 
 
-class JobEventsRuntime(_Sqs):
+class JobEventsRuntime(_JobRecords, _Sqs):
     settings: JobEventsSettings
 
     def __init__(self, settings: JobEventsSettings) -> None:
@@ -158,6 +161,29 @@ class JobEventsRuntime(_Sqs):
     @cached_property
     def webhooks(self) -> SqsDeliveryQueue:
         return SqsDeliveryQueue(self.sqs, self.settings.webhook_queue_url)
+
+    @cached_property
+    def batches(self) -> BatchStore:
+        return BatchStore(self.table)
+
+    @cached_property
+    def results_queue(self) -> SqsResultsQueue:
+        return SqsResultsQueue(self.sqs, self.settings.batch_results_queue_url)
+
+
+class BatchResultsRuntime(_JobRecords, _S3):
+    settings: BatchResultsSettings
+
+    def __init__(self, settings: BatchResultsSettings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def batches(self) -> BatchStore:
+        return BatchStore(self.table)
+
+    @cached_property
+    def records(self) -> BatchRecords:
+        return BatchRecords(self.table)
 
 
 class WebhookRuntime(_Sqs):

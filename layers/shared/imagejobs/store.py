@@ -94,6 +94,24 @@ class TransitionResult:
         return not self.applied and self.record is not None
 
 
+@dataclass(frozen=True)
+class BatchLine:
+    """Where a job came from in its batch: the record's ``batchId`` and ``batchLine``."""
+
+    batch_id: str
+    line: int
+
+    @property
+    def default_job_id(self) -> str:
+        """The line's job id when it names none (and the id of its REJECTED record on a clash)."""
+        return f"{self.batch_id}-{self.line}"
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> BatchLine | None:
+        batch_id, line = record.get("batchId"), record.get("batchLine")
+        return cls(str(batch_id), int(line)) if batch_id and line is not None else None
+
+
 LOST_RESPONSE = "applied by an earlier send of this write (its response was lost)"
 
 
@@ -203,6 +221,7 @@ class JobStore:
             "prompt": request.get("prompt"),
             # Top-level copies of the links, for selecting a batch's jobs.
             "batchId": request.get("batchId"),
+            "batchLine": request.get("batchLine"),
             "retryOf": request.get("retryOf"),
             "submitAttempts": 0,
             "polls": 0,
@@ -218,11 +237,13 @@ class JobStore:
         request: Mapping[str, Any] | None = None,
         message: str = "the job message failed validation",
         upload: Mapping[str, Any] | None = None,
+        batch: BatchLine | None = None,
         now: float | None = None,
     ) -> TransitionResult:
         """Record a message that failed our validation, unless a record with this id exists.
 
-        ``upload`` ({bucket, key, uri}) names the S3 upload the job was made from (S3 intake)."""
+        ``upload`` ({bucket, key, uri}) names the S3 upload the job was made from (S3 intake);
+        ``batch`` the batch line it was read from."""
         at = iso(time.time() if now is None else now)
         item: dict[str, Any] = {
             "jobId": job_id,
@@ -244,6 +265,8 @@ class JobStore:
                     item[name] = request[name]
         if upload is not None:
             item["upload"] = dict(upload)
+        if batch is not None:
+            item["batchId"], item["batchLine"] = batch.batch_id, batch.line
         return self._put_new(item)
 
     # -- transitions -------------------------------------------------------

@@ -19,6 +19,7 @@ COMPLETE for this version is skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -35,11 +36,13 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from botocore.exceptions import ClientError
 
 from imagejobs import jobs
+from imagejobs.batches import RESULTS_SUFFIX, SUMMARY_SUFFIX, BatchFiles, BatchStore
 from imagejobs.config import S3IntakeSettings, TriggerPrefixSettings
 from imagejobs.copier import sniff
+from imagejobs.intake import partial_request
 from imagejobs.jsonl import iter_capped_lines
 from imagejobs.observability import count, logger
-from imagejobs.store import JobStore, iso
+from imagejobs.store import BatchLine, JobStore, iso
 
 SIDECAR_SUFFIX = ".json"
 BATCH_SUFFIX = ".jsonl"
@@ -162,6 +165,8 @@ def classify(key: str, settings: TriggerPrefixSettings) -> tuple[Kind, str]:
     if key.startswith(settings.batches_prefix):
         if key.endswith(REPORT_SUFFIX):
             return "ignored", "a batch report this function wrote"
+        if key.endswith((RESULTS_SUFFIX, SUMMARY_SUFFIX)):
+            return "ignored", f"a batch's results (*{RESULTS_SUFFIX}, *{SUMMARY_SUFFIX} are reserved names)"
         if key.lower().endswith(BATCH_SUFFIX):
             return "batch", "JSONL batch"
         if key.endswith("/"):
@@ -615,13 +620,42 @@ def _save_report(s3: Any, report: BatchReport, now: Callable[[], float]) -> None
 
 
 def job_message(request: jobs.JobRequest) -> dict[str, Any]:
-    """The normalised job message for a validated request (what the intake parses again)."""
-    message: dict[str, Any] = {"jobId": request.job_id, **request.to_provider_body()}
-    if request.output_prefix is not None:
-        message["outputPrefix"] = request.output_prefix
-    if request.metadata:
-        message["metadata"] = dict(request.metadata)
-    return message
+    """The normalised job message for a validated request (what the intake parses again): the
+    record's request less ``kind``, which the intake derives from the model."""
+    return {name: value for name, value in request.to_record().items() if name != "kind"}
+
+
+def _batch_line_request(request: jobs.JobRequest, line: BatchLine) -> jobs.JobRequest:
+    """The line's request, placed in its batch; a line may not name a batch itself."""
+    given = [
+        name for name, value in (("batchId", request.batch_id), ("batchLine", request.batch_line)) if value
+    ]
+    if given:
+        reason = "is set by the batch upload (its object and the line number); remove it from the line"
+        raise jobs.JobValidationError({name: [reason] for name in given}, request.job_id)
+    return dataclasses.replace(request, batch_id=line.batch_id, batch_line=line.line)
+
+
+def _record_bad_line(
+    store: JobStore,
+    line: BatchLine,
+    named_id: str | None,
+    field_errors: Mapping[str, list[str]],
+    partial: Mapping[str, Any] | None,
+    at: float,
+) -> str:
+    """A REJECTED record for a bad line, under the job id it names when that id is free (so that
+    ``imagejobs status <its id>`` finds it), else under the line's own id; the id used."""
+    summary = "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in field_errors.items())
+    message = f"batch line {line.line} is not a valid job: {summary}"[:1000]
+    candidates = [named_id] if named_id and named_id != line.default_job_id else []
+    for job_id in [*candidates, line.default_job_id]:
+        result = store.put_rejected(
+            job_id, field_errors, request=partial, message=message, batch=line, now=at
+        )
+        if result.applied or BatchLine.of(result.record or {}) == line:
+            return job_id
+    return line.default_job_id  # taken by a job of another origin: the report still names the line
 
 
 def _send_batch(
@@ -650,6 +684,8 @@ def process_batch(
     settings: S3IntakeSettings,
     time_left: Callable[[], float] | None = None,
     now: Callable[[], float] = time.time,
+    store: JobStore,
+    batches: BatchStore,
     sleep: Callable[[float], None] = time.sleep,
     resolver: Any = None,
     chunk_bytes: int = 64 * 1024,
@@ -673,6 +709,12 @@ def process_batch(
         logger.info("batch already processed; nothing enqueued", extra={"key": ref.key})
         return UploadOutcome("ack", "batch", "already processed", ref.key, report=report.to_document())
 
+    batches.open(
+        batch_id,
+        BatchFiles.beside(ref.bucket, ref.key),
+        {"bucket": ref.bucket, "key": ref.key, "versionId": version_id, "etag": etag},
+        now=now(),
+    )
     enqueued_before = report.enqueued
     cached_resolver = resolver or functools.lru_cache(maxsize=1024)(socket.getaddrinfo)
     seen_ids: set[str] = set()
@@ -696,25 +738,32 @@ def process_batch(
             if number < report.next_line:
                 continue  # done before the checkpoint this run resumes from
             report.lines = number
+            place = BatchLine(batch_id, number)
             if line is None:
-                report.add_bad(number, {"body": [f"line is {length} bytes; the limit is {MAX_LINE_BYTES}"]})
+                errors = {"body": [f"line is {length} bytes; the limit is {MAX_LINE_BYTES}"]}
+                report.add_bad(number, errors, _record_bad_line(store, place, None, errors, None, now()))
             elif not line.strip():
                 report.blank_lines += 1
             else:
-                default_id = f"{batch_id}-{number}"
                 try:
-                    request = jobs.parse_job(line, default_id, settings=settings, resolver=cached_resolver)
+                    request = jobs.parse_job(
+                        line, place.default_job_id, settings=settings, resolver=cached_resolver
+                    )
+                    request = _batch_line_request(request, place)
                     problem = trigger_prefix_problem(request.output_prefix, settings)
                     if problem:
                         raise jobs.JobValidationError({"outputPrefix": [problem]}, request.job_id)
-                    if request.job_id != default_id:
+                    if request.job_id != place.default_job_id:
                         if request.job_id in seen_ids:
                             raise jobs.JobValidationError(
-                                {"jobId": [f"{request.job_id} is used by an earlier line"]}, request.job_id
+                                {"jobId": [f"{request.job_id} is used by an earlier line"]}, None
                             )
                         seen_ids.add(request.job_id)
                 except jobs.JobValidationError as invalid:
-                    report.add_bad(number, invalid.field_errors, invalid.job_id)
+                    job_id = _record_bad_line(
+                        store, place, invalid.job_id, invalid.field_errors, partial_request(line), now()
+                    )
+                    report.add_bad(number, invalid.field_errors, job_id)
                 else:
                     message = json.dumps(job_message(request))
                     size = len(message.encode("utf-8"))
@@ -736,6 +785,8 @@ def process_batch(
                     )
                     return UploadOutcome("retry", "batch", f"out of time at line {number}", ref.key)
         flush()
+    # Every line that is not blank has its record (a job, or REJECTED): the batch's size.
+    batches.set_expected(batch_id, report.lines - report.blank_lines, now=now())
     report.next_line = report.lines + 1
     report.status = "COMPLETE"
     _save_report(s3, report, now)
@@ -777,7 +828,16 @@ def handle_upload_message(
         elif kind == "sidecar":
             outcome = handle_sidecar_upload(ref, s3=s3, sqs=sqs, store=store, settings=settings, now=now)
         elif kind == "batch":
-            outcome = process_batch(ref, s3=s3, sqs=sqs, settings=settings, time_left=time_left, now=now)
+            outcome = process_batch(
+                ref,
+                s3=s3,
+                sqs=sqs,
+                settings=settings,
+                time_left=time_left,
+                now=now,
+                store=store,
+                batches=BatchStore(store.table),
+            )
         elif kind == "unsupported":
             job_id = derived_job_id("up", ref.bucket, ref.key, ref.identity)
             outcome = _reject(store, ref, job_id, {"key": [f"{ref.key} {why}"]}, {}, now, kind)

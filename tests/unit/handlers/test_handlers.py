@@ -338,7 +338,8 @@ REQUIRED = {
     "store_outputs": {"JOBS_TABLE", "OUTPUT_BUCKET"},
     "finalize": {"JOBS_TABLE"},
     "s3_intake": {"JOBS_TABLE", "OUTPUT_BUCKET", "JOBS_QUEUE_URL"},
-    "job_events": {"EVENT_BUS_NAME", "WEBHOOK_QUEUE_URL"},
+    "job_events": {"EVENT_BUS_NAME", "WEBHOOK_QUEUE_URL", "JOBS_TABLE", "BATCH_RESULTS_QUEUE_URL"},
+    "batch_results": {"JOBS_TABLE"},
     "webhook": {"WEBHOOK_QUEUE_URL", "WEBHOOK_DEAD_LETTER_QUEUE_URL", "WEBHOOK_SIGNING_SECRET"},
 }
 

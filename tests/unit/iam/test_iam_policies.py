@@ -77,6 +77,7 @@ def test_every_function_has_its_own_role_and_policies(policies: dict[str, Functi
         "JobEventsFunction",
         "S3IntakeFunction",
         "WebhookFunction",
+        "BatchResultsFunction",
     }
     assert policies["IntakeFunction"].role_arn == f"arn:aws:iam::{ACCOUNT}:role/{STACK}-IntakeFunctionRole-X1"
     assert policies["PollFunction"].role_arn == f"arn:aws:iam::{ACCOUNT}:role/{STACK}-PollFunctionRole-X1"

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from imagejobs.batches import BatchStore
 from imagejobs.jobs import parse_job
 from imagejobs.jsonl import iter_capped_lines
 from imagejobs.uploads import MAX_LINE_BYTES, S3ObjectRef, process_batch
@@ -36,6 +37,10 @@ def batch_lines(total: int = 1000) -> list[str]:
         else:
             lines.append(json.dumps({"prompt": f"catalog item {number}", "aspectRatio": "1:1"}))
     return lines
+
+
+def stores(aws: Aws) -> dict[str, Any]:
+    return {"store": aws.store, "batches": BatchStore(aws.store.table)}
 
 
 def upload(aws: Aws, key: str, lines: list[str], newline: str = "\n") -> str:
@@ -71,7 +76,7 @@ def test_thousand_lines_with_ten_bad_ones_make_990_jobs_and_a_report_naming_the_
     s3, sqs = RecordingS3(aws.s3), aws.sqs
     outcome = process_batch(
         S3ObjectRef(BUCKET, key, etag),
-        s3=s3, sqs=sqs, settings=aws.settings, now=aws.clock, chunk_bytes=4096,
+        s3=s3, sqs=sqs, settings=aws.settings, now=aws.clock, chunk_bytes=4096, **stores(aws),
     )  # fmt: skip
     assert outcome.ack and outcome.reason == "processed"
     messages = aws.messages()
@@ -91,6 +96,20 @@ def test_thousand_lines_with_ten_bad_ones_make_990_jobs_and_a_report_naming_the_
     named = {entry["line"]: entry["field"] for entry in report["badLines"]}
     assert named == {line: field for line, (_, field) in BAD_LINES.items()}
     assert all(entry["reason"] for entry in report["badLines"])
+    # Every job is placed in the batch; every bad line has a REJECTED record naming its field.
+    batch_id = prefix.rstrip("-")
+    assert {(m["batchId"], m["batchLine"]) for m in messages} == {
+        (batch_id, n) for n in range(1, 1001) if n not in BAD_LINES
+    }
+    for entry in report["badLines"]:
+        record = aws.store.get(entry["jobId"])
+        assert record is not None and record["status"] == "REJECTED"
+        assert (record["batchId"], record["batchLine"]) == (batch_id, entry["line"])
+        assert entry["field"] in record["error"]["fieldErrors"]
+    batch = BatchStore(aws.store.table).get(batch_id)
+    assert batch is not None
+    assert (batch["expected"], batch["batchStatus"], batch["done"]) == (1000, "OPEN", 0)
+    assert (batch["bucket"], batch["resultsKey"]) == (BUCKET, "batches/2026/catalog.results.jsonl")
 
 
 def test_redelivered_batch_event_enqueues_nothing_twice(aws: Aws) -> None:
@@ -129,6 +148,24 @@ def test_lines_may_name_their_own_job_ids_once(aws: Aws) -> None:
     assert report["blankLines"] == 1
     [bad] = report["badLines"]
     assert bad["line"] == 3 and bad["field"] == "jobId" and "earlier line" in bad["reason"]
+    # The clash is recorded under the line's own id; the earlier line's job id stays its own.
+    assert bad["jobId"].endswith("-3") and aws.store.get(bad["jobId"])["status"] == "REJECTED"  # type: ignore[index]
+
+
+def test_a_bad_line_is_recorded_under_the_job_id_it_names_and_lines_cannot_name_a_batch(aws: Aws) -> None:
+    key = "batches/named.jsonl"
+    lines = [
+        json.dumps({"jobId": "sku-1", "prompt": "x", "aspectRatio": "7:3"}),
+        json.dumps({"prompt": "y", "batchId": "elsewhere", "batchLine": 9}),
+    ]
+    deliver(aws, s3_event(key, etag=upload(aws, key, lines)))
+    assert aws.messages() == []
+    named = aws.store.get("sku-1")
+    assert named is not None and named["status"] == "REJECTED" and named["batchLine"] == 1
+    assert "aspectRatio" in named["error"]["fieldErrors"]
+    second = aws.report(key)["badLines"][1]
+    assert second["line"] == 2 and set(second["fieldErrors"]) == {"batchId", "batchLine"}
+    assert "set by the batch upload" in second["reason"]
 
 
 def test_large_messages_are_split_under_the_sqs_batch_size_limit(aws: Aws) -> None:
@@ -138,7 +175,7 @@ def test_large_messages_are_split_under_the_sqs_batch_size_limit(aws: Aws) -> No
     sqs = aws.sqs
     process_batch(
         S3ObjectRef(BUCKET, key, upload(aws, key, lines)),
-        s3=aws.s3, sqs=sqs, settings=aws.settings, now=aws.clock,
+        s3=aws.s3, sqs=sqs, settings=aws.settings, now=aws.clock, **stores(aws),
     )  # fmt: skip
     assert len(aws.messages()) == 6
     assert len(sqs.batches) >= 3 and max(sqs.batches) <= 2
@@ -149,14 +186,20 @@ def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint(aws: Aws) -> 
     ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(250)))
     first = process_batch(
         ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock,
-        time_left=lambda: 1.0, checkpoint_every=100,
+        time_left=lambda: 1.0, checkpoint_every=100, **stores(aws),
     )  # fmt: skip
     assert first.action == "retry"
     partial = aws.report(key)
     # Checkpoints fall where nothing is buffered: at or just after line 101.
     assert partial["status"] == "IN_PROGRESS" and 101 <= partial["nextLine"] <= 111
     second = process_batch(
-        ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock, checkpoint_every=100
+        ref,
+        s3=aws.s3,
+        sqs=aws.sqs,
+        settings=aws.settings,
+        now=aws.clock,
+        checkpoint_every=100,
+        **stores(aws),
     )
     assert second.ack
     ids = [m["jobId"] for m in aws.messages()]
