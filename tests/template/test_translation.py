@@ -637,3 +637,62 @@ def test_customer_key_encrypts_every_store_and_every_role_may_use_it(translated_
     services = json.dumps(statement["Condition"]["StringEquals"]["kms:ViaService"])
     for service in ("sqs", "s3", "dynamodb", "secretsmanager"):
         assert f"{service}.${{AWS::Region}}.amazonaws.com" in services
+
+
+def test_batch_completions_reach_an_email_or_the_users_topic_as_one_readable_line(
+    translated_template: Template,
+) -> None:
+    from moto.events.utils import EventTemplateParser
+
+    from imagejobs_tools.local.template import evaluate_condition
+
+    def created(parameters: dict[str, str]) -> set[str]:
+        return {
+            name
+            for name in ("BatchCompletedTopic", "BatchCompletedTopicPolicy", "BatchCompletedRule")
+            if evaluate_condition(translated_template, resources[name]["Condition"], parameters)
+        }
+
+    resources = translated_template["Resources"]
+    email, topic = (
+        {"BatchCompletedEmail": "ops@example.com"},
+        {"BatchCompletedTopicArn": "arn:aws:sns:us-east-1:123456789012:mine"},
+    )
+    assert created({}) == set()
+    assert created(email) == {"BatchCompletedTopic", "BatchCompletedTopicPolicy", "BatchCompletedRule"}
+    assert created(topic) == created({**email, **topic}) == {"BatchCompletedRule"}
+    assert resources["BatchCompletedTopic"]["Properties"]["Subscription"] == [
+        {"Protocol": "email", "Endpoint": {"Ref": "BatchCompletedEmail"}}
+    ]
+    [grant] = resources["BatchCompletedTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert grant["Principal"] == {"Service": "events.amazonaws.com"} and grant["Action"] == "sns:Publish"
+    assert grant["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": ["BatchCompletedRule", "Arn"]}
+    rule = resources["BatchCompletedRule"]["Properties"]
+    assert rule["EventPattern"] == {"source": ["imagejobs"], "detail-type": ["Batch Completed"]}
+    [target] = rule["Targets"]
+    # What the e-mail says for an event as JobEventsFunction publishes it (moto's transformer, as
+    # EventBridge's: moto's EventBridge does not deliver to SNS, so this is checked here).
+    from imagejobs.batches import batch_completed
+
+    event = batch_completed(
+        {"jobId": "batch#b-1", "batchStatus": "WRITING"},
+        {
+            "jobId": "batch#b-1", "batchId": "b-1", "batchStatus": "COMPLETED", "bucket": "out",
+            "resultsKey": "batches/cat.results.jsonl", "summary": {"jobs": 990, "creditsSpent": 2970},
+        },
+    )  # fmt: skip
+    assert event is not None
+    message = EventTemplateParser.parse(
+        input_template=target["InputTransformer"]["InputTemplate"],
+        input_paths_map=target["InputTransformer"]["InputPathsMap"],
+        event={
+            "source": "imagejobs",
+            "detail-type": event.detail_type,
+            "detail": event.detail,
+            "ingestion-time": 0,
+        },
+    )
+    assert (
+        message
+        == "Batch b-1 completed: 990 jobs, 2970 credits spent. Results: s3://out/batches/cat.results.jsonl"
+    )

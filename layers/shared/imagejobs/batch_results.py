@@ -1,7 +1,7 @@
 """A batch's results (docs/batches.md): ``<stem>.results.jsonl`` and ``<stem>.summary.json``.
 
 Written once every job of the batch is terminal, by whoever holds the batch item's lease. The
-records are read from the ``ByBatch`` index (``batchId``, ``batchLine``) a page at a time and
+records are read from the ``ByBatch`` index (``batchId``, ``batchLine``) a page (DynamoDB's 1 MB) at a time and
 the results file is written as they come (a multipart upload past one part), so a batch of
 100,000 lines never sits in memory: the summary keeps counters and one float per job for the
 latency percentiles. The index is eventually consistent: a record it shows as not terminal is
@@ -27,7 +27,6 @@ from imagejobs.batches import BY_BATCH_INDEX, BatchFiles, BatchStore
 from imagejobs.store import COMPLETED, SUBMIT_UNKNOWN, TERMINAL, from_dynamo
 
 PART_BYTES = 8 * 1024 * 1024  # S3 multipart parts are at least 5 MiB (but the last)
-PAGE_ITEMS = 500
 BATCH_METADATA = "imagejobs-batch"
 # What the ByBatch index projects (template.yaml): what result_line and the summary read.
 RESULT_ATTRIBUTES = (
@@ -164,7 +163,6 @@ class BatchRecords:
             "IndexName": BY_BATCH_INDEX,
             "KeyConditionExpression": "batchId = :id",
             "ExpressionAttributeValues": {":id": batch_id},
-            "Limit": PAGE_ITEMS,
         }
         while True:
             page = self.table.query(**kwargs)

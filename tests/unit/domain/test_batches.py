@@ -271,7 +271,6 @@ def test_results_list_every_line_in_input_order_and_the_summary_counts_them(aws:
 def test_a_large_batch_is_streamed_in_parts(aws: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     table, s3 = aws
     monkeypatch.setattr(batch_results, "PART_BYTES", 5 * 1024 * 1024)  # S3's smallest part
-    monkeypatch.setattr(batch_results, "PAGE_ITEMS", 100)
     prompt = "p" * 2000
     batches = open_batch(table)
     with table.batch_writer() as writer:
