@@ -46,13 +46,22 @@ def test_crash_at_every_step_boundary_completes_or_flags_without_double_charge_o
         "after-record-before-execution",
         "mid-copy",
         "after-copy-before-record",
+        "before-batch-count",
     }
     outcomes = report.extra["outcome by crash point"]
     # A worker that died holding an accepted task cannot know its id: the job is flagged, never resubmitted.
     assert set(outcomes["after-submit-before-record"]) == {"SUBMIT_UNKNOWN"}
-    for point in ("after-record-before-execution", "mid-copy", "after-copy-before-record"):
+    for point in (
+        "after-record-before-execution",
+        "mid-copy",
+        "after-copy-before-record",
+        "before-batch-count",
+    ):
         assert set(outcomes[point]) == {"COMPLETED"}, outcomes
     assert report.checks["no orphaned S3 objects"]
+    # The jobs came in as one batch: its results were written once and count what the records say.
+    assert report.checks["exactly one results file and one summary (no second version)"]
+    assert report.checks["the summary's counts are the records'"]
     assert report.ok, report.render()
 
 

@@ -774,11 +774,14 @@ def process_batch(
             since_checkpoint += 1
             if len(buffer) == SQS_BATCH_ENTRIES:
                 flush()
-            if not buffer and since_checkpoint >= checkpoint_every:
+            # Time is checked at every line, not only at checkpoints: a slow read (throttled sends)
+            # that never reached a checkpoint would otherwise restart from line 1 at each retry.
+            out_of_time = time_left is not None and time_left() < min_time_left_seconds
+            if not buffer and (since_checkpoint >= checkpoint_every or out_of_time):
                 report.next_line = number + 1
                 _save_report(s3, report, now)
                 since_checkpoint = 0
-                if time_left is not None and time_left() < min_time_left_seconds:
+                if out_of_time:
                     count(BATCH_LINES_ENQUEUED, report.enqueued - enqueued_before)
                     logger.warning(
                         "batch paused for time; the retry resumes", extra={"next_line": number + 1}

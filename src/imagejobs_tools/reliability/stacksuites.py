@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
+from imagejobs.batches import BATCH_KEY_PREFIX
 from imagejobs.store import TERMINAL
 
 from imagejobs_tools.local.aws_faults import ENGINE, FaultRule
@@ -39,6 +40,9 @@ FAILURE_CODES = ("EMPTY_RESULT", "STORAGE_ERROR", "PROVIDER_NSFW_BLOCKED")
 READ_TIMEOUT_SECONDS = 2.0
 LEASE_SECONDS = 4.0
 VISIBILITY_SECONDS = 2
+DUPLICATES_BATCH = "batches/duplicates.jsonl"
+CRASHES_BATCH = "batches/crashes.jsonl"
+AWS_FAULTS_BATCH = "batches/aws-faults.jsonl"
 KEY_CACHE_SECONDS = 1
 
 
@@ -79,6 +83,14 @@ class Harness:
                 raise RuntimeError(f"SendMessageBatch failed: {failed}")
 
     def records(self) -> dict[str, dict[str, Any]]:
+        """Every job record by id (the table's budget and batch items left out)."""
+        return {k: v for k, v in self._items().items() if not k.startswith((BATCH_KEY_PREFIX, "budget#"))}
+
+    def batch_items(self) -> dict[str, dict[str, Any]]:
+        """Every batch item by batch id (docs/batches.md)."""
+        return {str(v["batchId"]): v for k, v in self._items().items() if k.startswith(BATCH_KEY_PREFIX)}
+
+    def _items(self) -> dict[str, dict[str, Any]]:
         deserializer = TypeDeserializer()
         found: dict[str, dict[str, Any]] = {}
         kwargs: dict[str, Any] = {"TableName": self.outputs["JobsTableName"], "ConsistentRead": True}
@@ -90,6 +102,29 @@ class Harness:
             if "LastEvaluatedKey" not in page:
                 return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def upload_batch(self, key: str, bodies: list[dict[str, Any]]) -> None:
+        """A JSONL batch uploaded under the batches prefix (S3 → UploadsQueue → S3IntakeFunction)."""
+        self.s3.put_object(
+            Bucket=self.outputs["OutputBucketName"],
+            Key=key,
+            Body="".join(json.dumps(body) + "\n" for body in bodies).encode(),
+        )
+
+    def redeliver_upload_event(self, key: str) -> None:
+        """The batch's S3 event once more (S3 notifications are at least once)."""
+        head = self.s3.head_object(Bucket=self.outputs["OutputBucketName"], Key=key)
+        record = {
+            "eventSource": "aws:s3",
+            "eventName": "ObjectCreated:Put",
+            "s3": {
+                "bucket": {"name": self.outputs["OutputBucketName"]},
+                "object": {"key": key, "eTag": head["ETag"].strip('"'), "size": head["ContentLength"]},
+            },
+        }
+        self.sqs.send_message(
+            QueueUrl=self.outputs["UploadsQueueUrl"], MessageBody=json.dumps({"Records": [record]})
+        )
 
     def queue_depth(self, name: str) -> int:
         attributes = self.sqs.get_queue_attributes(
@@ -314,6 +349,48 @@ def check_outputs(report: SuiteReport, h: Harness, ledger: Ledger) -> None:
         report.notes.append(f"recorded outputs tagged for expiry (first 5): {expiring[:5]}")
 
 
+def check_batch(report: SuiteReport, h: Harness, key: str, job_ids: list[str], timeout: float = 90) -> None:
+    """The batch uploaded at ``key``: exactly one results file and one summary, whose lines and
+    counts are what the records of its jobs say (docs/batches.md)."""
+    bucket = h.outputs["OutputBucketName"]
+    stem = key.removesuffix(".jsonl")
+    results_key, summary_key = f"{stem}.results.jsonl", f"{stem}.summary.json"
+
+    def versions(of: str) -> int:
+        return len(h.s3.list_object_versions(Bucket=bucket, Prefix=of).get("Versions") or [])
+
+    written = h.wait(lambda: versions(summary_key) > 0, timeout)
+    report.check("the batch's results and summary were written", written)
+    if not written:
+        items = list(h.batch_items().values())
+        report.notes.append(
+            f"batch items: {[(i.get('batchStatus'), i.get('done'), i.get('expected')) for i in items]}"
+        )
+        return
+    summary = json.loads(h.s3.get_object(Bucket=bucket, Key=summary_key)["Body"].read())
+    lines = [
+        json.loads(line)
+        for line in h.s3.get_object(Bucket=bucket, Key=results_key)["Body"].read().splitlines()
+    ]
+    records = h.records()
+    batch_records = {j: records.get(j, {}) for j in job_ids}
+    report.check(
+        "exactly one results file and one summary (no second version)",
+        versions(results_key) == 1 and versions(summary_key) == 1,
+    )
+    report.check(
+        "the results list every line once, in order, as its record says",
+        [entry["jobId"] for entry in lines] == job_ids
+        and all(entry["status"] == batch_records[entry["jobId"]].get("status") for entry in lines),
+    )
+    counted = dict(Counter(str(r.get("status")) for r in batch_records.values()))
+    report.check(
+        "the summary's counts are the records'",
+        summary["byStatus"] == counted and summary["jobs"] == len(job_ids),
+    )
+    report.extra["batch summary"] = {"jobs": summary["jobs"], "byStatus": summary["byStatus"]}
+
+
 def _wait_settled(h: Harness, job_ids: list[str], timeout: float) -> bool:
     """Until every job is terminal, or the jobs queue is empty and what is left is RECEIVED (released,
     its message dead-lettered), unchanged for a quiet period longer than any retry back-off."""
@@ -357,10 +434,14 @@ def run_duplicates(size: int, seed: int = 1) -> SuiteReport:
         {"jobIds": sorted(slow), "seconds": VISIBILITY_SECONDS + 0.5},
     )
     started = time.perf_counter()
+    # A tenth come in as one JSONL upload whose S3 event is delivered twice.
+    batch_jobs = job_ids[: max(2, size // 10)]
     with running_stack(f"sk_test_dup_{rng.getrandbits(48):012x}", plugins=(slow_claims,)) as h:
+        h.upload_batch(DUPLICATES_BATCH, [job_body("dup", j) for j in batch_jobs])
         bodies = [job_body("dup", j) for j in job_ids for _ in range(rng.randint(1, 3))]
         rng.shuffle(bodies)
         h.send(bodies)
+        h.redeliver_upload_event(DUPLICATES_BATCH)
         settled = _wait_settled(h, job_ids, timeout=120 + size * 1.2)
         again = [
             job_body("dup", j) | {"prompt": f"dup job {j}: re-sent, different"} for j in job_ids[:resend]
@@ -370,6 +451,7 @@ def run_duplicates(size: int, seed: int = 1) -> SuiteReport:
         time.sleep(VISIBILITY_SECONDS + 1)
         ledger = collect(h)
         check_outputs(report, h, ledger)
+        check_batch(report, h, DUPLICATES_BATCH, batch_jobs)
     report.wall_seconds = time.perf_counter() - started
     analyse(report, job_ids, ledger)
     report.extra["messages sent"] = len(bodies) + len(again)
@@ -477,10 +559,15 @@ def run_crashes(size: int, seed: int = 3) -> SuiteReport:
             parameters={"JobsMaxReceiveCount": "15"},
             plugins=(crashes,),
         ) as h:
-            h.send([job_body("crs", j, providerInput={"simOutputCount": 2}) for j in job_ids])
+            # Every job comes in as one batch: its results must survive every crash (and the
+            # change stream's consumer is killed too, before it counts a job).
+            h.upload_batch(
+                CRASHES_BATCH, [job_body("crs", j, providerInput={"simOutputCount": 2}) for j in job_ids]
+            )
             settled = _wait_settled(h, job_ids, timeout=120 + size * 1.0)
             ledger = collect(h)
             check_outputs(report, h, ledger)
+            check_batch(report, h, CRASHES_BATCH, job_ids)
             fired = crashes_fired(Path(markers))
             exits = sum(pool.stats.exits for pool in h.stack.dispatcher.pools.values())
     report.wall_seconds = time.perf_counter() - started
@@ -616,13 +703,11 @@ def run_aws_faults(size: int, seed: int = 5) -> SuiteReport:
         parameters={"HandoverAfterSeconds": "2", "UploadsVisibilityTimeoutSeconds": str(VISIBILITY_SECONDS)},
         aws_faults=AWS_FAULTS,
     ) as h:
-        h.s3.put_object(
-            Bucket=h.outputs["OutputBucketName"],
-            Key="batches/aws-faults.jsonl",
-            Body="\n".join(json.dumps(bodies[j]) for j in batch_jobs).encode(),
-        )
+        h.upload_batch(AWS_FAULTS_BATCH, [bodies[j] for j in batch_jobs])
         h.send([bodies[j] for j in job_ids if j not in set(batch_jobs)])
         settled = _wait_settled(h, job_ids, timeout=180 + size * 1.5)
+        # The batch's last steps (counting, results) run under the faults too, then are checked.
+        check_batch(report, h, AWS_FAULTS_BATCH, batch_jobs, timeout=120)
         h.stack.aws_faults.set_rules(())  # the figures are read without faults
         injected = h.stack.aws_faults.injected()
         calls = h.stack.aws_faults.calls()

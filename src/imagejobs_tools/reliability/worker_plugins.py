@@ -21,6 +21,8 @@ CRASH_POINTS = (
     "after-record-before-execution",
     "mid-copy",
     "after-copy-before-record",
+    # JobEventsFunction, on the job's change into its terminal status, before it counts it in its batch.
+    "before-batch-count",
 )
 
 
@@ -78,6 +80,7 @@ def crash_once(markers: Path, job_id: str | None, point: str, targets: dict[str,
 def crashes(module: ModuleType, options: dict[str, Any]) -> None:
     """Each targeted job's execution environment dies once at its crash point (a real SIGKILL)."""
     from imagejobs import intake
+    from imagejobs.batches import BatchStore
     from imagejobs.copier import OutputCopier
     from imagejobs.store import JobStore
 
@@ -87,6 +90,7 @@ def crashes(module: ModuleType, options: dict[str, Any]) -> None:
     original_start = intake.start_execution
     original_copy = OutputCopier.copy_one
     original_completed = JobStore.mark_completed
+    original_count = BatchStore.count_terminal
 
     def mark_submitted(self: Any, job_id: str, *args: Any, **kwargs: Any) -> Any:
         crash_once(markers, job_id, CRASH_POINTS[0], targets)  # the provider has accepted the task
@@ -106,10 +110,15 @@ def crashes(module: ModuleType, options: dict[str, Any]) -> None:
         crash_once(markers, job_id, CRASH_POINTS[3], targets)
         return original_completed(self, job_id, *args, **kwargs)
 
+    def count_terminal(self: Any, job_id: str, *args: Any, **kwargs: Any) -> Any:
+        crash_once(markers, job_id, CRASH_POINTS[4], targets)
+        return original_count(self, job_id, *args, **kwargs)
+
     JobStore.mark_submitted = mark_submitted  # type: ignore[method-assign]
     intake.start_execution = start_execution
     OutputCopier.copy_one = copy_one  # type: ignore[method-assign]
     JobStore.mark_completed = mark_completed  # type: ignore[method-assign]
+    BatchStore.count_terminal = count_terminal  # type: ignore[method-assign]
 
 
 def crashes_fired(markers: Path) -> dict[str, int]:

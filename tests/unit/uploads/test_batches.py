@@ -184,9 +184,16 @@ def test_large_messages_are_split_under_the_sqs_batch_size_limit(aws: Aws) -> No
 def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint(aws: Aws) -> None:
     key = "batches/resume.jsonl"
     ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(250)))
+    calls = iter(range(10_000))
+
+    def time_left() -> float:
+        """Plenty for the first 100 lines, then less than the function keeps for a checkpoint."""
+        return 600.0 if next(calls) < 100 else 1.0
+
+    # Far from a regular checkpoint (every 10,000 lines): time is checked at every line.
     first = process_batch(
         ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock,
-        time_left=lambda: 1.0, checkpoint_every=100, **stores(aws),
+        time_left=time_left, **stores(aws),
     )  # fmt: skip
     assert first.action == "retry"
     partial = aws.report(key)
