@@ -40,20 +40,6 @@ def harness(receiver: WebhookReceiver) -> Iterator[Harness]:
         yield h
 
 
-def dead_letters(h: Harness) -> dict[str, str]:
-    """webhook-id -> reason, for every delivery on WebhookDeadLetterQueue (read, not deleted)."""
-    found: dict[str, str] = {}
-    url = h.outputs["WebhookDeadLetterQueueUrl"]
-    for _ in range(3):
-        for message in h.sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=0
-        ).get("Messages", []):
-            found[json.loads(message["Body"])["webhookId"]] = message["MessageAttributes"]["reason"][
-                "StringValue"
-            ]
-    return found
-
-
 def test_deliveries_are_signed_retried_on_500_not_on_410_and_dead_lettered_after_the_limit(
     harness: Harness, receiver: WebhookReceiver
 ) -> None:
@@ -64,7 +50,7 @@ def test_deliveries_are_signed_retried_on_500_not_on_410_and_dead_lettered_after
     ids = {path: {f"{job}/SUBMITTED", f"{job}/COMPLETED"} for path, job in jobs.items()}
 
     def settled() -> bool:
-        dlq = dead_letters(h)
+        dlq = h.webhook_dead_letters()
         return (
             set(receiver.attempts("/ok")) == ids["/ok"]
             and receiver.attempts("/flaky") == {i: 3 for i in ids["/flaky"]}
@@ -95,7 +81,7 @@ def test_deliveries_are_signed_retried_on_500_not_on_410_and_dead_lettered_after
     ]
 
     # 410: one attempt, then the DLQ with the reason; 500 forever: three attempts, then the DLQ.
-    dlq = dead_letters(h)
+    dlq = h.webhook_dead_letters()
     assert receiver.attempts("/gone") == {i: 1 for i in ids["/gone"]}
     assert {dlq[i] for i in ids["/gone"]} == {"HTTP 410"}
     assert receiver.attempts("/down") == {i: 3 for i in ids["/down"]}

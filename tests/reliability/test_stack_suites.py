@@ -93,6 +93,7 @@ def test_a_credit_budget_is_spent_exactly_and_the_rest_waits_until_it_is_raised(
 
 def test_webhooks_deliver_every_transition_signed_and_deduplicable_despite_duplicates_and_500s() -> None:
     report = run_suite("webhooks", smoke=True)
+    assert report.ok, report.render()
     _assert_shared_invariants(report)
     figures = report.extra["webhooks"]
     # The faults really happened: 500s answered, and copies the receiver already had were sent again.
@@ -100,4 +101,3 @@ def test_webhooks_deliver_every_transition_signed_and_deduplicable_despite_dupli
     assert figures["duplicates received"] >= figures["answers"]["unanswered"], figures
     assert figures["delivered after deduplication"] == figures["transitions"] == 2 * SMOKE_SIZES["webhooks"]
     assert report.extra["messages sent"] > SMOKE_SIZES["webhooks"]
-    assert report.ok, report.render()
