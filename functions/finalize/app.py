@@ -1,4 +1,4 @@
-"""FinalizeFunction: record FAILED (provider or pipeline) or TIMED_OUT."""
+"""FinalizeFunction: record FAILED (provider or pipeline) or TIMED_OUT, or a refund seen later."""
 
 from __future__ import annotations
 
@@ -18,4 +18,4 @@ runtime = FinalizeRuntime(FinalizeSettings.from_env())
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return finalize_step(event, runtime.store)
+    return finalize_step(event, runtime.store, refund_recheck_delays=runtime.settings.refund_recheck_delays)

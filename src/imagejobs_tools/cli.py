@@ -16,7 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "imagejobs_tools.sim.command",  # imagejobs sim
     "imagejobs_tools.local.command",  # imagejobs local up|demo
-    "imagejobs_tools.jobcli.command",  # imagejobs submit|status|list|watch|download
+    "imagejobs_tools.jobcli.command",  # imagejobs submit|status|list|watch|download|webhook …
 )
 
 

@@ -3,7 +3,8 @@
 Its own in-process stack with CreditBudgetPerDay = 6 (two gpt-image-2 jobs at 3 credits) and a
 1-s recheck: the third job waits without reaching the provider, its record says why, and it runs
 once the budget is raised (the function's environment updated, as a deploy would). A failed job's
-refund comes back to the budget: the day's spend equals what the provider charged, net.
+refund comes back to the budget: the day's spend equals what the provider charged, net; so does a
+refund that the provider shows only seconds after the failure (RefundRecheckDelays 1,2,2).
 """
 
 from __future__ import annotations
@@ -29,17 +30,32 @@ CREDITS = 3  # gpt-image-2, the catalog's price and the simulator's
 @pytest.fixture(scope="module")
 def budget_stack() -> Iterator[LocalStack]:
     config = own_stack_config(
-        "imagejobs-budget", 0, CreditBudgetPerDay=str(2 * CREDITS), BudgetRecheckSeconds="1"
+        "imagejobs-budget",
+        0,
+        CreditBudgetPerDay=str(2 * CREDITS),
+        BudgetRecheckSeconds="1",
+        RefundRecheckDelays="1,2,2",
     )
     with LocalStack(config) as stack:
         yield stack
 
 
-def send(stack: LocalStack, job_id: str) -> None:
+def send(stack: LocalStack, job_id: str, **fields: Any) -> None:
     stack.client("sqs").send_message(
         QueueUrl=stack.info.outputs["JobsQueueUrl"],
-        MessageBody=json.dumps({"jobId": job_id, "prompt": "a lighthouse, on a budget"}),
+        MessageBody=json.dumps({"jobId": job_id, "prompt": "a lighthouse, on a budget", **fields}),
     )
+
+
+def jobs_client(stack: LocalStack) -> JobsClient:
+    dynamodb = boto3.resource(
+        "dynamodb",
+        endpoint_url=stack.endpoint_url,
+        region_name=stack.config.region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    return JobsClient(None, dynamodb.Table(stack.info.outputs["JobsTableName"]), None, stack.info.outputs)
 
 
 def status_of(stack: LocalStack, job_id: str, status: str) -> dict[str, Any]:
@@ -54,15 +70,7 @@ def test_jobs_over_the_budget_wait_and_run_once_it_is_raised(budget_stack: Local
     stack = budget_stack
     outputs = stack.info.outputs
     assert outputs["CreditBudgetPerDay"] == str(2 * CREDITS)
-    dynamodb = boto3.resource(
-        "dynamodb",
-        endpoint_url=stack.endpoint_url,
-        region_name=stack.config.region,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    table = dynamodb.Table(outputs["JobsTableName"])
-    client = JobsClient(None, table, None, outputs)
+    client = jobs_client(stack)
     run = uuid.uuid4().hex[:8]
     jobs = [f"e2e-budget-{run}-{n}" for n in range(3)]
     for job_id in jobs[:2]:
@@ -114,3 +122,29 @@ def test_jobs_over_the_budget_wait_and_run_once_it_is_raised(budget_stack: Local
     spent = client.budget_day(today, 4 * CREDITS)
     assert (spent.spent, spent.reserved) == (3 * CREDITS, 0)
     assert spent.spent == sim.key_stats(stack.config.api_key)["net"]
+
+
+def test_a_refund_that_lags_the_failure_lands_on_the_record_and_the_budget(budget_stack: LocalStack) -> None:
+    stack = budget_stack
+    stack.update_function_environment("IntakeFunction", {"CREDIT_BUDGET_PER_DAY": str(100 * CREDITS)})
+    client = jobs_client(stack)
+    job_id = f"e2e-budget-{uuid.uuid4().hex[:8]}-late-refund"
+    # The provider shows the refund 2 s after the failure: not on the FAILED snapshot.
+    send(stack, job_id, providerInput={"simFailCode": "STORAGE_ERROR", "simRefundDelaySeconds": 2})
+    status_of(stack, job_id, "FAILED")
+    refunded = wait_for(
+        lambda: (r := job_record(stack, job_id)) and r.get("creditsRefunded") and r,
+        timeout=60,
+        what="the late refund recorded",
+    )
+    assert refunded["creditsRefunded"] == refunded["budget"]["refunded"] == CREDITS
+    assert refunded["status"] == "FAILED" and refunded["error"]["code"] == "STORAGE_ERROR"
+    # It came by the rechecks: the execution read the failed task again.
+    history = stack.client("stepfunctions").get_execution_history(
+        executionArn=refunded["executionArn"], maxResults=1000
+    )["events"]
+    entered = [e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e]
+    assert "RecheckRefund" in entered and entered.count("RecordRefund") >= 1
+    day = client.budget_day(str(refunded["budget"]["day"]), 100 * CREDITS)
+    assert day.reserved == 0
+    assert day.spent == stack.simulator.admin.key_stats(stack.config.api_key)["net"]

@@ -9,94 +9,39 @@ answers 410, one that is down; and a webhookUrl on a loopback address that is no
 from __future__ import annotations
 
 import json
-import threading
-from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from standardwebhooks import Webhook
 
+from imagejobs_tools.reliability.receiver import WebhookReceiver
 from imagejobs_tools.reliability.stacksuites import Harness, job_body, running_stack
 from tests.e2e.conftest import TERMINAL, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack"), pytest.mark.timeout(300)]
 
 
-class Receiver:
+def answer(path: str, webhook_id: str, attempt: int) -> int:
     """/ok answers 200, /flaky 500 twice per webhook-id then 200, /gone 410, /down always 500."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                with receiver.lock:
-                    receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    seen = sum(
-                        1
-                        for r in receiver.requests
-                        if r["path"] == self.path and r["headers"]["webhook-id"] == self.headers["webhook-id"]
-                    )
-                status = {"/ok": 200, "/gone": 410, "/down": 500}.get(self.path, 500 if seen <= 2 else 200)
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://{self.host}{path}"
-
-    def attempts(self, path: str) -> Counter[str]:
-        with self.lock:
-            return Counter(r["headers"]["webhook-id"] for r in self.requests if r["path"] == path)
-
-    def of(self, path: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [r for r in self.requests if r["path"] == path]
+    return {"/ok": 200, "/gone": 410, "/down": 500}.get(path, 500 if attempt <= 2 else 200)
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    receiving = Receiver()
-    yield receiving
-    receiving.server.shutdown()
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(answer) as receiving:
+        yield receiving
 
 
 @pytest.fixture(scope="module")
-def harness(receiver: Receiver) -> Iterator[Harness]:
+def harness(receiver: WebhookReceiver) -> Iterator[Harness]:
     with running_stack(
         "sk_test_webhooks", parameters={"WebhookRetryDelays": "1,1"}, allow_hosts=(receiver.host,)
     ) as h:
         yield h
 
 
-def dead_letters(h: Harness) -> dict[str, str]:
-    """webhook-id -> reason, for every delivery on WebhookDeadLetterQueue (read, not deleted)."""
-    found: dict[str, str] = {}
-    url = h.outputs["WebhookDeadLetterQueueUrl"]
-    for _ in range(3):
-        for message in h.sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=0
-        ).get("Messages", []):
-            found[json.loads(message["Body"])["webhookId"]] = message["MessageAttributes"]["reason"][
-                "StringValue"
-            ]
-    return found
-
-
 def test_deliveries_are_signed_retried_on_500_not_on_410_and_dead_lettered_after_the_limit(
-    harness: Harness, receiver: Receiver
+    harness: Harness, receiver: WebhookReceiver
 ) -> None:
     h = harness
     jobs = {path: f"wh{path.replace('/', '-')}" for path in ("/ok", "/flaky", "/gone", "/down")}
@@ -105,7 +50,7 @@ def test_deliveries_are_signed_retried_on_500_not_on_410_and_dead_lettered_after
     ids = {path: {f"{job}/SUBMITTED", f"{job}/COMPLETED"} for path, job in jobs.items()}
 
     def settled() -> bool:
-        dlq = dead_letters(h)
+        dlq = h.webhook_dead_letters()
         return (
             set(receiver.attempts("/ok")) == ids["/ok"]
             and receiver.attempts("/flaky") == {i: 3 for i in ids["/flaky"]}
@@ -126,17 +71,17 @@ def test_deliveries_are_signed_retried_on_500_not_on_410_and_dead_lettered_after
 
     # Signatures verify with the stack's secret, as a receiver checks them (webhook-id = the event's id).
     secret = h.secrets.get_secret_value(SecretId=h.outputs["WebhookSigningSecretArn"])["SecretString"]
-    for request in receiver.of("/ok") + receiver.of("/flaky"):
-        payload = Webhook(secret).verify(request["body"], request["headers"])
-        assert request["headers"]["webhook-id"] == payload["data"]["eventId"]
+    for request in receiver.received("/ok") + receiver.received("/flaky"):
+        payload = Webhook(secret).verify(request.body, request.headers)
+        assert request.webhook_id == payload["data"]["eventId"]
         assert payload["type"] == "Job State Change"
-    completed = next(r for r in receiver.of("/ok") if r["headers"]["webhook-id"].endswith("/COMPLETED"))
-    assert json.loads(completed["body"])["data"]["outputs"] == [
+    completed = next(r for r in receiver.received("/ok") if r.webhook_id.endswith("/COMPLETED"))
+    assert json.loads(completed.body)["data"]["outputs"] == [
         {k: o[k] for k in ("bucket", "key", "uri")} for o in records[jobs["/ok"]]["outputs"]
     ]
 
     # 410: one attempt, then the DLQ with the reason; 500 forever: three attempts, then the DLQ.
-    dlq = dead_letters(h)
+    dlq = h.webhook_dead_letters()
     assert receiver.attempts("/gone") == {i: 1 for i in ids["/gone"]}
     assert {dlq[i] for i in ids["/gone"]} == {"HTTP 410"}
     assert receiver.attempts("/down") == {i: 3 for i in ids["/down"]}

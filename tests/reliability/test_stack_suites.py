@@ -1,4 +1,4 @@
-"""Suites 1-4 at smoke size on an in-process local stack (one per suite), asserting invariants only.
+"""The stack suites at smoke size on an in-process local stack (one per suite), asserting invariants only.
 
 Full sizes run as `python bench/reliability.py SUITE` (docs/reliability.md).
 """
@@ -98,3 +98,15 @@ def test_a_credit_budget_is_spent_exactly_and_the_rest_waits_until_it_is_raised(
     assert phase1["budget"]["spent"] == report.extra["budget"]["limit"]
     assert report.terminal == {"COMPLETED": size}
     assert report.ok, report.render()
+
+
+def test_webhooks_deliver_every_transition_signed_and_deduplicable_despite_duplicates_and_500s() -> None:
+    report = run_suite("webhooks", smoke=True)
+    assert report.ok, report.render()
+    _assert_shared_invariants(report)
+    figures = report.extra["webhooks"]
+    # The faults really happened: 500s answered, and copies the receiver already had were sent again.
+    assert figures["answers"]["500"] and figures["answers"]["unanswered"], figures
+    assert figures["duplicates received"] >= figures["answers"]["unanswered"], figures
+    assert figures["delivered after deduplication"] == figures["transitions"] == 2 * SMOKE_SIZES["webhooks"]
+    assert report.extra["messages sent"] > SMOKE_SIZES["webhooks"]

@@ -295,11 +295,6 @@ class StoreOutputsSettings(
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinalizeSettings(JobRecordsSettings):
-    """FinalizeFunction: records a terminal FAILED / TIMED_OUT job."""
-
-
-@dataclass(frozen=True, kw_only=True)
 class WebhookQueueSettings(EnvironmentSettings):
     webhook_queue_url: str = field(metadata=variable("WEBHOOK_QUEUE_URL", _required))
 
@@ -336,6 +331,20 @@ MAX_RETRY_DELAY_SECONDS = 43_200
 # Standard Webhooks' schedule after the first attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
 # (about 27.6 h in all, so a receiver down for a day still gets every delivery).
 STANDARD_WEBHOOK_DELAYS = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+# A failed task's refund may show on a later snapshot ("refunded (or will be shortly)"): seconds
+# before each re-read (template parameter RefundRecheckDelays; 100 s, three GETs at most).
+DEFAULT_REFUND_RECHECK_DELAYS = (10, 30, 60)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalizeSettings(JobRecordsSettings):
+    """FinalizeFunction: records a terminal FAILED / TIMED_OUT job, and a refund seen later."""
+
+    refund_recheck_delays: tuple[int, ...] = field(
+        metadata=variable("REFUND_RECHECK_DELAYS", _delays, DEFAULT_REFUND_RECHECK_DELAYS)
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

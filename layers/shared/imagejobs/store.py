@@ -467,23 +467,30 @@ class JobStore:
         }
         return self._transition(job_id, None, [RECEIVED], now=moment, set_values={"budgetWait": wait})
 
-    def settle_refund(self, record: Mapping[str, Any], *, now: float | None = None) -> TransitionResult:
+    def settle_refund(
+        self, record: Mapping[str, Any], *, credits_refunded: int | None = None, now: float | None = None
+    ) -> TransitionResult:
         """Return to the job's budget day the part of ``creditsRefunded`` not returned before.
 
-        Conditional on the record being the one read (``lastWriteId``), so a repeat or a
-        concurrent call returns a refund once; a refund seen on a later snapshot is picked up
-        by calling again after recording it."""
+        With ``credits_refunded`` (a refund a later snapshot shows), record it as ``creditsRefunded``
+        in the same write. Conditional on the record being the one read (``lastWriteId``), so a
+        repeat or a concurrent call returns a refund once."""
         job_id = str(record["jobId"])
+        values: dict[str, Any] = {}
+        if credits_refunded is not None:
+            record = {**record, "creditsRefunded": credits_refunded}
+            values["creditsRefunded"] = credits_refunded
         change = credit_budget.refund_due(record)
-        if change is None:
+        if change is not None:
+            values["budget"] = {**record["budget"], "refunded": int(record.get("creditsRefunded") or 0)}
+        if not values:
             return TransitionResult(False, record.get("status"), dict(record), "no refund due")
-        settled = {**record["budget"], "refunded": int(record.get("creditsRefunded") or 0)}
         return self._transition(
             job_id,
             None,
             [str(record.get("status"))],
             now=now,
-            set_values={"budget": settled},
+            set_values=values,
             extra_condition=("#write = :seen", {":seen": record.get(WRITE_ID)}),
             budget=change,
         )

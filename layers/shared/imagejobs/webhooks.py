@@ -7,10 +7,14 @@ convention (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``: HMAC-S
 ``id.timestamp.body``). Timeouts, connection errors, 5xx and 429 are retried on the schedule the
 delay list gives (by the message's receive count); any other answer, or a URL that is no longer
 safe, goes straight to the dead-letter queue with the reason; so does the last failed attempt.
+``verification_problem`` is the receiver's side (`imagejobs webhook verify`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
 import socket
 from collections.abc import Iterable, Mapping, Sequence
@@ -107,6 +111,55 @@ def signed_headers(signer: Webhook, delivery: Delivery, body: str, now: datetime
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": signer.sign(delivery.webhook_id, now, body),
     }
+
+
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+# Standard Webhooks' window (and standardwebhooks' fixed one): a replayed delivery is refused after it.
+TIMESTAMP_TOLERANCE_SECONDS = 300
+
+
+def verification_problem(
+    signer: Webhook,
+    body: str,
+    headers: Mapping[str, str],
+    *,
+    now: datetime,
+    tolerance: int = TIMESTAMP_TOLERANCE_SECONDS,
+) -> str | None:
+    """Why a received delivery does not verify, or None when it does (the receiver's check).
+
+    ``Webhook.verify`` gives the same verdict at the default tolerance but only a vague reason and a
+    fixed window; this says which header is missing, how far off the timestamp is, or that no
+    signature matches, with the library's own signing (``Webhook.sign``) as the reference.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    missing = [name for name in SIGNATURE_HEADERS if not lowered.get(name)]
+    if missing:
+        return f"missing header {', '.join(missing)}"
+    raw_timestamp = lowered["webhook-timestamp"]
+    try:
+        timestamp = int(raw_timestamp)
+    except ValueError:
+        return f"webhook-timestamp must be Unix seconds, got {raw_timestamp!r}"
+    age = int(now.timestamp()) - timestamp
+    if age > tolerance:
+        return f"timestamp too old: {age} s before now (tolerance {tolerance} s)"
+    if -age > tolerance:
+        return f"timestamp too new: {-age} s after now (tolerance {tolerance} s)"
+    expected = signer.sign(lowered["webhook-id"], datetime.fromtimestamp(timestamp, UTC), body)
+    offered = [
+        entry.partition(",")[2] for entry in lowered["webhook-signature"].split() if entry.startswith("v1,")
+    ]
+    if not offered:
+        return "webhook-signature has no v1 signature (expected 'v1,<base64>')"
+    expected_bytes = base64.b64decode(expected.partition(",")[2])
+    for signature in offered:
+        try:
+            if hmac.compare_digest(expected_bytes, base64.b64decode(signature, validate=True)):
+                return None
+        except binascii.Error:
+            continue
+    return "wrong signature: no v1 signature matches (another secret, or the body or webhook-id changed)"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from imagejobs.observability import (
     seconds,
 )
 from imagejobs.provider import ProviderError, TaskSnapshot, TaskStatus
-from imagejobs.store import JobStore
+from imagejobs.store import JobStore, TransitionResult
 
 
 class ProviderTransientError(Exception):
@@ -305,8 +305,21 @@ def _error_parts(error: Any) -> tuple[str, str]:
     return code[:128], redact(message, max_chars=1000)
 
 
-def finalize_step(state: Mapping[str, Any], store: JobStore, now: float | None = None) -> dict[str, Any]:
-    """Record the terminal state for outcome FAILED (provider), TIMED_OUT or ERROR (pipeline)."""
+# The outcomes after which a refund may still be due: a provider failure, and each recheck.
+REFUND_OUTCOMES = ("FAILED", "REFUND")
+
+
+def finalize_step(
+    state: Mapping[str, Any],
+    store: JobStore,
+    now: float | None = None,
+    refund_recheck_delays: Sequence[int] = (),
+) -> dict[str, Any]:
+    """Record the terminal state for outcome FAILED (provider), TIMED_OUT or ERROR (pipeline), or
+    (outcome REFUND) the refund a later snapshot of a FAILED job's task shows.
+
+    ``refundRecheckAfterSeconds`` in the result (0: none) tells the state machine to read a FAILED
+    job's task again that much later, for a refund no snapshot has shown yet."""
     job_id = str(state["jobId"])
     bind_job(job_id, task_id=state.get("taskId"))
     outcome = str(state.get("outcome") or ("ERROR" if "error" in state else ""))
@@ -314,6 +327,7 @@ def finalize_step(state: Mapping[str, Any], store: JobStore, now: float | None =
     poll: Mapping[str, Any] = raw_poll if isinstance(raw_poll, Mapping) else {}
     polls = state.get("polls")
     polls = int(polls) if isinstance(polls, int | float) else None
+    checks = 0
     if outcome == "FAILED":
         refunded = int(poll.get("creditsRefunded") or 0)
         result = store.mark_failed(
@@ -329,6 +343,9 @@ def finalize_step(state: Mapping[str, Any], store: JobStore, now: float | None =
             count(JOBS_FAILED)
             count(CREDITS_REFUNDED, refunded)
         return_refund(store, result.record)
+    elif outcome == "REFUND":
+        checks = int(state.get("refundChecks") or 0) + 1
+        result = record_late_refund(store, job_id, int(poll.get("creditsRefunded") or 0), now=now)
     elif outcome == "TIMED_OUT":
         result = store.mark_timed_out(
             job_id, polls=polls, message="the provider did not finish before the job's deadline", now=now
@@ -343,8 +360,61 @@ def finalize_step(state: Mapping[str, Any], store: JobStore, now: float | None =
         if result.applied:
             count(JOBS_FAILED)
     else:
-        raise ValueError(f"finalize: unknown outcome {outcome!r} (expected FAILED, TIMED_OUT or ERROR)")
-    logger.info(
-        "job finalized", extra={"outcome": outcome, "applied": result.applied, "status": result.status}
+        raise ValueError(
+            f"finalize: unknown outcome {outcome!r} (expected FAILED, REFUND, TIMED_OUT or ERROR)"
+        )
+    recheck = (
+        refund_recheck_after(result.record, checks, refund_recheck_delays)
+        if outcome in REFUND_OUTCOMES
+        else 0
     )
-    return {"jobId": job_id, "status": result.status, "applied": result.applied, "reason": result.reason}
+    logger.info(
+        "job finalized",
+        extra={
+            "outcome": outcome,
+            "applied": result.applied,
+            "status": result.status,
+            "refundRecheck": recheck,
+        },
+    )
+    return {
+        "jobId": job_id,
+        "status": result.status,
+        "applied": result.applied,
+        "reason": result.reason,
+        "refundRecheckAfterSeconds": recheck,
+        "refundChecks": checks,
+    }
+
+
+def refund_recheck_after(record: Mapping[str, Any] | None, checks: int, delays: Sequence[int]) -> int:
+    """Seconds before reading the task of a provider-FAILED job again, for a refund no snapshot
+    has shown yet ("refunded (or will be shortly)"), after ``checks`` rechecks; 0 when there is
+    nothing to wait for: another status or a pipeline failure, nothing charged, the refund
+    recorded, or every delay used."""
+    if record is None or record.get("status") != records.FAILED:
+        return 0
+    if (record.get("error") or {}).get("source") != "provider":
+        return 0
+    used = int(record.get("creditsUsed") or 0)
+    if used <= 0 or int(record.get("creditsRefunded") or 0) >= used or checks >= len(delays):
+        return 0
+    return int(delays[checks])
+
+
+def record_late_refund(
+    store: JobStore, job_id: str, refunded: int, now: float | None = None
+) -> TransitionResult:
+    """A FAILED job's refund on a later snapshot: ``creditsRefunded`` on the record and the new
+    part back to its budget day, in one conditional write (``JobStore.settle_refund``)."""
+    record = store.get(job_id)
+    if record is None:
+        raise JobRecordMissing(f"no record for job {job_id}")
+    before = int(record.get("creditsRefunded") or 0)
+    if record.get("status") != records.FAILED or refunded <= before:
+        return TransitionResult(False, record.get("status"), record, "no new refund")
+    result = store.settle_refund(record, credits_refunded=refunded, now=now)
+    if result.applied:
+        count(CREDITS_REFUNDED, refunded - before)
+        logger.info("late refund recorded", extra={"creditsRefunded": refunded})
+    return result

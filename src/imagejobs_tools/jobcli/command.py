@@ -1,4 +1,4 @@
-"""`imagejobs submit|status|list|watch|download`: thin commands over `JobsClient`.
+"""`imagejobs submit|status|list|watch|download|…`: thin commands over `JobsClient` (`webhook`: its module).
 
 boto3 and rich load inside the command functions so `imagejobs --help` stays fast.
 Exit codes: 0 success; 1 the command ran but something failed (a line or job not
@@ -212,6 +212,10 @@ def register(subparsers: Any) -> None:
     download.add_argument("--since-submit", action="store_true", help="the jobs of the last submit")
     download.add_argument("--out", default="downloads", help="output directory (default ./downloads)")
     download.set_defaults(func=_guarded(cmd_download))
+
+    from imagejobs_tools.jobcli import webhook  # here: it imports this module's plumbing
+
+    webhook.register(subparsers, common)
 
 
 # -- plumbing -----------------------------------------------------------------------------

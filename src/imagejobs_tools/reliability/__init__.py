@@ -1,4 +1,4 @@
-"""Reliability suites (issue 6): duplicates, provider faults, crashes, account trouble, bad input, security.
+"""Reliability suites (issues 6, 16): duplicates, faults, crashes, account, budget, webhooks, bad input.
 
 `python -m imagejobs_tools.reliability SUITE [--size N | --smoke] [--json]`; docs/reliability.md
 has the figures and the command behind each.

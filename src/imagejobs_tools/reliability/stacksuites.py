@@ -159,6 +159,18 @@ class Harness:
                 )
                 self.sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
 
+    def webhook_dead_letters(self) -> dict[str, str]:
+        """webhook-id -> reason, for every delivery on WebhookDeadLetterQueue (read, not deleted)."""
+        found: dict[str, str] = {}
+        url = self.outputs["WebhookDeadLetterQueueUrl"]
+        for _ in range(3):
+            for message in self.sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=0
+            ).get("Messages", []):
+                reason = message["MessageAttributes"]["reason"]["StringValue"]
+                found[json.loads(message["Body"])["webhookId"]] = reason
+        return found
+
     def set_api_key(self, key: str) -> None:
         self.secrets.put_secret_value(SecretId=self.outputs["ApiKeySecretArn"], SecretString=key)
         time.sleep(KEY_CACHE_SECONDS + 0.5)  # the functions' key cache (scaled down) has expired

@@ -14,6 +14,7 @@ FULL_SIZES: dict[str, int] = {
     "account": 30,
     "aws-faults": 1000,
     "budget": 1000,
+    "webhooks": 1000,
 }
 SMOKE_SIZES: dict[str, int] = {
     "duplicates": 12,
@@ -22,9 +23,11 @@ SMOKE_SIZES: dict[str, int] = {
     "account": 3,
     "aws-faults": 20,
     "budget": 10,
+    "webhooks": 12,
 }
 SUITES = (
-    "duplicates", "faults", "crashes", "account", "aws-faults", "budget", "badinput", "outputs", "security",
+    "duplicates", "faults", "crashes", "account", "aws-faults", "budget", "webhooks", "badinput", "outputs",
+    "security",
 )  # fmt: skip
 
 
@@ -64,6 +67,10 @@ def run_suite(name: str, size: int | None = None, *, smoke: bool = False) -> Sui
         from imagejobs_tools.reliability.budgetsuite import run_budget
 
         return run_budget(size or SMOKE_SIZES[name])
+    if name == "webhooks":
+        from imagejobs_tools.reliability.webhooksuite import run_webhooks
+
+        return run_webhooks(size or SMOKE_SIZES[name])
     from imagejobs_tools.reliability import stacksuites
 
     runner = getattr(stacksuites, f"run_{name.replace('-', '_')}")

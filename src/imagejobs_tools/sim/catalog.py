@@ -140,6 +140,7 @@ class SimOptions:
     output_format: str | None = None  # "png" | "jpeg"; None = the simulator's default
     latency_seconds: float | None = None
     fail_code: str | None = None
+    refund_delay_seconds: float = 0.0  # a failed task shows its refund only this long after failing
 
 
 @dataclass(frozen=True)
@@ -346,12 +347,17 @@ def _validate_sim_options(provider_input: Mapping[str, Any], errors: ValidationE
     if fail_code is not None and (not isinstance(fail_code, str) or not ERROR_CODE_PATTERN.match(fail_code)):
         bad("simFailCode must be an upper-case error code such as STORAGE_ERROR")
         fail_code = None
+    refund_delay = provider_input.get("simRefundDelaySeconds", 0)
+    if not _is_number(refund_delay) or not 0 <= refund_delay <= MAX_SIM_LATENCY_SECONDS:
+        bad(f"simRefundDelaySeconds must be a number between 0 and {MAX_SIM_LATENCY_SECONDS:g}")
+        refund_delay = 0
     return SimOptions(
         output_bytes=output_bytes,
         output_count=count,
         output_format=output_format,
         latency_seconds=float(latency) if latency is not None else None,
         fail_code=fail_code,
+        refund_delay_seconds=float(refund_delay),
     )
 
 

@@ -4,7 +4,8 @@ One lock guards everything; nothing slow (network, sleeping, image rendering)
 happens while it is held. Tasks are resolved lazily: a pending task whose
 latency has elapsed (and whose inputs have been fetched) becomes completed or
 failed the next time anyone looks at it (a poll, the admin stats or listing),
-and a failure refunds its credits at that moment.
+and a failure refunds its credits at that moment (or, with ``simRefundDelaySeconds``, the first
+look after that long: "refunded (or will be shortly)").
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Task:
     error_code: str | None = None
     error_message: str | None = None
     refunded: bool = False
+    refund_at: float | None = None  # time.monotonic() when a failed task's refund is due
     fetch_done: bool = True
     inputs_fetched: list[InputFetch] = field(default_factory=list)
     injected_faults: list[str] = field(default_factory=list)
@@ -282,6 +284,9 @@ class SimulatorState:
             task.fetch_done = True
 
     def _resolve_locked(self, task: Task) -> None:
+        if task.refund_at is not None and not task.refunded and time.monotonic() >= task.refund_at:
+            task.refunded = True
+            self.accounts[task.key].balance += task.request.credits
         if task.status != PENDING or not task.fetch_done or time.monotonic() < task.ready_at:
             return
         failure: tuple[str, str] | None = None
@@ -301,8 +306,8 @@ class SimulatorState:
             return
         task.status = FAILED
         task.error_code, task.error_message = failure
-        task.refunded = True
-        self.accounts[task.key].balance += task.request.credits
+        task.refund_at = task.ready_at + task.request.sim.refund_delay_seconds
+        self._resolve_locked(task)  # no delay: refunded at once
 
     def find_task(self, task_id: str, key: str | None) -> Task | None:
         """The task, resolved to its current state; None if unknown or (with a key) another key's task."""

@@ -12,7 +12,7 @@ import pytest
 from imagejobs import budget
 from imagejobs.intake import requeue_body
 from imagejobs.provider import OutcomeUnknown, ProviderRejected, ProviderServerError
-from imagejobs.workflow import finalize_step
+from imagejobs.workflow import finalize_step, refund_recheck_after
 
 from tests.unit.domain.test_intake import Env, env  # noqa: F401  (the fixture, by its name)
 
@@ -124,21 +124,59 @@ def test_no_limit_means_no_accounting(env: Env) -> None:
     assert env.store.table.get_item(Key={"jobId": budget.budget_key(DAY)}).get("Item") is None
 
 
-def test_a_refund_returns_to_the_budget_once_even_when_it_shows_up_late(env: Env) -> None:
+DELAYS = (10, 30, 60)
+FAILED_EVENT = {"jobId": "job-1", "taskId": "tsk_1", "outcome": "FAILED", "polls": 2}
+NO_REFUND_YET = {"status": "FAILED", "errorCode": "EMPTY_RESULT", "creditsUsed": 3, "creditsRefunded": 0}
+REFUNDED = NO_REFUND_YET | {"creditsRefunded": 3}
+
+
+def _finalize(env: Env, poll: dict[str, Any], **event: Any) -> dict[str, Any]:
+    return finalize_step(
+        FAILED_EVENT | {"poll": poll} | event, env.store, now=env.clock.now, refund_recheck_delays=DELAYS
+    )
+
+
+def test_a_refund_that_shows_on_a_later_snapshot_lands_on_the_record_and_the_budget_once(env: Env) -> None:
     env = limited(env, 9)
     env.handle(job(1))
-    failed = {"jobId": "job-1", "taskId": "tsk_1", "outcome": "FAILED", "polls": 2}
-    no_refund_yet = {"status": "FAILED", "errorCode": "EMPTY_RESULT", "creditsRefunded": 0}
-    finalize_step({**failed, "poll": no_refund_yet}, env.store, now=env.clock.now)
-    assert counters(env) == (3, 0)
-    # A later snapshot shows the refund: recorded, then returned once.
+    first = _finalize(env, NO_REFUND_YET)
+    assert (first["status"], first["refundRecheckAfterSeconds"], first["refundChecks"]) == ("FAILED", 10, 0)
+    assert counters(env) == (3, 0) and env.record("job-1")["creditsRefunded"] == 0
+    # The first recheck still shows none: look again after the next delay.
+    again = _finalize(env, NO_REFUND_YET, outcome="REFUND", refundChecks=0)
+    assert (again["applied"], again["refundRecheckAfterSeconds"], again["refundChecks"]) == (False, 30, 1)
+    stale = env.record("job-1")
+    # The second shows it: recorded and returned to the day, in one write; nothing more to wait for.
+    later = _finalize(env, REFUNDED, outcome="REFUND", refundChecks=1)
+    assert (later["applied"], later["refundRecheckAfterSeconds"]) == (True, 0)
     record = env.record("job-1")
-    later = env.store._transition("job-1", None, ["FAILED"], now=None, set_values={"creditsRefunded": 3})
-    assert later.applied and env.store.settle_refund(env.record("job-1")).applied
+    assert record["creditsRefunded"] == 3 and record["budget"]["refunded"] == 3
     assert counters(env) == (0, 0)
-    assert not env.store.settle_refund(env.record("job-1")).applied  # nothing more due
-    assert not env.store.settle_refund(record).applied  # a stale copy cannot return it again
+    # A repeated step, or a stale copy of the record, returns nothing twice.
+    assert not _finalize(env, REFUNDED, outcome="REFUND", refundChecks=1)["applied"]
+    assert not env.store.settle_refund(stale, credits_refunded=3).applied
     assert counters(env) == (0, 0)
+
+
+def test_a_late_refund_is_recorded_without_a_budget_too(env: Env) -> None:
+    env.handle(job(1))
+    _finalize(env, NO_REFUND_YET)
+    assert _finalize(env, REFUNDED, outcome="REFUND", refundChecks=0)["applied"]
+    assert env.record("job-1")["creditsRefunded"] == 3 and "budget" not in env.record("job-1")
+
+
+def test_when_a_failed_task_is_read_again_for_its_refund() -> None:
+    failed = {"status": "FAILED", "error": {"source": "provider"}, "creditsUsed": 3, "creditsRefunded": 0}
+    assert [refund_recheck_after(failed, n, DELAYS) for n in range(4)] == [10, 30, 60, 0]
+    for done in (
+        failed | {"creditsRefunded": 3},  # refunded
+        failed | {"creditsUsed": 0},  # nothing charged
+        failed | {"error": {"source": "pipeline"}},  # our failure: the provider refunds nothing
+        failed | {"status": "COMPLETED"},
+        None,
+    ):
+        assert refund_recheck_after(done, 0, DELAYS) == 0, done
+    assert refund_recheck_after(failed, 0, ()) == 0
 
 
 def test_finalize_returns_the_refund_of_a_failed_job(env: Env) -> None:

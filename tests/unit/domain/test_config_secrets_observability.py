@@ -51,6 +51,10 @@ def test_each_model_needs_only_its_own_variables() -> None:
     poll = PollSettings.from_env({"PROVIDER_BASE_URL": "https://p.example/", "PROVIDER_API_KEY_SECRET": "s"})
     assert poll.provider_base_url == "https://p.example"
     assert FinalizeSettings.from_env({"JOBS_TABLE": "t"}).jobs_table == "t"
+    assert FinalizeSettings.from_env({"JOBS_TABLE": "t"}).refund_recheck_delays == (10, 30, 60)
+    assert FinalizeSettings.from_env(
+        {"JOBS_TABLE": "t", "REFUND_RECHECK_DELAYS": "1,2"}
+    ).refund_recheck_delays == (1, 2)
 
 
 def test_defaults_for_optional_variables() -> None:
@@ -67,6 +71,12 @@ def test_defaults_for_optional_variables() -> None:
     ("model", "override", "variable", "reason_part"),
     [
         (FinalizeSettings, {"JOBS_TABLE": ""}, "JOBS_TABLE", "required"),
+        (
+            FinalizeSettings,
+            {"JOBS_TABLE": "t", "REFUND_RECHECK_DELAYS": "10,x"},
+            "REFUND_RECHECK_DELAYS",
+            "seconds",
+        ),
         (StoreOutputsSettings, {"OUTPUT_BUCKET": "  "}, "OUTPUT_BUCKET", "required"),
         (PollSettings, {"PROVIDER_BASE_URL": "ftp://x"}, "PROVIDER_BASE_URL", "http"),
         (IntakeSettings, {"POLL_INTERVAL_SECONDS": "two"}, "POLL_INTERVAL_SECONDS", "number"),

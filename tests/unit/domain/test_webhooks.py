@@ -21,6 +21,7 @@ from imagejobs.webhooks import (
     retry_delay,
     signed_headers,
     signing_key,
+    verification_problem,
 )
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -104,6 +105,62 @@ def test_signed_headers_verify_with_standardwebhooks_and_fail_when_tampered() ->
         Webhook(base64.b64encode(b"another key").decode()).verify(body, headers)
     with pytest.raises(ValueError, match="secret s is not a webhook signing secret"):
         signing_key("s", "")
+
+
+def _signed_delivery(at: datetime) -> tuple[str, dict[str, str]]:
+    """A SUBMITTED delivery's body and headers exactly as WebhookFunction signs and sends them."""
+    record = _record("SUBMITTED", None)
+    event = job_state_change(None, record)
+    assert event is not None
+    delivery = delivery_for(event, record)
+    assert delivery is not None
+    body = delivery.body()
+    return body, signed_headers(signing_key("s", SECRET), delivery, body, at)
+
+
+def test_the_receivers_check_passes_the_pipelines_own_delivery_and_agrees_with_standardwebhooks() -> None:
+    now = datetime.now(UTC)
+    body, headers = _signed_delivery(now)
+    assert verification_problem(Webhook(SECRET), body, headers, now=now) is None
+    # Header names are case-insensitive (HTTP servers often title-case them).
+    titled = {name.title(): value for name, value in headers.items()}
+    assert verification_problem(Webhook("whsec_" + SECRET), body, titled, now=now) is None
+    assert Webhook(SECRET).verify(body, titled)["data"]["status"] == "SUBMITTED"
+    # A body changed in transit, even by a trailing newline: both checks refuse it.
+    for tampered in (body + "\n", body.replace("SUBMITTED", "COMPLETED")):
+        assert verification_problem(Webhook(SECRET), tampered, headers, now=now) is not None
+        with pytest.raises(WebhookVerificationError):
+            Webhook(SECRET).verify(tampered, headers)
+
+
+def test_the_receivers_check_says_why_a_delivery_does_not_verify() -> None:
+    signed_at = datetime(2026, 12, 2, 15, 0, 0, tzinfo=UTC)
+    body, headers = _signed_delivery(signed_at)
+    at = signed_at.timestamp()
+
+    def problem(body: str = body, headers: dict[str, str] = headers, secret: str = SECRET, **kw: Any) -> Any:
+        now = datetime.fromtimestamp(at + kw.pop("later", 0), UTC)
+        return verification_problem(Webhook(secret), body, headers, now=now, **kw)
+
+    wrong = "wrong signature: no v1 signature matches"
+    assert problem(body.replace("SUBMITTED", "COMPLETED")).startswith(wrong)
+    assert problem(secret=base64.b64encode(b"another key").decode()).startswith(wrong)
+    assert problem(headers=headers | {"webhook-id": "job-1/COMPLETED"}).startswith(wrong)
+    assert problem(later=301) == "timestamp too old: 301 s before now (tolerance 300 s)"
+    assert problem(later=-400) == "timestamp too new: 400 s after now (tolerance 300 s)"
+    assert problem(later=301, tolerance=3600) is None  # a saved delivery checked later
+    assert problem(later=2, tolerance=1) == "timestamp too old: 2 s before now (tolerance 1 s)"
+    without = {k: v for k, v in headers.items() if k not in ("webhook-id", "webhook-signature")}
+    assert problem(headers=without) == "missing header webhook-id, webhook-signature"
+    assert problem(headers=headers | {"webhook-timestamp": "yesterday"}) == (
+        "webhook-timestamp must be Unix seconds, got 'yesterday'"
+    )
+    assert problem(headers=headers | {"webhook-signature": "v2,abc"}).startswith(
+        "webhook-signature has no v1"
+    )
+    # One good signature among several (a secret being rotated) is enough; garbage ones are skipped.
+    several = headers | {"webhook-signature": "v1,!!notbase64 " + headers["webhook-signature"]}
+    assert problem(headers=several) is None
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,27 @@ def test_pre_debit_then_refund_on_failure() -> None:
     assert (stats["balance"], stats["spent"], stats["refunded"], stats["net"]) == (7, 6, 3, 3)
 
 
+def test_a_refund_can_lag_the_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    import imagejobs_tools.sim.state as sim_state
+
+    clock = [1000.0]
+    monkeypatch.setattr(sim_state.time, "monotonic", lambda: clock[0])
+    sim = state()
+    lagging = sim.create_task(
+        KEY, request(providerInput={"simFailCode": "X_FAILED", "simRefundDelaySeconds": 5})
+    )
+
+    assert sim.find_task(lagging.task_id, KEY) is lagging
+    assert (lagging.status, lagging.refunded, sim.accounts[KEY].balance) == (2, False, 7)
+    assert render_snapshot(lagging, "quickstart", "http://sim")["creditRefunded"] is False
+    clock[0] += 5
+    sim.find_task(lagging.task_id, KEY)
+    assert (lagging.refunded, sim.accounts[KEY].balance) == (True, 10)
+    assert sim.stats()["keys"][mask_key(KEY)]["refunded"] == 3
+    _, errors = validate_submission("image", {"prompt": "p", "providerInput": {"simRefundDelaySeconds": -1}})
+    assert "simRefundDelaySeconds must be a number between 0 and 3600" in str(errors)
+
+
 def test_insufficient_credits_charges_nothing() -> None:
     sim = state()
     sim.create_task(KEY, request(model="nano-banana-2", resolution="4K"))  # 8 of 10

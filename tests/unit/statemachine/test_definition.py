@@ -76,13 +76,14 @@ def test_work_tasks_catch_everything_into_record_error(definition: dict[str, Any
 
 
 def test_recording_tasks_retry_everything_generously_and_keep_the_state(definition: dict[str, Any]) -> None:
-    for name in ("RecordFailed", "RecordTimedOut", "RecordError"):
+    for name in ("RecordFailed", "RecordTimedOut", "RecordError", "RecordRefund"):
         state = definition["States"][name]
         assert state["Parameters"]["FunctionName"] == "${FinalizeFunctionArn}"
         [retrier] = state["Retry"]
         assert retrier["ErrorEquals"] == ["States.ALL"]
         assert retrier["MaxAttempts"] >= 5
-        assert state["ResultPath"] is None
+        # The state goes on whole; a provider failure's result adds only whether to recheck the refund.
+        assert state["ResultPath"] == ("$.refund" if name in ("RecordFailed", "RecordRefund") else None)
 
 
 def test_tasks_return_small_state_without_the_lambda_envelope(definition: dict[str, Any]) -> None:

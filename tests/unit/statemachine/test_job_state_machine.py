@@ -70,7 +70,7 @@ def store_ok(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def finalize_ok(event: dict[str, Any]) -> dict[str, Any]:
-    return {"jobId": event["jobId"], "status": "recorded"}
+    return {"jobId": event["jobId"], "status": "recorded", "refundRecheckAfterSeconds": 0, "refundChecks": 0}
 
 
 def install(
@@ -115,11 +115,65 @@ def test_provider_failure_is_recorded_as_failed_and_execution_succeeds(
     result = state_machine.run(execution_input())
 
     assert result.status == "SUCCEEDED"
-    assert result.entered_states[-2:] == ["RecordFailed", "ProviderFailureRecorded"]
+    assert result.entered_states[-3:] == ["RecordFailed", "RefundPending", "ProviderFailureRecorded"]
     assert state_machine.fakes.events_for(FINALIZE) == [
         {"jobId": "job-1", "taskId": "tsk_1", "outcome": "FAILED", "poll": failed, "polls": 1}
     ]
     assert state_machine.fakes.events_for(STORE) == []
+
+
+def finalize_awaiting_refund(rechecks: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """FinalizeFunction as `refund_recheck_after` answers while no refund shows: a 1-s wait (the
+    engine waits in real time, whole seconds) after FAILED and each recheck, `rechecks` times."""
+
+    def handler(event: dict[str, Any]) -> dict[str, Any]:
+        checks = event["refundChecks"] + 1 if event["outcome"] == "REFUND" else 0
+        more = checks < rechecks and not event["poll"]["creditsRefunded"]
+        recheck = {"refundRecheckAfterSeconds": 1 if more else 0, "refundChecks": checks}
+        return finalize_ok(event) | recheck
+
+    return handler
+
+
+def test_a_failure_without_its_refund_reads_the_task_again_until_the_refund_shows(
+    state_machine: StateMachineHarness,
+) -> None:
+    unrefunded = poll_result("FAILED") | {"creditsRefunded": False}
+    install(
+        state_machine,
+        scripted_poll(unrefunded, unrefunded, poll_result("FAILED")),
+        finalize=finalize_awaiting_refund(rechecks=3),
+    )
+
+    result = state_machine.run(execution_input())
+
+    assert result.status == "SUCCEEDED"
+    recheck = ["RefundPending", "WaitForRefund", "RecheckRefund", "RecordRefund"]
+    assert result.entered_states[3:] == [
+        "RecordFailed",
+        *recheck,
+        *recheck,
+        "RefundPending",
+        "ProviderFailureRecorded",
+    ]
+    events = state_machine.fakes.events_for(FINALIZE)
+    assert [(e["outcome"], e.get("refundChecks"), e["poll"]["creditsRefunded"]) for e in events] == [
+        ("FAILED", None, False), ("REFUND", 0, False), ("REFUND", 1, True),
+    ]  # fmt: skip
+
+
+def test_the_refund_rechecks_stop_at_their_limit_and_never_run_on_an_execution_that_hands_over(
+    state_machine: StateMachineHarness,
+) -> None:
+    unrefunded = poll_result("FAILED") | {"creditsRefunded": False}
+    install(state_machine, scripted_poll(*[unrefunded] * 3), finalize=finalize_awaiting_refund(rechecks=2))
+    assert state_machine.run(execution_input()).entered_states.count("RecheckRefund") == 2
+
+    install(state_machine, scripted_poll(unrefunded), finalize=finalize_awaiting_refund(rechecks=2))
+    handing_over = execution_input("job-2") | {"handoverAfterSeconds": 120, "segmentStartedAt": 1767225000.0}
+    result = state_machine.run(handing_over)
+    assert result.status == "SUCCEEDED"
+    assert result.entered_states[-3:] == ["RecordFailed", "RefundPending", "ProviderFailureRecorded"]
 
 
 def test_deadline_exceeded_records_timed_out_and_fails_execution(state_machine: StateMachineHarness) -> None:
