@@ -34,6 +34,8 @@ EXIT_FAILED = 1
 EXIT_TARGET = 3
 LAST_SUBMIT_FILE = Path(".imagejobs") / "last-submit.txt"
 MAX_LISTED_FAILURES = 20
+# Where the pipeline writes the results of a `submit --file` batch (its function may write there).
+BATCH_RESULTS_PREFIX = "batch-results/"
 
 TARGET_HELP = """\
 target: --local (or IMAGEJOBS_LOCAL=1, or the default when .imagejobs/local-stack.json
@@ -70,7 +72,9 @@ def register(subparsers: Any) -> None:
             "limit); the pipeline validates the fields and records invalid jobs as REJECTED with field "
             "errors (see `imagejobs status`). A jobId is generated (job-<hex>) when not given; resending "
             "the same jobId never runs the job twice. The ids sent are also written to "
-            f"{LAST_SUBMIT_FILE} for `watch --since-submit`."
+            f"{LAST_SUBMIT_FILE} for `watch --since-submit`. A --file is a batch (`imagejobs batch "
+            "status|results|sheet`): every line's job gets its batchId and line number, and, when it "
+            "names no jobId, the job id <batchId>-<line>."
         ),
         **common,
     )
@@ -87,6 +91,10 @@ def register(subparsers: Any) -> None:
         "--metadata", action="extend", nargs="+", default=[], metavar="K=V", help="metadata key=value"
     )
     submit.add_argument("--output-prefix", help="S3 key prefix for the outputs (relative)")
+    submit.add_argument(
+        "--batch-id",
+        help="the batch of a --file (default: generated, b-<hex>); the same id again resumes it",
+    )
     submit.add_argument("--json", action="store_true", help="print one JSON object per job")
     submit.set_defaults(func=_guarded(cmd_submit))
 
@@ -353,6 +361,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from imagejobs_tools.jobcli.messages import (
         LineError,
         MessageShapeError,
+        batch_id_problem,
         build_message,
         iter_jsonl,
         parse_metadata,
@@ -363,6 +372,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _usage_error("give either a PROMPT or --file JOBS.jsonl")
     if args.file and args.job_id:
         return _usage_error("--job-id applies to a single PROMPT, not to --file (put jobId in each line)")
+    if args.batch_id is not None:
+        if args.file is None:
+            return _usage_error("--batch-id applies to --file, not to a single PROMPT")
+        if (problem := batch_id_problem(args.batch_id)) is not None:
+            return _usage_error(problem)
     try:
         metadata = parse_metadata(args.metadata)
         if args.file is None:
@@ -380,7 +394,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _usage_error(str(exc))
 
     target = resolve(args)
-    client = open_client(target, queue=True)
+    client = open_client(target, queue=True, table=args.file is not None)
+    batch_id: str | None = None
+    if args.file is not None:
+        try:
+            batch_id = args.batch_id or _new_batch_id(args.file)
+        except OSError as exc:
+            return _usage_error(f"cannot read {args.file}: {exc.strerror or exc}")
     bad_line_sources: list[str] = []  # the first few, for the summary
     bad_lines = 0
     send_failures = 0
@@ -397,7 +417,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
         del defaults["jobId"], defaults["prompt"]
         nonlocal bad_lines
-        for item in iter_jsonl(iter(lambda: stream.read(65536), b""), args.file, defaults):
+        for item in iter_jsonl(iter(lambda: stream.read(65536), b""), args.file, defaults, batch_id):
             if isinstance(item, LineError):
                 bad_lines += 1
                 if len(bad_line_sources) < MAX_LISTED_FAILURES:
@@ -416,6 +436,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 stream = sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
             except OSError as exc:
                 return _usage_error(f"cannot read {args.file}: {exc.strerror or exc}")
+            assert batch_id is not None  # every --file is a batch
+            _open_batch(client, target, batch_id, args.file)
             results = client.submit_messages(outgoing(stream))
         try:
             for result in results:
@@ -423,6 +445,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     sent += 1
                     remember(result.job_id)
                     line = {"jobId": result.job_id, "source": result.source, "messageId": result.message_id}
+                    line |= {"batchId": batch_id} if batch_id else {}
                     print(json.dumps(line) if args.json else result.job_id, flush=True)
                 else:
                     send_failures += 1
@@ -431,14 +454,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     if args.json:
                         failure = {"jobId": result.job_id, "source": result.source, "error": result.error}
                         print(json.dumps(failure), flush=True)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, KeyboardInterrupt):
             # Say how far it got (the ids printed are the ones sent), then the one-line error.
             _error(f"stopped after sending {count_of(sent, 'job')}")
+            if batch_id is not None:
+                _error(f"batch {batch_id} left open: run the same command with --batch-id {batch_id}")
             raise
 
-    if args.file is not None:
+    if batch_id is not None:
+        # Only the lines sent have (or will have) a record: the batch completes when they are done.
+        client.batch_store().set_expected(batch_id, sent)
         failed = bad_lines + send_failures
-        where = target.description
+        where = f"{target.description} as batch {batch_id}"
         if failed:
             more = " …" if bad_lines > len(bad_line_sources) else ""
             listed = f"; bad lines: {', '.join(bad_line_sources)}{more}" if bad_lines else ""
@@ -448,7 +475,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
             )
         else:
             _error(f"sent {count_of(sent, 'job')} to {where}")
+        _error(f"follow it with: imagejobs batch status {batch_id}")
     return EXIT_FAILED if bad_lines or send_failures else EXIT_OK
+
+
+def _new_batch_id(file: str) -> str:
+    """A fresh batch id: a file's content is hashed in a first pass (streamed); stdin is read once."""
+    from imagejobs_tools.jobcli.client import file_sha256
+    from imagejobs_tools.jobcli.messages import new_batch_id
+
+    return new_batch_id(None if file == "-" else file_sha256(Path(file)), time.time())
+
+
+def _open_batch(client: JobsClient, target: Target, batch_id: str, file: str) -> None:
+    """The batch item, before any job of it is sent (its jobs are counted in it as they finish)."""
+    from imagejobs.batches import BatchFiles
+
+    files = BatchFiles(target.require_bucket_name(), f"{BATCH_RESULTS_PREFIX}{batch_id}")
+    client.batch_store().open(batch_id, files, {"file": "<stdin>" if file == "-" else Path(file).name})
 
 
 class _LastSubmitWriter:
