@@ -305,6 +305,12 @@ class JobsClient:
                 record.job_id, output.bucket, output.key, destination, sha256=output.sha256, size=output.bytes
             )
 
+    def object_bytes(self, bucket: str, key: str) -> bytes:
+        """One object's bytes (a contact sheet's thumbnail): small objects only."""
+        if self._s3 is None:
+            raise RuntimeError("JobsClient has no S3 client")
+        return self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
     def fetch(
         self,
         job_id: str,

@@ -15,9 +15,10 @@ import json
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from imagejobs_tools.jobcli.records import ALL_STATUSES, TERMINAL_STATUSES
 from imagejobs_tools.jobcli.render import count_of
@@ -207,6 +208,8 @@ def register(subparsers: Any) -> None:
     budget.add_argument("--json", action="store_true", help="print the day as JSON")
     budget.set_defaults(func=_guarded(cmd_budget))
 
+    register_batch(subparsers, common)
+
     download = subparsers.add_parser(
         "download",
         help="download job outputs",
@@ -220,6 +223,61 @@ def register(subparsers: Any) -> None:
     download.add_argument("--since-submit", action="store_true", help="the jobs of the last submit")
     download.add_argument("--out", default="downloads", help="output directory (default ./downloads)")
     download.set_defaults(func=_guarded(cmd_download))
+
+
+def register_batch(subparsers: Any, common: dict[str, Any]) -> None:
+    batch = subparsers.add_parser(
+        "batch",
+        help="a batch's progress, outputs and contact sheet",
+        description=_wrap(
+            "A batch is a `submit --file` or a JSONL upload under batches/ (docs/batches.md); its id "
+            "is printed by submit (b-<hex>) and is every job's batchId."
+        ),
+    )
+    commands = batch.add_subparsers(dest="batch_command", metavar="COMMAND", required=True)
+    status = commands.add_parser(
+        "status",
+        help="progress by status, credits, ETA and where the results are",
+        description=_wrap(
+            "The batch item's counters (jobs terminal, by status; the batch's size once its intake "
+            "has read it all), credits (the summary's once COMPLETED, else summed over the records), "
+            "the ETA at the rate jobs finished over the last 10 minutes, and the results files."
+        ),
+        **common,
+    )
+    status.add_argument("batch_id", metavar="BATCH_ID")
+    status.add_argument("--json", action="store_true", help="print the progress as JSON")
+    status.set_defaults(func=_guarded(cmd_batch_status))
+
+    results = commands.add_parser(
+        "results",
+        help="download every output of the batch's COMPLETED jobs, and its results file",
+        description=_wrap(
+            "Each output of each COMPLETED job to DIR/<jobId>/<n>.<ext> as `imagejobs download` does "
+            "(a file already there with the recorded sha256 is kept: run it again to resume), and "
+            "DIR/results.jsonl: the pipeline's once the batch is COMPLETED, else one built from the "
+            "records so far."
+        ),
+        **common,
+    )
+    results.add_argument("batch_id", metavar="BATCH_ID")
+    results.add_argument("--out", help="output directory (default ./<BATCH_ID>)")
+    results.set_defaults(func=_guarded(cmd_batch_results))
+
+    sheet = commands.add_parser(
+        "sheet",
+        help="write the batch's contact sheet: one self-contained HTML page",
+        description=_wrap(
+            "One row per job in line order: thumbnails, prompt, status, credits, the failure with its "
+            "reasons; buttons filter by status. Images are embedded (data: URIs) unless --images "
+            "names the directory of an `imagejobs batch results`, which the page then links to."
+        ),
+        **common,
+    )
+    sheet.add_argument("batch_id", metavar="BATCH_ID")
+    sheet.add_argument("--out", required=True, help="the HTML file to write, e.g. sheet.html")
+    sheet.add_argument("--images", help="link images from this `batch results` directory, not embed them")
+    sheet.set_defaults(func=_guarded(cmd_batch_sheet))
 
 
 # -- plumbing -----------------------------------------------------------------------------
@@ -724,3 +782,180 @@ def cmd_download(args: argparse.Namespace) -> int:
             failed += 1
             _error(f"error: {job_id}: cannot write under {out_dir}: {exc.strerror or exc}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+def _require_batch(client: JobsClient, target: Target, batch_id: str) -> dict[str, Any] | None:
+    batch = client.batch(batch_id)
+    if batch is None:
+        _error(
+            f"error: no batch {batch_id!r} in {target.description} (a batch is known once "
+            "`submit --file` or the intake of its upload has opened it; ids look like b-<hex>)"
+        )
+    return batch
+
+
+def cmd_batch_status(args: argparse.Namespace) -> int:
+    from imagejobs_tools.jobcli.batchstatus import batch_progress, progress_lines
+
+    target = resolve(args)
+    client = open_client(target, table=True)
+    batch = _require_batch(client, target, args.batch_id)
+    if batch is None:
+        return EXIT_FAILED
+    # Read only while the batch is not COMPLETED (its summary has the credits then).
+    records = (record.data for record in client.batch_lines(args.batch_id))
+    progress = batch_progress(batch, records, time.time())
+    if args.json:
+        print(json.dumps(progress.to_json(), sort_keys=True))
+    else:
+        print("\n".join(progress_lines(progress)))
+    return EXIT_OK
+
+
+def cmd_batch_results(args: argparse.Namespace) -> int:
+    from imagejobs.batches import COMPLETED, BatchFiles
+
+    target = resolve(args)
+    client = open_client(target, table=True, s3=True)
+    batch = _require_batch(client, target, args.batch_id)
+    if batch is None:
+        return EXIT_FAILED
+    out_dir = Path(args.out or args.batch_id)
+    files = BatchFiles.of(batch)
+    results_uri = f"s3://{files.bucket}/{files.results_key}"
+    written = batch.get("batchStatus") == COMPLETED
+    results_path = out_dir / "results.jsonl"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # Until the pipeline's is written, one from the records so far (to the side: a crash leaves none).
+        built = None if written else results_path.with_name(results_path.name + ".part").open("wb")
+    except OSError as exc:
+        return _usage_error(f"cannot write under {out_dir}: {exc.strerror or exc}")
+    with built or contextlib.nullcontext():
+        tally = _download_batch(client, args.batch_id, batch, out_dir, built)
+    if built is not None:
+        Path(built.name).replace(results_path)
+        status = batch.get("batchStatus")
+        note = f"built from the records (the batch is {status}; {results_uri} is written once it completes)"
+    else:
+        client.fetch(args.batch_id, files.bucket, files.results_key, results_path)
+        note = f"the pipeline's {results_uri}"
+    _error(f"{results_path}: {note}")
+    _error(
+        f"{out_dir}: {count_of(tally.downloaded, 'file')} downloaded, {tally.kept} already there; "
+        f"{count_of(tally.failed, 'job')} failed; "
+        f"{count_of(tally.not_completed, 'job')} not COMPLETED (no outputs)"
+    )
+    return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+@dataclass
+class _BatchDownload:
+    downloaded: int = 0
+    kept: int = 0  # already there with the recorded sha256 (a resumed run)
+    failed: int = 0
+    not_completed: int = 0
+
+
+def _download_batch(
+    client: JobsClient, batch_id: str, batch: Mapping[str, Any], out_dir: Path, results: IO[bytes] | None
+) -> _BatchDownload:
+    """Each COMPLETED job's outputs, with a progress bar on stderr; each line to `results` if given."""
+    import botocore.exceptions
+    from imagejobs.batch_results import encoded_result_line
+    from rich.progress import Progress
+
+    from imagejobs_tools.jobcli.batchstatus import terminal_counts
+    from imagejobs_tools.jobcli.client import ChecksumMismatch
+    from imagejobs_tools.jobcli.target import describe_aws_error
+
+    tally = _BatchDownload()
+    with Progress(console=_stderr_console()) as progress:
+        bar = progress.add_task("outputs", total=terminal_counts(batch).get("COMPLETED"))
+        for record in client.batch_lines(batch_id):
+            if results is not None:
+                results.write(encoded_result_line(record.data))
+            if record.status != "COMPLETED":
+                tally.not_completed += 1
+                continue
+            try:
+                for downloaded in client.download(record, out_dir):
+                    if downloaded.skipped:
+                        tally.kept += 1
+                    else:
+                        tally.downloaded += 1
+            except ChecksumMismatch as exc:
+                tally.failed += 1
+                progress.console.print(f"imagejobs: error: {exc}")
+            except botocore.exceptions.ClientError as exc:
+                tally.failed += 1
+                doing = f"downloading the outputs of {record.job_id}"
+                progress.console.print(f"imagejobs: error: {describe_aws_error(exc, doing)}")
+            progress.advance(bar)
+    return tally
+
+
+def cmd_batch_sheet(args: argparse.Namespace) -> int:
+    from imagejobs_tools.jobcli.batchstatus import terminal_counts
+    from imagejobs_tools.jobcli.sheet import render_sheet, sheet_row
+
+    images_dir = Path(args.images) if args.images else None
+    if images_dir is not None and not images_dir.is_dir():
+        return _usage_error(
+            f"--images: {images_dir} is not a directory (run `imagejobs batch results` first)"
+        )
+    out = Path(args.out)
+    target = resolve(args)
+    client = open_client(target, table=True, s3=images_dir is None)
+    batch = _require_batch(client, target, args.batch_id)
+    if batch is None:
+        return EXIT_FAILED
+    tally = (
+        ", ".join(f"{n} {status}" for status, n in terminal_counts(batch).items()) or "no job finished yet"
+    )
+    written = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    subtitle = f"{batch.get('batchStatus')}: {tally}; written {written}"
+    counts = {"jobs": 0, "images": 0}
+
+    def rows() -> Iterator[Any]:
+        for record in client.batch_lines(args.batch_id):
+            images = _sheet_images(client, record, images_dir, out.parent)
+            counts["jobs"] += 1
+            counts["images"] += len(images)
+            yield sheet_row(record, images)
+
+    partial = out.with_name(out.name + ".part")
+    try:
+        with partial.open("w", encoding="utf-8") as stream:
+            stream.writelines(render_sheet(args.batch_id, subtitle, rows()))
+        partial.replace(out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        return _usage_error(f"cannot write {out}: {exc.strerror or exc}")
+    how = f"linked from {images_dir}" if images_dir is not None else "embedded"
+    _error(f"wrote {out}: {count_of(counts['jobs'], 'job')}, {count_of(counts['images'], 'image')} ({how})")
+    return EXIT_OK
+
+
+def _sheet_images(client: JobsClient, record: Any, images_dir: Path | None, page_dir: Path) -> list[Any]:
+    """A COMPLETED job's outputs for the sheet: embedded, or the files `batch results` wrote."""
+    import os
+
+    from imagejobs_tools.jobcli.client import output_extension
+    from imagejobs_tools.jobcli.sheet import SheetImage, data_uri
+
+    if record.status != "COMPLETED":
+        return []
+    images = []
+    for index, output in enumerate(record.outputs):
+        alt = f"{record.job_id} output {index}"
+        if images_dir is None:
+            src = data_uri(output.content_type, client.object_bytes(output.bucket, output.key))
+        else:
+            path = images_dir / record.job_id / f"{index}{output_extension(output)}"
+            src = Path(os.path.relpath(path, page_dir)).as_posix()
+        images.append(SheetImage(src, alt))
+    return images
