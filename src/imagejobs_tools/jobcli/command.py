@@ -929,6 +929,7 @@ def cmd_batch_sheet(args: argparse.Namespace) -> int:
 
     partial = out.with_name(out.name + ".part")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("w", encoding="utf-8") as stream:
             stream.writelines(render_sheet(args.batch_id, subtitle, rows()))
         partial.replace(out)

@@ -100,6 +100,7 @@ h1{font-size:1.3em;margin:0 0 .3em}
 table{border-collapse:collapse;width:100%}
 th,td{border-bottom:1px solid #ddd;padding:.4em .5em;text-align:left;vertical-align:top}
 td.images img{width:160px;height:160px;object-fit:contain;background:#eee;margin:0 .3em .3em 0}
+td.job{white-space:nowrap}
 td.prompt{white-space:pre-wrap;max-width:32em;overflow-wrap:anywhere}
 .status-COMPLETED{color:#17622b}.status-FAILED,.status-TIMED_OUT,.status-REJECTED,.status-SUBMIT_UNKNOWN{color:#a31515}
 .failure .code{font-weight:bold}
