@@ -49,7 +49,14 @@ class BatchProgress:
         return None if self.expected is None else max(0, self.expected - self.done)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "creditsSpent": self.credits_spent, "remaining": self.remaining}
+        """`--json`: the fields in the records' camelCase, with the derived ones."""
+        fields = {_camel(name): value for name, value in asdict(self).items()}
+        return {**fields, "creditsSpent": self.credits_spent, "remaining": self.remaining}
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
 
 
 def terminal_counts(batch: Mapping[str, Any]) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""`imagejobs submit|status|list|watch|download`: thin commands over `JobsClient`.
+"""`imagejobs submit|status|list|watch|download|batch …`: thin commands over `JobsClient`.
 
 boto3 and rich load inside the command functions so `imagejobs --help` stays fast.
 Exit codes: 0 success; 1 the command ran but something failed (a line or job not
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
     from imagejobs_tools.jobcli.client import JobsClient
     from imagejobs_tools.jobcli.messages import OutgoingJob
+    from imagejobs_tools.jobcli.records import JobRecord
+    from imagejobs_tools.jobcli.sheet import SheetImage
     from imagejobs_tools.jobcli.target import Target
 
 EXIT_OK = 0
@@ -453,12 +455,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     target = resolve(args)
     client = open_client(target, queue=True, table=args.file is not None)
-    batch_id: str | None = None
-    if args.file is not None:
-        try:
-            batch_id = args.batch_id or _new_batch_id(args.file)
-        except OSError as exc:
-            return _usage_error(f"cannot read {args.file}: {exc.strerror or exc}")
+    batch_id: str | None = None  # every --file is a batch
     bad_line_sources: list[str] = []  # the first few, for the summary
     bad_lines = 0
     send_failures = 0
@@ -490,11 +487,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             results = client.submit_messages([single_job])
         else:
             try:
+                batch_id = args.batch_id or _new_batch_id(args.file)
                 # Binary lines: a line that is not UTF-8 is reported like any other bad line.
                 stream = sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
             except OSError as exc:
                 return _usage_error(f"cannot read {args.file}: {exc.strerror or exc}")
-            assert batch_id is not None  # every --file is a batch
             _open_batch(client, target, batch_id, args.file)
             results = client.submit_messages(outgoing(stream))
         try:
@@ -894,13 +891,18 @@ def _download_batch(
                 tally.failed += 1
                 doing = f"downloading the outputs of {record.job_id}"
                 progress.console.print(f"imagejobs: error: {describe_aws_error(exc, doing)}")
+            except OSError as exc:
+                tally.failed += 1
+                progress.console.print(
+                    f"imagejobs: error: {record.job_id}: cannot write under {out_dir}: {exc}"
+                )
             progress.advance(bar)
     return tally
 
 
 def cmd_batch_sheet(args: argparse.Namespace) -> int:
     from imagejobs_tools.jobcli.batchstatus import terminal_counts
-    from imagejobs_tools.jobcli.sheet import render_sheet, sheet_row
+    from imagejobs_tools.jobcli.sheet import SheetRow, render_sheet, sheet_row
 
     images_dir = Path(args.images) if args.images else None
     if images_dir is not None and not images_dir.is_dir():
@@ -920,7 +922,7 @@ def cmd_batch_sheet(args: argparse.Namespace) -> int:
     subtitle = f"{batch.get('batchStatus')}: {tally}; written {written}"
     counts = {"jobs": 0, "images": 0}
 
-    def rows() -> Iterator[Any]:
+    def rows() -> Iterator[SheetRow]:
         for record in client.batch_lines(args.batch_id):
             images = _sheet_images(client, record, images_dir, out.parent)
             counts["jobs"] += 1
@@ -941,12 +943,18 @@ def cmd_batch_sheet(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _sheet_images(client: JobsClient, record: Any, images_dir: Path | None, page_dir: Path) -> list[Any]:
+def _sheet_images(
+    client: JobsClient, record: JobRecord, images_dir: Path | None, page_dir: Path
+) -> list[SheetImage]:
     """A COMPLETED job's outputs for the sheet: embedded, or the files `batch results` wrote."""
+    import mimetypes
     import os
+
+    import botocore.exceptions
 
     from imagejobs_tools.jobcli.client import output_extension
     from imagejobs_tools.jobcli.sheet import SheetImage, data_uri
+    from imagejobs_tools.jobcli.target import describe_aws_error
 
     if record.status != "COMPLETED":
         return []
@@ -954,7 +962,14 @@ def _sheet_images(client: JobsClient, record: Any, images_dir: Path | None, page
     for index, output in enumerate(record.outputs):
         alt = f"{record.job_id} output {index}"
         if images_dir is None:
-            src = data_uri(output.content_type, client.object_bytes(output.bucket, output.key))
+            try:
+                body = client.object_bytes(output.bucket, output.key)
+            except botocore.exceptions.ClientError as exc:
+                # One missing object (e.g. expired by a lifecycle rule) leaves its row without it.
+                _error(f"warning: {describe_aws_error(exc, f'reading s3://{output.bucket}/{output.key}')}")
+                continue
+            content_type = output.content_type or mimetypes.guess_type(output.key)[0]
+            src = data_uri(content_type, body)
         else:
             path = images_dir / record.job_id / f"{index}{output_extension(output)}"
             src = Path(os.path.relpath(path, page_dir)).as_posix()

@@ -133,8 +133,8 @@ def test_a_batch_from_submit_to_its_results_and_contact_sheet(
     assert (progress["done"], progress["expected"], progress["remaining"]) == (3, 5, 2)
     assert progress["terminal"] == {"COMPLETED": 1, "FAILED": 1, "REJECTED": 1}
     assert progress["running"] == {"RECEIVED": 1, "SUBMITTED": 1}
-    assert (progress["credits_used"], progress["credits_refunded"], progress["creditsSpent"]) == (9, 3, 6)
-    assert progress["eta_seconds"] is not None and progress["eta_seconds"] > 0
+    assert (progress["creditsUsed"], progress["creditsRefunded"], progress["creditsSpent"]) == (9, 3, 6)
+    assert progress["etaSeconds"] is not None and progress["etaSeconds"] > 0
     text = stack.run("batch", "status", batch_id)
     assert text.returncode == 0 and "3 of 5 done (60%)" in text.stdout
 
@@ -174,7 +174,7 @@ def test_a_batch_from_submit_to_its_results_and_contact_sheet(
     )
     summary = pipeline.write_results(batch_id)
     progress = _json(stack.run("batch", "status", batch_id, "--json"))
-    assert (progress["batch_status"], progress["credits_from"], progress["credits_used"]) == (
+    assert (progress["batchStatus"], progress["creditsFrom"], progress["creditsUsed"]) == (
         "COMPLETED",
         "summary",
         12,  # 3 COMPLETED and the FAILED one (refunded): 3 credits each

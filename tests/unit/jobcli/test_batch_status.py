@@ -93,7 +93,8 @@ def test_a_batch_still_being_read_has_no_size_and_an_unknown_eta() -> None:
     assert progress.expected is None and progress.eta_seconds is None
     text = "\n".join(progress_lines(progress))
     assert "still reading the batch" in text and "unknown" in text
-    assert progress.to_json()["remaining"] is None
+    shown = progress.to_json()
+    assert (shown["remaining"], shown["etaSeconds"], shown["batchStatus"]) == (None, None, "OPEN")
 
 
 def test_a_completed_batch_takes_its_credits_from_the_summary_and_reads_no_records() -> None:
