@@ -60,8 +60,10 @@ def test_a_running_job_is_cancelled_and_a_finished_one_left(control_stack: Local
     stack = control_stack
     batch = f"b-{uuid.uuid4().hex[:8]}"
     slow, quick = f"{batch}-slow", f"{batch}-quick"
-    send(stack, jobId=slow, batchId=batch, prompt="slow", providerInput={"simLatencySeconds": 60})
-    send(stack, jobId=quick, batchId=batch, prompt="quick")
+    send(
+        stack, jobId=slow, batchId=batch, batchLine=1, prompt="slow", providerInput={"simLatencySeconds": 60}
+    )
+    send(stack, jobId=quick, batchId=batch, batchLine=2, prompt="quick")
     status_of(stack, quick, "COMPLETED")
     running = status_of(stack, slow, "SUBMITTED")
 
@@ -85,7 +87,7 @@ def test_failed_jobs_of_a_batch_are_retried_once_as_new_linked_jobs(control_stac
     original = f"{batch}-1"
     sim.set_faults(task_failure_rate=1.0)
     try:
-        send(stack, jobId=original, batchId=batch, prompt="retry me")
+        send(stack, jobId=original, batchId=batch, batchLine=1, prompt="retry me")
         status_of(stack, original, "FAILED")
     finally:
         sim.set_faults(task_failure_rate=0.0)

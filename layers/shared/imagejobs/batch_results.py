@@ -88,6 +88,11 @@ def result_line(record: Mapping[str, Any]) -> dict[str, Any]:
     return line
 
 
+def encoded_result_line(record: Mapping[str, Any]) -> bytes:
+    """One line of the results file, as written (UTF-8 JSON, keys sorted, newline)."""
+    return json.dumps(result_line(record), ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
+
+
 # ----------------------------------------------------------------------------- the summary
 
 
@@ -158,7 +163,10 @@ class BatchRecords:
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def in_line_order(self, batch_id: str) -> Iterator[dict[str, Any]]:
+    def in_line_order(self, batch_id: str, *, settled: bool = True) -> Iterator[dict[str, Any]]:
+        """Every record, a page at a time; ``settled``: each one terminal (read again from the table
+        when the index lags), else ``BatchNotSettled``. ``settled=False``: as the index shows them
+        (``imagejobs batch`` follows a batch still running)."""
         kwargs: dict[str, Any] = {
             "IndexName": BY_BATCH_INDEX,
             "KeyConditionExpression": "batchId = :id",
@@ -168,7 +176,7 @@ class BatchRecords:
             page = self.table.query(**kwargs)
             for item in page.get("Items", []):
                 record = from_dynamo(item)
-                if record.get("status") not in TERMINAL:
+                if settled and record.get("status") not in TERMINAL:
                     record = self._fresh(record)
                 yield record
             if "LastEvaluatedKey" not in page:
@@ -246,9 +254,7 @@ def _stream_results(
     for record in records:
         summary.add(record)
         if sink is not None:
-            sink.write(
-                json.dumps(result_line(record), ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
-            )
+            sink.write(encoded_result_line(record))
 
 
 def write_results(

@@ -146,15 +146,31 @@ def _rejected_job_id(document: Any, message_id: str) -> str:
     return message_id if jobs.JOB_ID_RE.match(message_id) else "invalid-" + message_id[:60]
 
 
-def partial_request(body: str | bytes | Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """What can be kept of an invalid message for the REJECTED record (small, known fields only)."""
+def _document(body: str | bytes | Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The message as a JSON object, or None (not JSON, or not an object)."""
     document: Any = body
     if not isinstance(body, Mapping):
         try:
             document = json.loads(body)
         except (ValueError, RecursionError):
             return None
-    if not isinstance(document, Mapping):
+    return document if isinstance(document, Mapping) else None
+
+
+def claimed_batch_line(body: str | bytes | Mapping[str, Any]) -> BatchLine | None:
+    """The batch line an invalid message names (``imagejobs submit --file`` sets both), if well formed:
+    its REJECTED record still counts in its batch, which otherwise would never complete."""
+    document = _document(body) or {}
+    batch_id, line = document.get("batchId"), document.get("batchLine")
+    if jobs.job_id_problem(batch_id) is not None or isinstance(line, bool) or not isinstance(line, int):
+        return None
+    return BatchLine(str(batch_id), line) if 1 <= line <= jobs.MAX_BATCH_LINE else None
+
+
+def partial_request(body: str | bytes | Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """What can be kept of an invalid message for the REJECTED record (small, known fields only)."""
+    document = _document(body)
+    if document is None:
         return None
     kept = {}
     for name in ("jobId", "model", "prompt", "aspectRatio"):
@@ -224,7 +240,12 @@ def handle_job_message(
         job_id = invalid.job_id or _rejected_job_id(partial, message_id)
         bind_job(job_id)
         result = store.put_rejected(
-            job_id, invalid.field_errors, request=partial, message=str(invalid), now=now()
+            job_id,
+            invalid.field_errors,
+            request=partial,
+            message=str(invalid),
+            batch=claimed_batch_line(body),
+            now=now(),
         )
         if result.applied:
             count(JOBS_REJECTED)

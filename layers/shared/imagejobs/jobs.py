@@ -15,7 +15,8 @@ from imagejobs import catalog, urls
 if TYPE_CHECKING:
     from imagejobs.config import JobInputSettings
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+JOB_ID_MAX_LENGTH = 80
+JOB_ID_RE = re.compile(rf"^[A-Za-z0-9_-]{{1,{JOB_ID_MAX_LENGTH}}}$")
 # A job id names its Step Functions execution (80 characters, no spaces or punctuation).
 JOB_ID_RULE = "must match ^[A-Za-z0-9_-]{1,80}$ (1-80 letters, digits, '_' or '-')"
 

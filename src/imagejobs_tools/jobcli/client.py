@@ -24,6 +24,7 @@ from imagejobs_tools.jobcli.records import ALL_STATUSES, JobRecord, OutputObject
 from imagejobs_tools.jobcli.target import SessionFactory, Target
 
 if TYPE_CHECKING:
+    from imagejobs.batches import BatchStore
     from imagejobs.budget import BudgetDay
     from imagejobs.store import JobStore
     from mypy_boto3_dynamodb.service_resource import Table
@@ -256,23 +257,29 @@ class JobsClient:
             records = [full.get(record.job_id, record) for record in records]
         return records
 
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        """The batch item (docs/batches.md): status, counters, where its results go; None if unknown."""
+        return self.batch_store().get(batch_id)
+
+    def batch_store(self) -> BatchStore:
+        """The domain's batch items over this table: `submit --file` opens one per batch."""
+        from imagejobs.batches import BatchStore
+
+        return BatchStore(self._require_table())
+
+    def batch_lines(self, batch_id: str) -> Iterator[JobRecord]:
+        """A batch's records in line order, as the `ByBatch` index projects them (what a results
+        line says), a page at a time; jobs still running included."""
+        from imagejobs.batch_results import BatchRecords
+
+        for record in BatchRecords(self._require_table()).in_line_order(batch_id, settled=False):
+            yield JobRecord(data=record)
+
     def batch_records(self, batch_id: str) -> list[JobRecord]:
-        """Every job record of a batch (`batchId`), oldest first. A filtered Scan: there is no batch
-        index yet, so this reads the whole table (fine for a CLI, not for a hot path)."""
-        table = self._require_table()
-        kwargs: dict[str, Any] = {
-            "FilterExpression": "batchId = :batch",
-            "ExpressionAttributeValues": {":batch": batch_id},
-            "ConsistentRead": True,
-        }
-        records: list[JobRecord] = []
-        while True:
-            page = table.scan(**kwargs)
-            records.extend(JobRecord.from_item(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                break
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return sorted(records, key=lambda record: str(record.data.get("createdAt", "")))
+        """Every job record of a batch, whole, in line order (the `ByBatch` index, then BatchGetItem)."""
+        job_ids = [record.job_id for record in self.batch_lines(batch_id)]
+        full = self.batch_get(job_ids)
+        return [full[job_id] for job_id in job_ids if job_id in full]
 
     def job_store(self) -> JobStore:
         """The domain's store over this table: cancel and retry use its conditional writes."""
@@ -289,33 +296,60 @@ class JobsClient:
     # -- outputs ------------------------------------------------------------------------
 
     def download(self, record: JobRecord, out_dir: Path) -> Iterator[DownloadedFile]:
-        """Stream each output object to `out_dir/<jobId>/<n>.<ext>`, verifying sha256 when recorded.
-
-        Raises `ChecksumMismatch` (the partial file is removed) on a bad object.
-        """
-        if self._s3 is None:
-            raise RuntimeError("JobsClient has no S3 client")
+        """Stream each output object to `out_dir/<jobId>/<n>.<ext>` (see `fetch`)."""
         job_dir = out_dir / record.job_id
         for index, output in enumerate(record.outputs):
             job_dir.mkdir(parents=True, exist_ok=True)
             destination = job_dir / f"{index}{output_extension(output)}"
-            if output.sha256 and destination.exists() and file_sha256(destination) == output.sha256.lower():
-                size = destination.stat().st_size
-                yield DownloadedFile(record.job_id, output.key, destination, size, output.sha256, True, True)
-                continue
-            partial = destination.with_name(destination.name + ".part")
-            try:
-                with partial.open("wb") as stream:
-                    self._s3.download_fileobj(output.bucket, output.key, stream)
-                # Hash after the download: s3transfer may write ranged parts out of order.
-                digest = file_sha256(partial)
-                if output.sha256 and digest != output.sha256.lower():
-                    raise ChecksumMismatch(record.job_id, output.key, output.sha256, digest)
-                partial.replace(destination)
-            finally:
-                partial.unlink(missing_ok=True)
-            size = destination.stat().st_size
-            yield DownloadedFile(record.job_id, output.key, destination, size, digest, bool(output.sha256))
+            yield self.fetch(
+                record.job_id, output.bucket, output.key, destination, sha256=output.sha256, size=output.bytes
+            )
+
+    def object_bytes(self, bucket: str, key: str) -> bytes:
+        """One object's bytes (a contact sheet's thumbnail): small objects only."""
+        if self._s3 is None:
+            raise RuntimeError("JobsClient has no S3 client")
+        return self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def fetch(
+        self,
+        job_id: str,
+        bucket: str,
+        key: str,
+        destination: Path,
+        *,
+        sha256: str | None = None,
+        size: int | None = None,
+    ) -> DownloadedFile:
+        """Stream one object to `destination` (through `.part`), verifying `sha256` when given.
+
+        A file already there with that sha256 (else that size) is kept, not fetched again; anything
+        else there (a partial or different file) is replaced. Raises `ChecksumMismatch` (the
+        partial file is removed) on a bad object.
+        """
+        if self._s3 is None:
+            raise RuntimeError("JobsClient has no S3 client")
+        expected = sha256.lower() if sha256 else None
+        if destination.exists():
+            if expected and file_sha256(destination) == expected:
+                return DownloadedFile(
+                    job_id, key, destination, destination.stat().st_size, expected, True, True
+                )
+            if not expected and size is not None and destination.stat().st_size == size:
+                digest = file_sha256(destination)
+                return DownloadedFile(job_id, key, destination, size, digest, False, True)
+        partial = destination.with_name(destination.name + ".part")
+        try:
+            with partial.open("wb") as stream:
+                self._s3.download_fileobj(bucket, key, stream)
+            # Hash after the download: s3transfer may write ranged parts out of order.
+            digest = file_sha256(partial)
+            if expected and digest != expected:
+                raise ChecksumMismatch(job_id, key, expected, digest)
+            partial.replace(destination)
+        finally:
+            partial.unlink(missing_ok=True)
+        return DownloadedFile(job_id, key, destination, destination.stat().st_size, digest, bool(expected))
 
 
 def output_extension(output: OutputObject) -> str:

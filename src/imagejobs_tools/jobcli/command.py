@@ -1,4 +1,4 @@
-"""`imagejobs submit|status|list|watch|download|…`: thin commands over `JobsClient` (`webhook`: its module).
+"""`imagejobs submit|status|list|watch|download|batch …`: thin commands over `JobsClient` (`webhook`: its module).
 
 boto3 and rich load inside the command functions so `imagejobs --help` stays fast.
 Exit codes: 0 success; 1 the command ran but something failed (a line or job not
@@ -15,9 +15,10 @@ import json
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from imagejobs_tools.jobcli.records import ALL_STATUSES, TERMINAL_STATUSES
 from imagejobs_tools.jobcli.render import count_of
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
     from imagejobs_tools.jobcli.client import JobsClient
     from imagejobs_tools.jobcli.messages import OutgoingJob
+    from imagejobs_tools.jobcli.records import JobRecord
+    from imagejobs_tools.jobcli.sheet import SheetImage
     from imagejobs_tools.jobcli.target import Target
 
 EXIT_OK = 0
@@ -34,6 +37,8 @@ EXIT_FAILED = 1
 EXIT_TARGET = 3
 LAST_SUBMIT_FILE = Path(".imagejobs") / "last-submit.txt"
 MAX_LISTED_FAILURES = 20
+# Where the pipeline writes the results of a `submit --file` batch (its function may write there).
+BATCH_RESULTS_PREFIX = "batch-results/"
 
 TARGET_HELP = """\
 target: --local (or IMAGEJOBS_LOCAL=1, or the default when .imagejobs/local-stack.json
@@ -70,7 +75,9 @@ def register(subparsers: Any) -> None:
             "limit); the pipeline validates the fields and records invalid jobs as REJECTED with field "
             "errors (see `imagejobs status`). A jobId is generated (job-<hex>) when not given; resending "
             "the same jobId never runs the job twice. The ids sent are also written to "
-            f"{LAST_SUBMIT_FILE} for `watch --since-submit`."
+            f"{LAST_SUBMIT_FILE} for `watch --since-submit`. A --file is a batch (`imagejobs batch "
+            "status|results|sheet`): every line's job gets its batchId and line number, and, when it "
+            "names no jobId, the job id <batchId>-<line>."
         ),
         **common,
     )
@@ -87,6 +94,10 @@ def register(subparsers: Any) -> None:
         "--metadata", action="extend", nargs="+", default=[], metavar="K=V", help="metadata key=value"
     )
     submit.add_argument("--output-prefix", help="S3 key prefix for the outputs (relative)")
+    submit.add_argument(
+        "--batch-id",
+        help="the batch of a --file (default: generated, b-<hex>); the same id again resumes it",
+    )
     submit.add_argument("--json", action="store_true", help="print one JSON object per job")
     submit.set_defaults(func=_guarded(cmd_submit))
 
@@ -199,6 +210,8 @@ def register(subparsers: Any) -> None:
     budget.add_argument("--json", action="store_true", help="print the day as JSON")
     budget.set_defaults(func=_guarded(cmd_budget))
 
+    register_batch(subparsers, common)
+
     download = subparsers.add_parser(
         "download",
         help="download job outputs",
@@ -216,6 +229,61 @@ def register(subparsers: Any) -> None:
     from imagejobs_tools.jobcli import webhook  # here: it imports this module's plumbing
 
     webhook.register(subparsers, common)
+
+
+def register_batch(subparsers: Any, common: dict[str, Any]) -> None:
+    batch = subparsers.add_parser(
+        "batch",
+        help="a batch's progress, outputs and contact sheet",
+        description=_wrap(
+            "A batch is a `submit --file` or a JSONL upload under batches/ (docs/batches.md); its id "
+            "is printed by submit (b-<hex>) and is every job's batchId."
+        ),
+    )
+    commands = batch.add_subparsers(dest="batch_command", metavar="COMMAND", required=True)
+    status = commands.add_parser(
+        "status",
+        help="progress by status, credits, ETA and where the results are",
+        description=_wrap(
+            "The batch item's counters (jobs terminal, by status; the batch's size once its intake "
+            "has read it all), credits (the summary's once COMPLETED, else summed over the records), "
+            "the ETA at the rate jobs finished over the last 10 minutes, and the results files."
+        ),
+        **common,
+    )
+    status.add_argument("batch_id", metavar="BATCH_ID")
+    status.add_argument("--json", action="store_true", help="print the progress as JSON")
+    status.set_defaults(func=_guarded(cmd_batch_status))
+
+    results = commands.add_parser(
+        "results",
+        help="download every output of the batch's COMPLETED jobs, and its results file",
+        description=_wrap(
+            "Each output of each COMPLETED job to DIR/<jobId>/<n>.<ext> as `imagejobs download` does "
+            "(a file already there with the recorded sha256 is kept: run it again to resume), and "
+            "DIR/results.jsonl: the pipeline's once the batch is COMPLETED, else one built from the "
+            "records so far."
+        ),
+        **common,
+    )
+    results.add_argument("batch_id", metavar="BATCH_ID")
+    results.add_argument("--out", help="output directory (default ./<BATCH_ID>)")
+    results.set_defaults(func=_guarded(cmd_batch_results))
+
+    sheet = commands.add_parser(
+        "sheet",
+        help="write the batch's contact sheet: one self-contained HTML page",
+        description=_wrap(
+            "One row per job in line order: thumbnails, prompt, status, credits, the failure with its "
+            "reasons; buttons filter by status. Images are embedded (data: URIs) unless --images "
+            "names the directory of an `imagejobs batch results`, which the page then links to."
+        ),
+        **common,
+    )
+    sheet.add_argument("batch_id", metavar="BATCH_ID")
+    sheet.add_argument("--out", required=True, help="the HTML file to write, e.g. sheet.html")
+    sheet.add_argument("--images", help="link images from this `batch results` directory, not embed them")
+    sheet.set_defaults(func=_guarded(cmd_batch_sheet))
 
 
 # -- plumbing -----------------------------------------------------------------------------
@@ -357,6 +425,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from imagejobs_tools.jobcli.messages import (
         LineError,
         MessageShapeError,
+        batch_id_problem,
         build_message,
         iter_jsonl,
         parse_metadata,
@@ -367,6 +436,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _usage_error("give either a PROMPT or --file JOBS.jsonl")
     if args.file and args.job_id:
         return _usage_error("--job-id applies to a single PROMPT, not to --file (put jobId in each line)")
+    if args.batch_id is not None:
+        if args.file is None:
+            return _usage_error("--batch-id applies to --file, not to a single PROMPT")
+        if (problem := batch_id_problem(args.batch_id)) is not None:
+            return _usage_error(problem)
     try:
         metadata = parse_metadata(args.metadata)
         if args.file is None:
@@ -384,7 +458,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _usage_error(str(exc))
 
     target = resolve(args)
-    client = open_client(target, queue=True)
+    client = open_client(target, queue=True, table=args.file is not None)
+    batch_id: str | None = None  # every --file is a batch
     bad_line_sources: list[str] = []  # the first few, for the summary
     bad_lines = 0
     send_failures = 0
@@ -401,7 +476,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
         del defaults["jobId"], defaults["prompt"]
         nonlocal bad_lines
-        for item in iter_jsonl(iter(lambda: stream.read(65536), b""), args.file, defaults):
+        for item in iter_jsonl(iter(lambda: stream.read(65536), b""), args.file, defaults, batch_id):
             if isinstance(item, LineError):
                 bad_lines += 1
                 if len(bad_line_sources) < MAX_LISTED_FAILURES:
@@ -416,10 +491,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
             results = client.submit_messages([single_job])
         else:
             try:
+                batch_id = args.batch_id or _new_batch_id(args.file)
                 # Binary lines: a line that is not UTF-8 is reported like any other bad line.
                 stream = sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
             except OSError as exc:
                 return _usage_error(f"cannot read {args.file}: {exc.strerror or exc}")
+            _open_batch(client, target, batch_id, args.file)
             results = client.submit_messages(outgoing(stream))
         try:
             for result in results:
@@ -427,6 +504,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     sent += 1
                     remember(result.job_id)
                     line = {"jobId": result.job_id, "source": result.source, "messageId": result.message_id}
+                    line |= {"batchId": batch_id} if batch_id else {}
                     print(json.dumps(line) if args.json else result.job_id, flush=True)
                 else:
                     send_failures += 1
@@ -435,14 +513,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     if args.json:
                         failure = {"jobId": result.job_id, "source": result.source, "error": result.error}
                         print(json.dumps(failure), flush=True)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, KeyboardInterrupt):
             # Say how far it got (the ids printed are the ones sent), then the one-line error.
             _error(f"stopped after sending {count_of(sent, 'job')}")
+            if batch_id is not None:
+                _error(f"batch {batch_id} left open: run the same command with --batch-id {batch_id}")
             raise
 
-    if args.file is not None:
+    if batch_id is not None:
+        # Only the lines sent have (or will have) a record: the batch completes when they are done.
+        client.batch_store().set_expected(batch_id, sent)
         failed = bad_lines + send_failures
-        where = target.description
+        where = f"{target.description} as batch {batch_id}"
         if failed:
             more = " …" if bad_lines > len(bad_line_sources) else ""
             listed = f"; bad lines: {', '.join(bad_line_sources)}{more}" if bad_lines else ""
@@ -452,7 +534,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
             )
         else:
             _error(f"sent {count_of(sent, 'job')} to {where}")
+        _error(f"follow it with: imagejobs batch status {batch_id}")
     return EXIT_FAILED if bad_lines or send_failures else EXIT_OK
+
+
+def _new_batch_id(file: str) -> str:
+    """A fresh batch id: a file's content is hashed in a first pass (streamed); stdin is read once."""
+    from imagejobs_tools.jobcli.client import file_sha256
+    from imagejobs_tools.jobcli.messages import new_batch_id
+
+    return new_batch_id(None if file == "-" else file_sha256(Path(file)), time.time())
+
+
+def _open_batch(client: JobsClient, target: Target, batch_id: str, file: str) -> None:
+    """The batch item, before any job of it is sent (its jobs are counted in it as they finish)."""
+    from imagejobs.batches import BatchFiles
+
+    files = BatchFiles(target.require_bucket_name(), f"{BATCH_RESULTS_PREFIX}{batch_id}")
+    client.batch_store().open(batch_id, files, {"file": "<stdin>" if file == "-" else Path(file).name})
 
 
 class _LastSubmitWriter:
@@ -684,3 +783,199 @@ def cmd_download(args: argparse.Namespace) -> int:
             failed += 1
             _error(f"error: {job_id}: cannot write under {out_dir}: {exc.strerror or exc}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+def _require_batch(client: JobsClient, target: Target, batch_id: str) -> dict[str, Any] | None:
+    batch = client.batch(batch_id)
+    if batch is None:
+        _error(
+            f"error: no batch {batch_id!r} in {target.description} (a batch is known once "
+            "`submit --file` or the intake of its upload has opened it; ids look like b-<hex>)"
+        )
+    return batch
+
+
+def cmd_batch_status(args: argparse.Namespace) -> int:
+    from imagejobs_tools.jobcli.batchstatus import batch_progress, progress_lines
+
+    target = resolve(args)
+    client = open_client(target, table=True)
+    batch = _require_batch(client, target, args.batch_id)
+    if batch is None:
+        return EXIT_FAILED
+    # Read only while the batch is not COMPLETED (its summary has the credits then).
+    records = (record.data for record in client.batch_lines(args.batch_id))
+    progress = batch_progress(batch, records, time.time())
+    if args.json:
+        print(json.dumps(progress.to_json(), sort_keys=True))
+    else:
+        print("\n".join(progress_lines(progress)))
+    return EXIT_OK
+
+
+def cmd_batch_results(args: argparse.Namespace) -> int:
+    from imagejobs.batches import COMPLETED, BatchFiles
+
+    target = resolve(args)
+    client = open_client(target, table=True, s3=True)
+    batch = _require_batch(client, target, args.batch_id)
+    if batch is None:
+        return EXIT_FAILED
+    out_dir = Path(args.out or args.batch_id)
+    files = BatchFiles.of(batch)
+    results_uri = f"s3://{files.bucket}/{files.results_key}"
+    written = batch.get("batchStatus") == COMPLETED
+    results_path = out_dir / "results.jsonl"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # Until the pipeline's is written, one from the records so far (to the side: a crash leaves none).
+        built = None if written else results_path.with_name(results_path.name + ".part").open("wb")
+    except OSError as exc:
+        return _usage_error(f"cannot write under {out_dir}: {exc.strerror or exc}")
+    with built or contextlib.nullcontext():
+        tally = _download_batch(client, args.batch_id, batch, out_dir, built)
+    if built is not None:
+        Path(built.name).replace(results_path)
+        status = batch.get("batchStatus")
+        note = f"built from the records (the batch is {status}; {results_uri} is written once it completes)"
+    else:
+        client.fetch(args.batch_id, files.bucket, files.results_key, results_path)
+        note = f"the pipeline's {results_uri}"
+    _error(f"{results_path}: {note}")
+    _error(
+        f"{out_dir}: {count_of(tally.downloaded, 'file')} downloaded, {tally.kept} already there; "
+        f"{count_of(tally.failed, 'job')} failed; "
+        f"{count_of(tally.not_completed, 'job')} not COMPLETED (no outputs)"
+    )
+    return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+@dataclass
+class _BatchDownload:
+    downloaded: int = 0
+    kept: int = 0  # already there with the recorded sha256 (a resumed run)
+    failed: int = 0
+    not_completed: int = 0
+
+
+def _download_batch(
+    client: JobsClient, batch_id: str, batch: Mapping[str, Any], out_dir: Path, results: IO[bytes] | None
+) -> _BatchDownload:
+    """Each COMPLETED job's outputs, with a progress bar on stderr; each line to `results` if given."""
+    import botocore.exceptions
+    from imagejobs.batch_results import encoded_result_line
+    from rich.progress import Progress
+
+    from imagejobs_tools.jobcli.batchstatus import terminal_counts
+    from imagejobs_tools.jobcli.client import ChecksumMismatch
+    from imagejobs_tools.jobcli.target import describe_aws_error
+
+    tally = _BatchDownload()
+    with Progress(console=_stderr_console()) as progress:
+        bar = progress.add_task("outputs", total=terminal_counts(batch).get("COMPLETED"))
+        for record in client.batch_lines(batch_id):
+            if results is not None:
+                results.write(encoded_result_line(record.data))
+            if record.status != "COMPLETED":
+                tally.not_completed += 1
+                continue
+            try:
+                for downloaded in client.download(record, out_dir):
+                    if downloaded.skipped:
+                        tally.kept += 1
+                    else:
+                        tally.downloaded += 1
+            except ChecksumMismatch as exc:
+                tally.failed += 1
+                progress.console.print(f"imagejobs: error: {exc}")
+            except botocore.exceptions.ClientError as exc:
+                tally.failed += 1
+                doing = f"downloading the outputs of {record.job_id}"
+                progress.console.print(f"imagejobs: error: {describe_aws_error(exc, doing)}")
+            except OSError as exc:
+                tally.failed += 1
+                progress.console.print(
+                    f"imagejobs: error: {record.job_id}: cannot write under {out_dir}: {exc}"
+                )
+            progress.advance(bar)
+    return tally
+
+
+def cmd_batch_sheet(args: argparse.Namespace) -> int:
+    from imagejobs_tools.jobcli.batchstatus import terminal_counts
+    from imagejobs_tools.jobcli.sheet import SheetRow, render_sheet, sheet_row
+
+    images_dir = Path(args.images) if args.images else None
+    if images_dir is not None and not images_dir.is_dir():
+        return _usage_error(
+            f"--images: {images_dir} is not a directory (run `imagejobs batch results` first)"
+        )
+    out = Path(args.out)
+    target = resolve(args)
+    client = open_client(target, table=True, s3=images_dir is None)
+    batch = _require_batch(client, target, args.batch_id)
+    if batch is None:
+        return EXIT_FAILED
+    tally = (
+        ", ".join(f"{n} {status}" for status, n in terminal_counts(batch).items()) or "no job finished yet"
+    )
+    written = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    subtitle = f"{batch.get('batchStatus')}: {tally}; written {written}"
+    counts = {"jobs": 0, "images": 0}
+
+    def rows() -> Iterator[SheetRow]:
+        for record in client.batch_lines(args.batch_id):
+            images = _sheet_images(client, record, images_dir, out.parent)
+            counts["jobs"] += 1
+            counts["images"] += len(images)
+            yield sheet_row(record, images)
+
+    partial = out.with_name(out.name + ".part")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("w", encoding="utf-8") as stream:
+            stream.writelines(render_sheet(args.batch_id, subtitle, rows()))
+        partial.replace(out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        return _usage_error(f"cannot write {out}: {exc.strerror or exc}")
+    how = f"linked from {images_dir}" if images_dir is not None else "embedded"
+    _error(f"wrote {out}: {count_of(counts['jobs'], 'job')}, {count_of(counts['images'], 'image')} ({how})")
+    return EXIT_OK
+
+
+def _sheet_images(
+    client: JobsClient, record: JobRecord, images_dir: Path | None, page_dir: Path
+) -> list[SheetImage]:
+    """A COMPLETED job's outputs for the sheet: embedded, or the files `batch results` wrote."""
+    import mimetypes
+    import os
+
+    import botocore.exceptions
+
+    from imagejobs_tools.jobcli.client import output_extension
+    from imagejobs_tools.jobcli.sheet import SheetImage, data_uri
+    from imagejobs_tools.jobcli.target import describe_aws_error
+
+    if record.status != "COMPLETED":
+        return []
+    images = []
+    for index, output in enumerate(record.outputs):
+        alt = f"{record.job_id} output {index}"
+        if images_dir is None:
+            try:
+                body = client.object_bytes(output.bucket, output.key)
+            except botocore.exceptions.ClientError as exc:
+                # One missing object (e.g. expired by a lifecycle rule) leaves its row without it.
+                _error(f"warning: {describe_aws_error(exc, f'reading s3://{output.bucket}/{output.key}')}")
+                continue
+            content_type = output.content_type or mimetypes.guess_type(output.key)[0]
+            src = data_uri(content_type, body)
+        else:
+            path = images_dir / record.job_id / f"{index}{output_extension(output)}"
+            src = Path(os.path.relpath(path, page_dir)).as_posix()
+        images.append(SheetImage(src, alt))
+    return images

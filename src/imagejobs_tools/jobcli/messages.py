@@ -8,6 +8,7 @@ and print a job id the user can find it by: a JSON object, a valid `jobId`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import uuid
@@ -16,11 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagejobs.jobs import job_id_problem
+from imagejobs.jobs import JOB_ID_MAX_LENGTH, MAX_BATCH_LINE, job_id_problem
 from imagejobs.jsonl import iter_capped_lines
+from imagejobs.store import BatchLine
 
 # SQS's per-message (and per-SendMessageBatch) payload limit.
 SQS_MAX_MESSAGE_BYTES = 262_144
+# A line without a jobId gets `<batchId>-<line>`: the batch id leaves room for the longest line number.
+MAX_BATCH_ID_LENGTH = JOB_ID_MAX_LENGTH - 1 - len(str(MAX_BATCH_LINE))
+BATCH_FIELDS = ("batchId", "batchLine")
 
 
 class MessageShapeError(ValueError):
@@ -49,6 +54,24 @@ class LineError:
 
 def new_job_id() -> str:
     return f"job-{uuid.uuid4().hex}"
+
+
+def new_batch_id(content_sha256: str | None, at: float) -> str:
+    """`b-` + 16 hex of the file's content hash and the time (stdin, never read twice: a random
+    nonce instead), so that submitting the same file again is a new batch."""
+    seed = content_sha256 or uuid.uuid4().hex
+    return "b-" + hashlib.sha256(f"{seed}/{at!r}".encode()).hexdigest()[:16]
+
+
+def batch_id_problem(batch_id: str) -> str | None:
+    """Why `--batch-id` cannot be used (None: it can): a job id by the pipeline's rule, short enough
+    that `<batchId>-<line>` is one too."""
+    if (problem := job_id_problem(batch_id)) is not None:
+        return f"--batch-id: {problem}"
+    if len(batch_id) > MAX_BATCH_ID_LENGTH:
+        limit = f"at most {MAX_BATCH_ID_LENGTH} characters (<batchId>-<line> is a job id)"
+        return f"--batch-id: {limit}, got {len(batch_id)}"
+    return None
 
 
 def parse_metadata(pairs: Sequence[str]) -> dict[str, str]:
@@ -106,14 +129,24 @@ def build_message(
     return message
 
 
-def prepare(message: Any, source: str, defaults: Mapping[str, Any] | None = None) -> OutgoingJob:
-    """Check the shape, fill `jobId` (and any defaults the message lacks), serialise."""
+def prepare(
+    message: Any, source: str, defaults: Mapping[str, Any] | None = None, batch: BatchLine | None = None
+) -> OutgoingJob:
+    """Check the shape, fill `jobId` (and any defaults the message lacks), serialise. In a `batch`
+    the message gets its `batchId` and `batchLine`, and `<batchId>-<line>` as its default jobId
+    (as an S3 batch upload's lines): sending the same batch again sends the same jobs."""
     if not isinstance(message, dict):
         raise MessageShapeError(f"expected a JSON object, got {type(message).__name__}")
     merged = {**(defaults or {}), **message}
+    if batch is not None:
+        if named := [name for name in BATCH_FIELDS if name in message]:
+            raise MessageShapeError(
+                f"{named[0]}: is set by submit --file (the batch id and the line number); remove it"
+            )
+        merged["batchId"], merged["batchLine"] = batch.batch_id, batch.line
     job_id = merged.get("jobId")
     if job_id is None:
-        job_id = merged["jobId"] = new_job_id()
+        job_id = merged["jobId"] = batch.default_job_id if batch is not None else new_job_id()
     elif (problem := job_id_problem(job_id)) is not None:
         # The pipeline would record the rejection under another id: refuse it here, by the same rule.
         raise MessageShapeError(f"jobId: {problem}")
@@ -125,10 +158,14 @@ def prepare(message: Any, source: str, defaults: Mapping[str, Any] | None = None
 
 
 def iter_jsonl(
-    chunks: Iterable[bytes], name: str, defaults: Mapping[str, Any] | None = None
+    chunks: Iterable[bytes],
+    name: str,
+    defaults: Mapping[str, Any] | None = None,
+    batch_id: str | None = None,
 ) -> Iterator[OutgoingJob | LineError]:
     """Stream a JSONL file's bytes: one `OutgoingJob` or `LineError` per non-blank line, read by the
-    same reader as a batch uploaded to S3 (`imagejobs.jsonl`: BOM, line breaks, the line cap)."""
+    same reader as a batch uploaded to S3 (`imagejobs.jsonl`: BOM, line breaks, the line cap). With
+    `batch_id`, each job is placed at its line number (blank lines count as lines, as uploads do)."""
     for number, raw, length in iter_capped_lines(chunks, SQS_MAX_MESSAGE_BYTES):
         source = f"{name}:{number}"
         if raw is None:
@@ -147,6 +184,6 @@ def iter_jsonl(
             yield LineError(source, f"not valid JSON: {exc}")
             continue
         try:
-            yield prepare(message, source, defaults)
+            yield prepare(message, source, defaults, BatchLine(batch_id, number) if batch_id else None)
         except MessageShapeError as exc:
             yield LineError(source, str(exc))

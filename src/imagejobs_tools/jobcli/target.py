@@ -92,6 +92,9 @@ class Target:
     def require_table_name(self) -> str:
         return _require(self.table_name, OUTPUT_TABLE_NAME, "--table", self.description)
 
+    def require_bucket_name(self) -> str:
+        return _require(self.bucket_name, OUTPUT_BUCKET_NAME, "--bucket", self.description)
+
     def session(self, session_factory: SessionFactory = boto3.Session) -> boto3.Session:
         kwargs: dict[str, Any] = {"region_name": self.region}
         if self.is_local:

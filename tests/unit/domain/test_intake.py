@@ -157,6 +157,17 @@ def test_invalid_message_is_rejected_recorded_and_acknowledged(env: Env) -> None
     assert env.provider.submissions == []
 
 
+def test_an_invalid_batch_line_is_rejected_in_its_batch(env: Env) -> None:
+    # `imagejobs submit --file` names the batch line; the REJECTED record must count in the batch.
+    env.handle({"jobId": "b-1-3", "prompt": "", "batchId": "b-1", "batchLine": 3})
+    record = env.record("b-1-3")
+    assert (record["status"], record["batchId"], record["batchLine"]) == ("REJECTED", "b-1", 3)
+    # A malformed batch id or line is only a field error: no batch to count in.
+    env.handle({"jobId": "b-2-1", "prompt": "p", "batchId": "bad id", "batchLine": 1})
+    env.handle({"jobId": "b-3-1", "prompt": "p", "batchId": "b-3", "batchLine": 0})
+    assert "batchId" not in env.record("b-2-1") and "batchId" not in env.record("b-3-1")
+
+
 def test_non_json_message_is_rejected_under_the_message_id(env: Env) -> None:
     outcome = env.handle("not json at all", message_id="m-77")
     assert (outcome.action, outcome.job_id) == ("ack", "m-77")

@@ -108,3 +108,21 @@ def test_download_reports_a_missing_object_and_goes_on(
 def test_output_extension(key: str, content_type: str | None, extension: str) -> None:
     output = OutputObject(bucket="b", key=key, uri=None, bytes=None, sha256=None, content_type=content_type)
     assert output_extension(output) == extension
+
+
+def test_without_a_recorded_sha256_a_file_of_the_recorded_size_is_kept_and_a_partial_one_fetched(
+    stack: MockStack,
+) -> None:
+    output = put_output(stack.s3, stack.resources.bucket_name, "outputs/n/0.png", PNG)
+    del output["sha256"]
+    record = JobRecord.from_item(make_record("n", "COMPLETED", outputs=[output]))
+    client = stack.client()
+    Path("dl/n").mkdir(parents=True)
+    Path("dl/n/0.png").write_bytes(PNG[:100])  # an interrupted download
+
+    [fetched] = list(client.download(record, Path("dl")))
+    assert (fetched.skipped, fetched.verified) == (False, False)
+    assert Path("dl/n/0.png").read_bytes() == PNG
+
+    [kept] = list(client.download(record, Path("dl")))
+    assert kept.skipped and kept.bytes == len(PNG)

@@ -143,9 +143,17 @@ def test_jsonl_bad_lines_are_reported_by_line_number_and_the_rest_still_go(
     assert "sent 3 jobs" in captured.err and "4 bad lines" in captured.err
     assert "bad lines: jobs.jsonl:2, jobs.jsonl:4, jobs.jsonl:6, jobs.jsonl:7" in captured.err
     printed = captured.out.split()
-    assert printed[0] == "ok-1" and printed[2] == "ok-2" and printed[1].startswith("job-")
     bodies = {json.loads(b)["jobId"]: json.loads(b) for b in stack.received_bodies()}
     assert set(bodies) == set(printed)
+    # One batch: each job at its line (blank lines count), a line without jobId named after it.
+    (batch_id,) = {body["batchId"] for body in bodies.values()}
+    assert batch_id.startswith("b-") and f"as batch {batch_id}" in captured.err
+    assert printed == ["ok-1", f"{batch_id}-5", "ok-2"]
+    assert [bodies[job_id]["batchLine"] for job_id in printed] == [1, 5, 8]
+    # The lines refused here were never sent: the batch expects the three that were.
+    batch = stack.client().batch(batch_id)
+    assert batch is not None and (batch["expected"], batch["batchStatus"]) == (3, "OPEN")
+    assert batch["resultsKey"] == f"batch-results/{batch_id}.results.jsonl"
     # --model is a default for lines without one; a line's own model wins.
     assert bodies["ok-1"]["model"] == "default-model"
     assert bodies[printed[1]]["model"] == "custom"
@@ -276,12 +284,40 @@ def test_jsonl_lines_that_are_not_utf8_are_bad_lines_and_a_bom_is_fine(
     assert "jobs.jsonl:2: not UTF-8 text: " in captured.err
 
 
+def test_a_batch_id_is_checked_and_a_line_may_not_name_its_batch(
+    stack: MockStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Path("jobs.jsonl").write_text(
+        json.dumps({"prompt": "p", "batchLine": 9}) + "\n" + json.dumps({"prompt": "q"}) + "\n"
+    )
+    assert main(["submit", "--file", "jobs.jsonl", "--batch-id", "a b", *stack.resources.target_args()]) == 2
+    assert "--batch-id: must match ^[A-Za-z0-9_-]{1,80}$" in capsys.readouterr().err
+    assert main(["submit", "x", "--batch-id", "b1", *stack.resources.target_args()]) == 2
+    assert "--batch-id applies to --file" in capsys.readouterr().err
+    too_long = "b" * 72
+    assert (
+        main(["submit", "--file", "jobs.jsonl", "--batch-id", too_long, *stack.resources.target_args()]) == 2
+    )
+    assert "--batch-id: at most 71 characters" in capsys.readouterr().err
+
+    assert main(["submit", "--file", "jobs.jsonl", "--batch-id", "mine", *stack.resources.target_args()]) == 1
+    captured = capsys.readouterr()
+    assert "jobs.jsonl:1: batchLine: is set by submit --file" in captured.err
+    assert captured.out.split() == ["mine-2"]
+    # The same batch again resumes it: the same job ids, nothing new to expect.
+    assert main(["submit", "--file", "jobs.jsonl", "--batch-id", "mine", *stack.resources.target_args()]) == 1
+    assert capsys.readouterr().out.split() == ["mine-2"]
+    assert [json.loads(b)["jobId"] for b in stack.received_bodies()] == ["mine-2", "mine-2"]
+    batch = stack.client().batch("mine")
+    assert batch is not None and batch["expected"] == 1 and batch["source"] == {"file": "jobs.jsonl"}
+
+
 def test_a_missing_queue_stops_the_submit_with_one_error_line(
     stack: MockStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     Path("jobs.jsonl").write_text(json.dumps({"jobId": "lost", "prompt": "p"}) + "\n")
     missing_queue = stack.resources.queue_url + "-gone"
-    args = ["--queue-url", missing_queue, "--table", "t", "--region", "us-east-1"]
+    args = ["--queue-url", missing_queue, "--table", stack.resources.table_name, "--bucket", "b"]
 
     assert main(["submit", "--file", "jobs.jsonl", *args]) == 3
 
@@ -289,3 +325,5 @@ def test_a_missing_queue_stops_the_submit_with_one_error_line(
     assert captured.out == ""
     assert "imagejobs: stopped after sending 0 jobs" in captured.err
     assert "imagejobs: error: imagejobs submit failed" in captured.err
+    # The batch was opened first; it stays open (no expected) until the same command is run again.
+    assert "left open: run the same command with --batch-id b-" in captured.err
