@@ -1,8 +1,8 @@
 """A batch's results (docs/batches.md): ``<stem>.results.jsonl`` and ``<stem>.summary.json``.
 
 Written once every job of the batch is terminal, by whoever holds the batch item's lease. The
-records are read from the ``ByBatch`` index (``batchId``, ``batchLine``) a page (DynamoDB's 1 MB) at a time and
-the results file is written as they come (a multipart upload past one part), so a batch of
+records are read from the ``ByBatch`` index (``batchId``, ``batchLine``) a page (DynamoDB's 1 MB)
+at a time and the results file is written as they come (a multipart upload past one part), so a batch of
 100,000 lines never sits in memory: the summary keeps counters and one float per job for the
 latency percentiles. The index is eventually consistent: a record it shows as not terminal is
 read again from the table, and a batch whose index still lacks lines is released and retried.

@@ -238,15 +238,18 @@ def handle_job_message(
     except jobs.JobValidationError as invalid:
         partial = partial_request(body)
         job_id = invalid.job_id or _rejected_job_id(partial, message_id)
+        line = claimed_batch_line(body)
         bind_job(job_id)
         result = store.put_rejected(
-            job_id,
-            invalid.field_errors,
-            request=partial,
-            message=str(invalid),
-            batch=claimed_batch_line(body),
-            now=now(),
+            job_id, invalid.field_errors, request=partial, message=str(invalid), batch=line, now=now()
         )
+        if not result.applied and line is not None and BatchLine.of(result.record or {}) != line:
+            # The id is another job's: the line is recorded under its own id, so its batch completes.
+            job_id = line.default_job_id
+            bind_job(job_id)
+            result = store.put_rejected(
+                job_id, invalid.field_errors, request=partial, message=str(invalid), batch=line, now=now()
+            )
         if result.applied:
             count(JOBS_REJECTED)
             logger.warning("job rejected", extra={"field_errors": invalid.field_errors})

@@ -33,6 +33,8 @@ def retry_message(record: Mapping[str, Any], new_id: str) -> dict[str, Any]:
     """The job message of the retry: the recorded request, under the new id, linked to the original."""
     request = dict(record.get("request") or {})
     request.pop("kind", None)  # derived by the intake from the model, not a message field
+    # In the batch, not of its lines: the line's own job stays the one its results count.
+    request.pop("batchLine", None)
     message = {**request, "jobId": new_id, "retryOf": str(record.get("retryOf") or record["jobId"])}
     if record.get("batchId"):
         message["batchId"] = record["batchId"]

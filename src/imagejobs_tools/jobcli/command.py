@@ -1,4 +1,5 @@
-"""`imagejobs submit|status|list|watch|download|batch …`: thin commands over `JobsClient` (`webhook`: its module).
+"""`imagejobs submit|status|list|watch|download|batch …`: thin commands over `JobsClient`
+(`webhook` has its own module).
 
 boto3 and rich load inside the command functions so `imagejobs --help` stays fast.
 Exit codes: 0 success; 1 the command ran but something failed (a line or job not

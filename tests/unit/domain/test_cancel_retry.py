@@ -81,8 +81,12 @@ def test_a_retry_message_is_the_recorded_request_linked_to_the_original() -> Non
         "jobId": "a-r1",
         "retryOf": "a",
         "batchId": "b1",
-        "request": {"jobId": "a-r1", "kind": "image", "prompt": "p", "model": "gpt-image-2", "retryOf": "a"},
-    }
+        "request": {
+            "jobId": "a-r1", "kind": "image", "prompt": "p", "model": "gpt-image-2", "retryOf": "a",
+            "batchId": "b1", "batchLine": 7,
+        },
+    }  # fmt: skip
+    # In the batch but not one of its lines (the line's own job stays what its results count).
     message = retry.retry_message(record, "a-r2")
     assert message == {
         "jobId": "a-r2",

@@ -168,6 +168,21 @@ def test_an_invalid_batch_line_is_rejected_in_its_batch(env: Env) -> None:
     assert "batchId" not in env.record("b-2-1") and "batchId" not in env.record("b-3-1")
 
 
+def test_batch_lines_naming_another_jobs_id_are_recorded_under_their_own_id(env: Env) -> None:
+    env.handle({"jobId": "sku-1", "prompt": "a fox"})
+    # A good line and a bad line, both naming sku-1: each gets its own REJECTED record in the batch.
+    env.handle({"jobId": "sku-1", "prompt": "a cat", "batchId": "b-9", "batchLine": 1})
+    env.handle({"jobId": "sku-1", "prompt": "", "batchId": "b-9", "batchLine": 2})
+    for line, field in ((1, "jobId"), (2, "prompt")):
+        record = env.record(f"b-9-{line}")
+        assert (record["status"], record["batchId"], record["batchLine"]) == ("REJECTED", "b-9", line)
+        assert field in record["error"]["fieldErrors"]
+    assert env.record("sku-1")["status"] == "SUBMITTED" and len(env.provider.submissions) == 1
+    # Delivered again: nothing new.
+    env.handle({"jobId": "sku-1", "prompt": "a cat", "batchId": "b-9", "batchLine": 1})
+    assert len(env.provider.submissions) == 1
+
+
 def test_non_json_message_is_rejected_under_the_message_id(env: Env) -> None:
     outcome = env.handle("not json at all", message_id="m-77")
     assert (outcome.action, outcome.job_id) == ("ack", "m-77")
