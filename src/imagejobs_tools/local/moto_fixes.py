@@ -41,6 +41,14 @@
   serialize: HTTP 500 on every Lambda call). AWS documents `Ref` of an event bus as its name. The
   fix gives the model a `physical_resource_id`: its name.
 
+- moto 5.2.5's DynamoDB `TransactWriteItems` rolls a cancelled transaction back by replacing each
+  table it touched with a deep copy taken before it, stream shard included. The shard iterators
+  already handed out (the DynamoDB Streams event source's) keep reading the old shard, which no
+  write reaches any more: after the first cancelled transaction (a budget claim over budget, a
+  batch count delivered twice) the table's change stream looks empty for good. On AWS a
+  cancelled transaction changes nothing. The fix puts the table's own shard on the restored copy,
+  less any record the cancelled transaction had added to it.
+
 The hook is private moto API (moto is pinned): `check()` says clearly when it has moved.
 """
 
@@ -97,6 +105,7 @@ def check() -> None:
     _dynamodb_handler_class()
     _sfn_parser_backend_class()
     _event_bus_class()
+    _dynamodb_backend_class()
 
 
 # Every DynamoDB request that reads or writes items; table-level calls need no lock.
@@ -228,6 +237,7 @@ def install() -> Callable[[], None]:
         _dynamodb_atomic_item_operations(),
         _sfn_unique_execution_names(),
         _event_bus_ref(),
+        _dynamodb_rollback_keeps_streams(),
     ]
 
     def restore() -> None:
@@ -328,5 +338,48 @@ def _sfn_sdk_client_errors() -> Callable[[], None]:
         with _LOCK:
             if service.__dict__.get(ERROR_METHOD) is from_error:
                 setattr(service, ERROR_METHOD, own)
+
+    return restore
+
+
+def _dynamodb_backend_class() -> Any:
+    from moto.dynamodb import models
+
+    backend = getattr(models, "DynamoDBBackend", None)
+    if backend is None or not callable(getattr(backend, "transact_write_items", None)):
+        raise MotoFixError(
+            "moto moved DynamoDBBackend.transact_write_items (the stream rollback fix needs it)"
+        )
+    return backend
+
+
+def _dynamodb_rollback_keeps_streams() -> Callable[[], None]:
+    backend = _dynamodb_backend_class()
+    original = backend.transact_write_items
+    if getattr(original, _MARKER, False):
+        return lambda: None
+
+    @functools.wraps(original)
+    def transact_write_items(self: Any, *args: Any, **kwargs: Any) -> Any:
+        before = {
+            name: (table, table.stream_shard, len(table.stream_shard.items))
+            for name, table in self.tables.items()
+            if table.stream_shard is not None
+        }
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            for name, (table, shard, length) in before.items():
+                restored = self.tables.get(name)
+                if restored is not None and restored is not table:  # rolled back: a copy took its place
+                    del shard.items[length:]
+                    shard.table = restored
+                    restored.stream_shard = shard
+
+    setattr(transact_write_items, _MARKER, True)
+    backend.transact_write_items = transact_write_items
+
+    def restore() -> None:
+        backend.transact_write_items = original
 
     return restore
