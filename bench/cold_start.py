@@ -58,6 +58,7 @@ def lambda_like_env(function: str) -> dict[str, str]:
             "WEBHOOK_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/webhooks",
             "WEBHOOK_DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/webhooks-dlq",
             "WEBHOOK_SIGNING_SECRET": "signing-secret",
+            "BATCH_RESULTS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/batch-results",
             "LOG_LEVEL": "INFO",
         }
     )

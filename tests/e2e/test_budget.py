@@ -94,6 +94,23 @@ def test_jobs_over_the_budget_wait_and_run_once_it_is_raised(budget_stack: Local
     )
     sim = stack.simulator.admin
     assert sim.key_stats(stack.config.api_key)["tasksCreated"] == 2
+    # Told once for the day, through the change stream: its claims' transactions were cancelled
+    # (over budget), which on moto as released cut the stream off (moto_fixes.py).
+    seen: list[dict[str, Any]] = []
+
+    def events() -> list[dict[str, Any]]:
+        seen.extend(stack.events.drain())
+        return seen
+
+    def budget_waits() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in events()
+            if e["detail-type"] == "Job Waiting For Budget" and e["detail"]["jobId"] == jobs[2]
+        ]
+
+    [told] = wait_for(budget_waits, timeout=30, what="the Job Waiting For Budget event")
+    assert told["detail"]["budgetWait"]["day"] == waiting["budgetWait"]["day"]
     today = str(waiting["budgetWait"]["day"])
     assert client.budget_day(today, 2 * CREDITS).to_dict() == {
         "day": today, "limit": 6, "spent": 6, "reserved": 0, "committed": 6, "available": 0,
@@ -103,6 +120,13 @@ def test_jobs_over_the_budget_wait_and_run_once_it_is_raised(budget_stack: Local
     stack.update_function_environment("IntakeFunction", {"CREDIT_BUDGET_PER_DAY": str(4 * CREDITS)})
     done = status_of(stack, jobs[2], "COMPLETED")
     assert "budgetWait" not in done and done["budget"]["state"] == "settled"
+    # Its state changes flowed after the waits; still one wait event for the day.
+    wait_for(
+        lambda: any(e["detail"].get("eventId") == f"{jobs[2]}/COMPLETED" for e in events()),
+        timeout=30,
+        what="the waiting job's COMPLETED event",
+    )
+    assert len(budget_waits()) == 1
 
     # A failed task's refund returns to the budget.
     sim.set_faults(task_failure_rate=1.0)
