@@ -134,6 +134,13 @@ IAM_GRANTS_UNUSED_LOCALLY = {
         "the copier aborts a multipart upload that failed part-way (outputs over the multipart threshold "
         "meeting a storage error); tests/unit copier tests"
     ),
+    ("BatchResultsFunction", "dynamodb:GetItem"): (
+        "a record the ByBatch index still shows unfinished is read again from the table; moto's indexes "
+        "never lag; tests/unit/domain/test_batches.py (LaggingIndex)"
+    ),
+    ("BatchResultsFunction", "s3:AbortMultipartUpload"): (
+        "a results file that fails part-way is aborted; tests/unit/domain/test_batches.py"
+    ),
     ("StoreOutputsFunction", "s3:PutObjectTagging"): (
         "the copier tags outputs it stored but could not record (imagejobs-orphan); the crash suite kills "
         "the process before that cleanup can run; tests/unit copier tests"

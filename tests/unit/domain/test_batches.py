@@ -334,3 +334,55 @@ def test_a_retry_after_a_crash_keeps_the_results_file_already_written(aws: tuple
         versions = s3.list_object_versions(Bucket=BUCKET, Prefix=key)["Versions"]
         assert len(versions) == 1, key
     assert batches.get(BATCH)["batchStatus"] == COMPLETED  # type: ignore[index]
+
+
+class LaggingIndex:
+    """The jobs table as a GSI that lags shows it: queries return one line still RUNNING."""
+
+    def __init__(self, table: Any, lagging_line: int) -> None:
+        self._table = table
+        self._line = lagging_line
+
+    def query(self, **kwargs: Any) -> Any:
+        page = self._table.query(**kwargs)
+        for item in page.get("Items", []):
+            if int(item["batchLine"]) == self._line:
+                item["status"] = "RUNNING"
+        return page
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+
+def test_a_record_the_index_shows_unfinished_is_read_again_from_the_table(aws: tuple[Any, Any]) -> None:
+    table, s3 = aws
+    settled_batch(table, {1: "COMPLETED", 2: "FAILED"})
+    summary = write_results(
+        BATCH,
+        batches=BatchStore(table),
+        records=BatchRecords(LaggingIndex(table, 2)),
+        s3=s3,
+        lease_seconds=60,
+        now=T0 + 100,
+    )
+    assert [entry["status"] for entry in results_of(s3)] == ["COMPLETED", "FAILED"]
+    assert summary["jobs"] == 2
+
+
+def test_a_results_file_that_fails_part_way_is_aborted_and_the_batch_released(
+    aws: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table, s3 = aws
+    monkeypatch.setattr(batch_results, "PART_BYTES", 1)  # the first line starts a multipart upload
+    settled_batch(table, {line: "COMPLETED" for line in range(1, 4)})
+    calls: list[str] = []
+
+    def failing_upload_part(**kwargs: Any) -> Any:
+        calls.append("upload_part")
+        raise ConnectionError("the network went away mid-upload")
+
+    monkeypatch.setattr(s3, "upload_part", failing_upload_part)
+    with pytest.raises(ConnectionError):
+        write(table, s3)
+    assert calls and s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert BatchStore(table).get(BATCH)["batchStatus"] == OPEN  # type: ignore[index]
