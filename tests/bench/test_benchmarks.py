@@ -220,3 +220,20 @@ def test_capacity_check_smoke() -> None:
         assert row["verdict"] in {"agrees", "DISAGREES"}
     # The model's time in flight is the generation time plus half a 2-s interval.
     assert figures["inputs"]["secondsInFlight"] == pytest.approx(figures["generationSeconds"] + 1.0)
+
+
+def test_batches_smoke() -> None:
+    figures = run_smoke("batches.py", timeout=300)
+    e2e = figures["endToEnd"]
+    assert e2e["byStatus"] == {"COMPLETED": 20} and e2e["resultsInvocations"] >= 1
+    steps = figures["resultsStep"]
+    assert {name: step["jobs"] for name, step in steps.items()} == {
+        "200 lines seeded": 200,
+        "200 lines served": 200,
+        "2,000 lines served": 2000,
+    }
+    # The served index gives the step exactly the records moto's index does.
+    assert steps["200 lines seeded"]["resultsSha256"] == steps["200 lines served"]["resultsSha256"]
+    for step in steps.values():
+        number(step["tracedPeakMB"], minimum=0.001)
+    number(figures["peakRatio"], minimum=0.001)

@@ -33,6 +33,8 @@ def test_demo_completes_every_job_and_saves_the_images(tmp_path: Path) -> None:
     assert "Warning" not in result.stdout + result.stderr  # a clean console
     assert "REJECTED" in result.stdout and "prompt" in result.stdout
     assert "4 lines, 3 enqueued, 1 bad (line 4 prompt: is required)" in result.stdout
+    # The batch's summary, once its last line is done: the bad line is one of its four jobs.
+    assert "4 jobs (COMPLETED 3, REJECTED 1), 9 credits spent (0 refunded)" in result.stdout
     images = sorted((tmp_path / "out").glob("*/*"))
     # four text-to-image, one image-to-image, one photo upload, three batch lines
     assert len(images) == 9

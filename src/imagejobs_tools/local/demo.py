@@ -5,8 +5,10 @@ several aspect ratios, one image-to-image job and one invalid job; then uploads
 a photo under the inputs prefix (prompt in `x-amz-meta-prompt`) and a small
 JSONL batch (three jobs and one bad line) under the batches prefix (S3 triggers,
 docs/uploads.md). Waits for every job to reach a terminal state, downloads the
-images, prints the records and the batch report. Exits 0 only if every job
-ended as expected and the report names the bad line.
+images, prints the records, the batch's intake report and, once its last job is
+done, the batch's summary and results file (docs/batches.md). Exits 0 only if
+every job ended as expected, the report names the bad line and the summary
+counts the batch's four lines as they ended.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import sys
 import time
 import uuid
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
+from imagejobs.batches import BatchFiles
 from imagejobs.store import TERMINAL
 
 INPUT_KEY = "demo-inputs/product.png"
@@ -81,14 +85,16 @@ def find_upload_job(dynamodb: Any, table: str, uri: str, timeout: float) -> str 
     return None
 
 
-def fetch_report(s3: Any, bucket: str, key: str, timeout: float) -> dict[str, Any] | None:
-    """The batch report once it says COMPLETE."""
+def fetch_json(
+    s3: Any, bucket: str, key: str, timeout: float, *, complete: bool = True
+) -> dict[str, Any] | None:
+    """The JSON object at the key once it is there (and, with ``complete``, says COMPLETE)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            report = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            if report.get("status") == "COMPLETE":
-                return dict(report)
+            document = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            if not complete or document.get("status") == "COMPLETE":
+                return dict(document)
         except s3.exceptions.NoSuchKey:
             pass
         time.sleep(0.5)
@@ -267,8 +273,14 @@ def run_demo(args: argparse.Namespace) -> int:
             if record and record.get("status") == "COMPLETED":
                 downloaded[job.job_id] = download_outputs(s3, record, args.output_dir)
         console.print(_records_table(jobs, records, downloaded))
-        report = fetch_report(s3, bucket, batch_key + ".report.json", timeout=30)
+        report = fetch_json(s3, bucket, batch_key + ".report.json", timeout=30)
         report_ok = _print_report(console, batch_key, report)
+        files = BatchFiles.beside(bucket, batch_key)
+        # Written once the batch's last job is done: seconds after, by BatchResultsFunction.
+        with console.status("waiting for the batch's summary…"):
+            summary = fetch_json(s3, bucket, files.summary_key, timeout=60, complete=False)
+        expected_counts = dict(Counter([*(job.expected for job in batch_jobs), "REJECTED"]))
+        summary_ok = _print_summary(console, files, summary, expected_counts)
         failures = [job for job in jobs if (records[job.job_id] or {}).get("status") != job.expected]
         for job in failures:
             record = records[job.job_id] or {}
@@ -276,7 +288,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 f"[red]{job.job_id}: expected {job.expected}, got {record.get('status', 'no record')}"
                 f" {json.dumps(record.get('error'), default=str) if record.get('error') else ''}[/red]"
             )
-        if failures or not report_ok:
+        if failures or not report_ok or not summary_ok:
             return 1
         console.print(f"[green]all {len(jobs)} jobs ended as expected; images in {args.output_dir}/[/green]")
         return 0
@@ -350,4 +362,27 @@ def _print_report(console: Any, batch_key: str, report: dict[str, Any] | None) -
     ok = report["enqueued"] == 3 and [e["line"] for e in report.get("badLines", [])] == [BATCH_BAD_LINE]
     if not ok:
         console.print("[red]the batch report does not match the demo batch[/red]")
+    return ok
+
+
+def _print_summary(
+    console: Any, files: BatchFiles, summary: dict[str, Any] | None, expected_counts: dict[str, int]
+) -> bool:
+    """Print the batch summary; True when its counts are the demo batch's lines as they ended."""
+    if summary is None:
+        console.print(f"[red]no summary at s3://{files.bucket}/{files.summary_key}[/red]")
+        return False
+    counts = ", ".join(f"{status} {n}" for status, n in summary["byStatus"].items())
+    latency = summary.get("latencySeconds") or {}
+    console.print(
+        f"batch summary {files.summary_key}: {summary['jobs']} jobs ({counts}), "
+        f"{summary['creditsSpent']} credits spent ({summary['creditsRefunded']} refunded), "
+        f"latency p50 {latency.get('p50')} s / p95 {latency.get('p95')} s; "
+        f"one line per input line in s3://{files.bucket}/{files.results_key}"
+    )
+    ok = summary["byStatus"] == expected_counts
+    if not ok:
+        console.print(
+            f"[red]the batch summary does not match the demo batch (expected {expected_counts})[/red]"
+        )
     return ok
