@@ -18,9 +18,20 @@ from imagejobs.runtime import JobEventsRuntime
 # Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
 runtime = JobEventsRuntime(JobEventsSettings.from_env())
 
+# A stream batch that times out is retried whole, and would time out again at the same record:
+# with this little time left, the remaining records are reported failed untouched, so the retry
+# resumes from the first of them and every invocation makes progress.
+STOP_WITH_MILLISECONDS_LEFT = 5_000
+
+
+class OutOfTime(Exception):
+    """Left for the batch's retry: the invocation is about to reach its timeout."""
+
 
 @tracer.capture_method
-def record_handler(record: DynamoDBRecord) -> str:
+def record_handler(record: DynamoDBRecord, lambda_context: LambdaContext) -> str:
+    if lambda_context.get_remaining_time_in_millis() < STOP_WITH_MILLISECONDS_LEFT:
+        raise OutOfTime(f"under {STOP_WITH_MILLISECONDS_LEFT} ms left; the batch's retry resumes here")
     change = record.dynamodb
     if change is None:
         return "no images"

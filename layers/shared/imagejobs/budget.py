@@ -9,7 +9,11 @@ never appears in a job id, so it cannot collide with a job). It holds three coun
 - ``committed`` = ``reserved`` + ``spent``, kept as its own counter because a DynamoDB condition
   cannot add: a reservation applies only if ``committed <= limit - credits``.
 
-A job's reservation is written on its record (``budget``: ``{day, reserved, state, refunded}``) in
+With a budget per batch (``CREDIT_BUDGET_PER_BATCH``), a job of a batch reserves on a second item,
+``budget#batch#<batchId>``, with the same counters, in the same transaction: the claim needs room in
+both. A batch's budget does not renew with the day; its jobs wait until it is raised.
+
+A job's reservation is written on its record (``budget``: ``{day, batch?, reserved, state, refunded}``) in
 the same transaction as the claim and as each settlement (``imagejobs.store``), and every one of
 those transitions is conditional on the job's status: a duplicate delivery or a Lambda retry can
 neither reserve twice nor settle twice.
@@ -25,6 +29,7 @@ from typing import Any
 from imagejobs import catalog
 
 BUDGET_KEY_PREFIX = "budget#"
+BATCH_BUDGET_KEY_PREFIX = BUDGET_KEY_PREFIX + "batch#"
 # Models the catalog has no price for (video, models it does not know) reserve the dearest
 # documented call (Kling master, 10 s): the settlement returns the difference at once.
 UNPRICED_RESERVATION = 134
@@ -41,6 +46,10 @@ def day_of(epoch_seconds: float) -> str:
 
 def budget_key(day: str) -> str:
     return BUDGET_KEY_PREFIX + day
+
+
+def batch_budget_key(batch_id: str) -> str:
+    return BATCH_BUDGET_KEY_PREFIX + batch_id
 
 
 def seconds_until_next_day(epoch_seconds: float) -> float:
@@ -60,25 +69,64 @@ def credits_to_reserve(model: str) -> int:
 
 @dataclass(frozen=True)
 class Reservation:
-    """What a claim reserves: ``credits`` on ``day``'s item, allowed only up to ``limit``."""
+    """What a claim reserves: ``credits`` on ``day``'s item, allowed only up to ``limit`` (0: any),
+    and, for a job of a batch with a batch budget, on the batch's item up to ``batch_limit``."""
 
     day: str
     credits: int
     limit: int
+    batch: str | None = None
+    batch_limit: int = 0
 
     @property
-    def threshold(self) -> int:
-        """The highest ``committed`` the item may show for this reservation to fit."""
-        return self.limit - self.credits
+    def threshold(self) -> int | None:
+        """The highest ``committed`` the day's item may show for this reservation to fit."""
+        return None if self.limit <= 0 else self.limit - self.credits
+
+    @property
+    def batch_threshold(self) -> int | None:
+        """The same for the batch's item (None: the batch has no budget)."""
+        return None if self.batch is None or self.batch_limit <= 0 else self.batch_limit - self.credits
+
+    def never_fits(self) -> str | None:
+        """Which budget ("day" or "batch") this reservation is dearer than as a whole, if any."""
+        if (self.threshold or 0) < 0:
+            return "day"
+        if (self.batch_threshold or 0) < 0:
+            return "batch"
+        return None
+
+    def describe(self, scope: str) -> str:
+        if scope == "batch":
+            return f"the {self.batch_limit}-credit budget of batch {self.batch}"
+        return f"the {self.limit}-credit budget of {self.day}"
+
+
+def reservation_for(
+    model: str, at: float, *, limit: int, batch: str | None, batch_limit: int
+) -> Reservation | None:
+    """What a claim of this model reserves now; None when no budget applies to the job."""
+    batch_limited = batch is not None and batch_limit > 0
+    if limit <= 0 and not batch_limited:
+        return None
+    return Reservation(
+        day_of(at),
+        credits_to_reserve(model),
+        max(limit, 0),
+        batch if batch_limited else None,
+        batch_limit if batch_limited else 0,
+    )
 
 
 @dataclass(frozen=True)
 class CounterChange:
-    """Amounts added to one day's counters (negative to return credits)."""
+    """Amounts added to one day's counters, and to its batch's when it has one (negative to return
+    credits)."""
 
     day: str
     reserved: int = 0
     spent: int = 0
+    batch: str | None = None
 
     @property
     def committed(self) -> int:
@@ -101,12 +149,12 @@ def settle_spent(held: Mapping[str, Any], credits_used: int | None) -> CounterCh
     counts its whole reservation as spent)."""
     reserved = int(held["reserved"])
     spent = reserved if credits_used is None else int(credits_used)
-    return CounterChange(str(held["day"]), reserved=-reserved, spent=spent)
+    return CounterChange(str(held["day"]), reserved=-reserved, spent=spent, batch=_batch_of(held))
 
 
 def release(held: Mapping[str, Any]) -> CounterChange:
     """Nothing was charged: the whole reservation goes back."""
-    return CounterChange(str(held["day"]), reserved=-int(held["reserved"]))
+    return CounterChange(str(held["day"]), reserved=-int(held["reserved"]), batch=_batch_of(held))
 
 
 def refund_due(record: Mapping[str, Any] | None) -> CounterChange | None:
@@ -121,7 +169,12 @@ def refund_due(record: Mapping[str, Any] | None) -> CounterChange | None:
     delta = refunded - int(settled.get("refunded") or 0)
     if delta <= 0:
         return None
-    return CounterChange(str(settled["day"]), spent=-delta)
+    return CounterChange(str(settled["day"]), spent=-delta, batch=_batch_of(settled))
+
+
+def _batch_of(reservation: Mapping[str, Any]) -> str | None:
+    batch = reservation.get("batch")
+    return str(batch) if batch else None
 
 
 @dataclass(frozen=True)
@@ -153,5 +206,14 @@ class BudgetDay:
 
 
 def read_day(table: Any, day: str, limit: int) -> BudgetDay:
-    item = table.get_item(Key={"jobId": budget_key(day)}, ConsistentRead=True).get("Item") or {}
-    return BudgetDay(day, limit, int(item.get("reserved") or 0), int(item.get("spent") or 0))
+    return _read(table, budget_key(day), day, limit)
+
+
+def read_batch(table: Any, batch_id: str, limit: int) -> BudgetDay:
+    """A batch's counters (``day`` is the batch id here)."""
+    return _read(table, batch_budget_key(batch_id), batch_id, limit)
+
+
+def _read(table: Any, key: str, name: str, limit: int) -> BudgetDay:
+    item = table.get_item(Key={"jobId": key}, ConsistentRead=True).get("Item") or {}
+    return BudgetDay(name, limit, int(item.get("reserved") or 0), int(item.get("spent") or 0))

@@ -261,6 +261,8 @@ class IntakeSettings(
     jobs_max_receive_count: int = field(metadata=variable("JOBS_MAX_RECEIVE_COUNT", _number, 0, int, 0))
     # Credits the jobs may reserve per UTC day (docs/control.md); 0 = no limit, no accounting.
     credit_budget_per_day: int = field(metadata=variable("CREDIT_BUDGET_PER_DAY", _number, 0, int, 0))
+    # Credits the jobs of one batch may reserve in all (docs/control.md); 0 = no batch budget.
+    credit_budget_per_batch: int = field(metadata=variable("CREDIT_BUDGET_PER_BATCH", _number, 0, int, 0))
     # How soon a job waiting for budget looks again (SQS's DelaySeconds caps it at 900).
     budget_recheck_seconds: int = field(metadata=variable("BUDGET_RECHECK_SECONDS", _number, 300, int, 1))
 

@@ -311,11 +311,18 @@ def handle_job_message(
             logger.warning("redelivered job differs from the recorded request; using the recorded one")
             request = jobs.JobRequest.from_record(stored)
 
-    # 3. Claim (and reserve the job's credits in the day's budget, in the same transaction).
-    reservation = _reservation(request.model, settings.credit_budget_per_day, now())
+    # 3. Claim (and reserve the job's credits in the day's and its batch's budget, in the same
+    # transaction).
+    reservation = credit_budget.reservation_for(
+        request.model,
+        now(),
+        limit=settings.credit_budget_per_day,
+        batch=request.batch_id,
+        batch_limit=settings.credit_budget_per_batch,
+    )
     claim = store.claim_for_submit(job_id, lease_seconds, reservation=reservation, now=now())
     if claim.over_budget and reservation is not None:
-        return wait_for_budget(store, body, job_id, reservation, settings, now=now)
+        return wait_for_budget(store, body, job_id, reservation, claim.over_budget, settings, now=now)
     if not claim.applied:
         logger.info("lost the submit claim race", extra={"status": claim.status})
         if claim.status in records.TERMINAL:
@@ -422,13 +429,6 @@ def handle_job_message(
     return _ensure_execution(sfn, settings, job_id, submission.task_id, payload, "submitted")
 
 
-def _reservation(model: str, limit: int, at: float) -> credit_budget.Reservation | None:
-    """What a claim of this model reserves today; None when the budget is off (limit 0)."""
-    if limit <= 0:
-        return None
-    return credit_budget.Reservation(credit_budget.day_of(at), credit_budget.credits_to_reserve(model), limit)
-
-
 def requeue_body(body: str | bytes | Mapping[str, Any], job_id: str) -> str:
     """The message to send again: the same job, its id made explicit (a message without ``jobId``
     takes the SQS message id, which the new message would not share)."""
@@ -442,20 +442,22 @@ def wait_for_budget(
     body: str | bytes | Mapping[str, Any],
     job_id: str,
     reservation: credit_budget.Reservation,
+    scope: str,
     settings: IntakeSettings,
     *,
     now: Callable[[], float] = time.time,
 ) -> IntakeOutcome:
-    """No room in the day's budget: nothing is submitted; the record says why, the BudgetWaits
-    metric (and its alarm) counts it, and the message comes back after the recheck interval, or
-    at the next UTC day if that is sooner. The record's budgetWait is what JobEventsFunction
-    publishes as "Job Waiting For Budget" (imagejobs.events), once per job and day."""
+    """No room in the day's (``scope`` "day") or the batch's budget: nothing is submitted; the
+    record says why, the BudgetWaits metric (and its alarm) counts it, and the message comes back
+    after the recheck interval, or, for the day's budget, at the next UTC day if that is sooner (a
+    batch's budget does not renew). The record's budgetWait is what JobEventsFunction publishes as
+    "Job Waiting For Budget" (imagejobs.events), once per job and day."""
     moment = now()
-    delay = min(float(settings.budget_recheck_seconds), credit_budget.seconds_until_next_day(moment))
-    reason = (
-        f"waiting for credit budget: {reservation.credits} credits do not fit in the "
-        f"{reservation.limit}-credit budget of {reservation.day}"
-    )
+    delay = float(settings.budget_recheck_seconds)
+    if scope == "day":
+        delay = min(delay, credit_budget.seconds_until_next_day(moment))
+    fits = reservation.describe(scope)
+    reason = f"waiting for credit budget: {reservation.credits} credits do not fit in {fits}"
     store.note_budget_wait(job_id, reason, reservation, now=moment)
     count(BUDGET_WAITS)
     logger.warning("over the credit budget; job waits", extra={"day": reservation.day, "delay": delay})

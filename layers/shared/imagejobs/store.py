@@ -86,8 +86,9 @@ class TransitionResult:
     status: str | None  # the record's status after the call (None: no record)
     record: dict[str, Any] | None
     reason: str = ""
-    # A claim refused because the day's credit budget has no room for its reservation.
-    over_budget: bool = False
+    # A claim refused because a credit budget has no room for its reservation: which one, "day"
+    # (the UTC day's) or "batch" (its batch's); None otherwise.
+    over_budget: str | None = None
 
     @property
     def already(self) -> bool:
@@ -357,28 +358,22 @@ class JobStore:
         to_status: str | None,
         sources: Sequence[str],
     ) -> TransitionResult:
-        if reservation is not None and reservation.threshold < 0:  # dearer than the whole budget
+        scope = None if reservation is None else reservation.never_fits()
+        if scope is not None:  # dearer than the whole budget
             current = self.get(job_id)
-            return TransitionResult(False, (current or {}).get("status"), current, "over budget", True)
-        counters: dict[str, Any] = {
-            "Key": {"jobId": credit_budget.budget_key(change.day)},
-            "UpdateExpression": "SET updatedAt = :now ADD reserved :r, spent :s, committed :c",
-            "ExpressionAttributeValues": {
-                ":now": at,
-                ":r": change.reserved,
-                ":s": change.spent,
-                ":c": change.committed,
-            },
-        }
-        if reservation is not None:
-            counters["ConditionExpression"] = "attribute_not_exists(committed) OR committed <= :threshold"
-            counters["ExpressionAttributeValues"][":threshold"] = reservation.threshold
+            return TransitionResult(
+                False, (current or {}).get("status"), current, f"over the {scope}'s budget", scope
+            )
+        # The day's counters, then the batch's (a job of a batch with a batch budget): the order of
+        # the cancellation reasons below.
+        day_threshold = None if reservation is None else reservation.threshold
+        counters = [_counters(credit_budget.budget_key(change.day), change, at, day_threshold)]
+        if change.batch is not None:
+            threshold = None if reservation is None else reservation.batch_threshold
+            counters.append(_counters(credit_budget.batch_budget_key(change.batch), change, at, threshold))
         try:
             self.table.meta.client.transact_write_items(
-                TransactItems=[
-                    {"Update": self._transaction_item(update)},
-                    {"Update": self._transaction_item(counters)},
-                ]
+                TransactItems=[{"Update": self._transaction_item(item)} for item in [update, *counters]]
             )
         except ClientError as error:
             codes = _cancelled_by(error)
@@ -389,8 +384,11 @@ class JobStore:
             current = self.get(job_id)
             if current is not None and current.get(WRITE_ID) == write_id:
                 return TransitionResult(True, current.get("status"), current, LOST_RESPONSE)
-            if codes[1:2] == ["ConditionalCheckFailed"] and reservation is not None:
-                return TransitionResult(False, (current or {}).get("status"), current, "over budget", True)
+            if reservation is not None and "ConditionalCheckFailed" in codes[1:]:
+                scope = "day" if codes[1:2] == ["ConditionalCheckFailed"] else "batch"
+                return TransitionResult(
+                    False, (current or {}).get("status"), current, f"over the {scope}'s budget", scope
+                )
             raise  # a conflicting transaction or throttling: the caller's retry decides again
         current = self.get(job_id)
         return TransitionResult(True, (current or {}).get("status"), current)
@@ -429,7 +427,8 @@ class JobStore:
         """RECEIVED → SUBMITTING; the lease (epoch seconds) tells others how long to keep off.
 
         With a ``reservation`` the claim and the reservation are one transaction: no room in the
-        day's budget means no claim (``over_budget``), and a job holds at most one reservation."""
+        day's (or its batch's) budget means no claim (``over_budget``), and a job holds at most one
+        reservation."""
         moment = time.time() if now is None else now
         values: dict[str, Any] = {"claimedAt": iso(moment), "leaseExpiresAt": moment + lease_seconds}
         change = None
@@ -439,7 +438,9 @@ class JobStore:
                 "reserved": reservation.credits,
                 "state": credit_budget.HELD,
             }
-            change = CounterChange(reservation.day, reserved=reservation.credits)
+            if reservation.batch is not None:
+                values["budget"]["batch"] = reservation.batch
+            change = CounterChange(reservation.day, reserved=reservation.credits, batch=reservation.batch)
         return self._transition(
             job_id,
             SUBMITTING,
@@ -456,15 +457,19 @@ class JobStore:
     def note_budget_wait(
         self, job_id: str, reason: str, reservation: Reservation, *, now: float | None = None
     ) -> TransitionResult:
-        """A RECEIVED job waits for room in the day's budget (status kept; the claim clears it)."""
+        """A RECEIVED job waits for room in the day's or its batch's budget (status kept; the claim
+        clears it)."""
         moment = time.time() if now is None else now
-        wait = {
+        wait: dict[str, Any] = {
             "at": iso(moment),
             "reason": reason[:500],
             "day": reservation.day,
             "credits": reservation.credits,
             "limit": reservation.limit,
         }
+        if reservation.batch is not None:
+            wait["batch"] = reservation.batch
+            wait["batchLimit"] = reservation.batch_limit
         return self._transition(job_id, None, [RECEIVED], now=moment, set_values={"budgetWait": wait})
 
     def settle_refund(
@@ -721,6 +726,24 @@ class JobStore:
         if polls is not None:
             values["polls"] = polls
         return self._transition(job_id, TIMED_OUT, [SUBMITTED], now=now, set_values=values)
+
+
+def _counters(key: str, change: CounterChange, at: str, threshold: int | None) -> dict[str, Any]:
+    """One budget item's counters changed by ``change``; with a ``threshold``, only if it fits."""
+    counters: dict[str, Any] = {
+        "Key": {"jobId": key},
+        "UpdateExpression": "SET updatedAt = :now ADD reserved :r, spent :s, committed :c",
+        "ExpressionAttributeValues": {
+            ":now": at,
+            ":r": change.reserved,
+            ":s": change.spent,
+            ":c": change.committed,
+        },
+    }
+    if threshold is not None:
+        counters["ConditionExpression"] = "attribute_not_exists(committed) OR committed <= :threshold"
+        counters["ExpressionAttributeValues"][":threshold"] = threshold
+    return counters
 
 
 def _settle(

@@ -293,6 +293,12 @@ class JobsClient:
 
         return read_day(self._require_table(), day, limit)
 
+    def budget_batch(self, batch_id: str, limit: int) -> BudgetDay:
+        """One batch's credit budget counters; `limit` is the stack's CreditBudgetPerBatch."""
+        from imagejobs.budget import read_batch
+
+        return read_batch(self._require_table(), batch_id, limit)
+
     # -- outputs ------------------------------------------------------------------------
 
     def download(self, record: JobRecord, out_dir: Path) -> Iterator[DownloadedFile]:

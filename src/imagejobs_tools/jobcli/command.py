@@ -203,11 +203,14 @@ def register(subparsers: Any) -> None:
             "The credit budget of one UTC day (default today): the limit (the stack's CreditBudgetPerDay; "
             "0 = no limit, and then nothing is counted), credits spent (the provider's creditsUsed, "
             "SUBMIT_UNKNOWN jobs' reservations, less refunds), credits reserved by jobs being submitted, "
-            "and what is left. Jobs over the budget wait (status WAITING_FOR_BUDGET in `list`)."
+            "and what is left. Jobs over the budget wait (status WAITING_FOR_BUDGET in `list`). With "
+            "--batch, the same for one batch (the stack's CreditBudgetPerBatch)."
         ),
         **common,
     )
-    budget.add_argument("--day", type=_utc_day, help="UTC day YYYY-MM-DD (default: today)")
+    scope = budget.add_mutually_exclusive_group()
+    scope.add_argument("--day", type=_utc_day, help="UTC day YYYY-MM-DD (default: today)")
+    scope.add_argument("--batch", metavar="BATCH_ID", help="a batch's budget instead of a day's")
     budget.add_argument("--json", action="store_true", help="print the day as JSON")
     budget.set_defaults(func=_guarded(cmd_budget))
 
@@ -701,12 +704,19 @@ def cmd_budget(args: argparse.Namespace) -> int:
 
     target = resolve(args)
     client = open_client(target, table=True)
-    limit = int(target.outputs.get("CreditBudgetPerDay") or 0)
-    day = client.budget_day(args.day or budget.day_of(time.time()), limit)
-    if args.json:
-        print(json.dumps(day.to_dict(), sort_keys=True))
+    if args.batch:
+        limit = int(target.outputs.get("CreditBudgetPerBatch") or 0)
+        counters = client.budget_batch(args.batch, limit)
     else:
-        print("\n".join(budget_lines(day)))
+        limit = int(target.outputs.get("CreditBudgetPerDay") or 0)
+        counters = client.budget_day(args.day or budget.day_of(time.time()), limit)
+    if args.json:
+        document = counters.to_dict()
+        if args.batch:
+            document = {"batch": document.pop("day"), **document}
+        print(json.dumps(document, sort_keys=True))
+    else:
+        print("\n".join(budget_lines(counters, batch=bool(args.batch))))
     return EXIT_OK
 
 

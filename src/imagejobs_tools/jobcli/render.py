@@ -197,12 +197,13 @@ def record_json(record: JobRecord | None, job_id: str) -> dict[str, Any]:
     return record.to_json()
 
 
-def budget_lines(day: BudgetDay) -> list[str]:
-    """`imagejobs budget`: one UTC day's counters."""
-    limit = f"{day.limit} credits" if day.limit > 0 else "none (CreditBudgetPerDay = 0: nothing is counted)"
+def budget_lines(day: BudgetDay, *, batch: bool = False) -> list[str]:
+    """`imagejobs budget`: one UTC day's counters, or (``batch``) one batch's."""
+    parameter = "CreditBudgetPerBatch" if batch else "CreditBudgetPerDay"
+    limit = f"{day.limit} credits" if day.limit > 0 else f"none ({parameter} = 0: nothing is counted)"
     available = "unlimited" if day.available is None else str(day.available)
     return format_columns(
-        ("credit budget", f"{day.day} (UTC)"),
+        ("credit budget", f"batch {day.day}" if batch else f"{day.day} (UTC)"),
         [
             ("limit", limit),
             ("spent", str(day.spent)),

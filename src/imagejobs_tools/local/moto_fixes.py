@@ -41,13 +41,20 @@
   serialize: HTTP 500 on every Lambda call). AWS documents `Ref` of an event bus as its name. The
   fix gives the model a `physical_resource_id`: its name.
 
-- moto 5.2.5's DynamoDB `TransactWriteItems` rolls a cancelled transaction back by replacing each
-  table it touched with a deep copy taken before it, stream shard included. The shard iterators
-  already handed out (the DynamoDB Streams event source's) keep reading the old shard, which no
-  write reaches any more: after the first cancelled transaction (a budget claim over budget, a
-  batch count delivered twice) the table's change stream looks empty for good. On AWS a
-  cancelled transaction changes nothing. The fix puts the table's own shard on the restored copy,
-  less any record the cancelled transaction had added to it.
+- moto 5.2.5's DynamoDB `TransactWriteItems` backs up every table it names with a deep copy
+  before it writes (once per item: twice for our two-item transactions), and rolls a cancelled
+  transaction back by putting the copies in the tables' places. Two bugs:
+  - the copy costs the whole table: every item and every stream record since the table was made.
+    With 1,000 jobs done (about 10,000 stream records) one batch count took about a second, under
+    the lock every DynamoDB request takes (the fix above), so JobEventsFunction timed out on its
+    stream batches of 100 and their records went to the DLQ: a 1,000-line batch never completed.
+    On AWS a transaction's cost does not depend on the table's size;
+  - the copy includes the stream shard: the shard iterators already handed out (the DynamoDB
+    Streams event source's) keep reading the old shard, which no write reaches any more: after the
+    first cancelled transaction (a budget claim over budget, a batch count delivered twice) the
+    change stream looks empty for good. On AWS a cancelled transaction changes nothing.
+  The fix copies only the items the transaction names (before it runs) and, on a rollback, puts
+  those back into the same table, and drops the stream records the cancelled transaction added.
 
 The hook is private moto API (moto is pinned): `check()` says clearly when it has moved.
 """
@@ -237,7 +244,7 @@ def install() -> Callable[[], None]:
         _dynamodb_atomic_item_operations(),
         _sfn_unique_execution_names(),
         _event_bus_ref(),
-        _dynamodb_rollback_keeps_streams(),
+        _dynamodb_transactions_roll_back_in_place(),
     ]
 
     def restore() -> None:
@@ -353,33 +360,101 @@ def _dynamodb_backend_class() -> Any:
     return backend
 
 
-def _dynamodb_rollback_keeps_streams() -> Callable[[], None]:
+class _Untouched:
+    """What moto's TransactWriteItems gets instead of a deep copy of a table (see _TableCopies):
+    on a rollback moto puts it in the table's place, and the wrapper puts the table back."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+
+class _TableCopies:
+    """moto's DynamoDB models module's ``copy``: the same module, except that a deep copy of a
+    whole Table (moto's transaction backup) is not made."""
+
+    def __init__(self, module: Any, table_class: type) -> None:
+        self._module = module
+        self._table_class = table_class
+
+    def deepcopy(self, value: Any, memo: Any = None) -> Any:
+        if isinstance(value, self._table_class):
+            return _Untouched(value)
+        return self._module.deepcopy(value, memo)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+def _touched_items(backend: Any, transact_items: list[dict[str, Any]]) -> list[tuple[Any, Any, Any, Any]]:
+    """(table, hash key, range key, a copy of the item or None) for each item a transaction names."""
+    import copy
+
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    touched = []
+    for entry in transact_items:
+        for op_type, op in entry.items():
+            table = backend.tables.get(op.get("TableName")) if isinstance(op, dict) else None
+            if table is None:
+                continue
+            key = op.get("Item") if op_type == "Put" else op.get("Key")
+            try:
+                hash_key = DynamoType(key[table.hash_key_attr])
+                range_key = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+                current = table.get_item(hash_key, range_key)
+            except Exception:  # a malformed request: moto refuses it before writing anything
+                continue
+            touched.append((table, hash_key, range_key, copy.deepcopy(current)))
+    return touched
+
+
+def _put_back(table: Any, hash_key: Any, range_key: Any, item: Any) -> None:
+    holder = table.items[hash_key] if range_key is not None else table.items
+    slot = range_key if range_key is not None else hash_key
+    if item is None:
+        holder.pop(slot, None)
+    else:
+        holder[slot] = item
+
+
+def _dynamodb_transactions_roll_back_in_place() -> Callable[[], None]:
+    from moto.dynamodb import models
+    from moto.dynamodb.models.table import Table
+
     backend = _dynamodb_backend_class()
     original = backend.transact_write_items
     if getattr(original, _MARKER, False):
         return lambda: None
+    own_copy = models.copy
 
     @functools.wraps(original)
-    def transact_write_items(self: Any, *args: Any, **kwargs: Any) -> Any:
-        before = {
-            name: (table, table.stream_shard, len(table.stream_shard.items))
-            for name, table in self.tables.items()
+    def transact_write_items(
+        self: Any, transact_items: list[dict[str, Any]], *args: Any, **kwargs: Any
+    ) -> Any:
+        touched = _touched_items(self, transact_items)
+        streams = {
+            id(table): (table.stream_shard, len(table.stream_shard.items))
+            for table, *_ in touched
             if table.stream_shard is not None
         }
         try:
-            return original(self, *args, **kwargs)
+            return original(self, transact_items, *args, **kwargs)
         finally:
-            for name, (table, shard, length) in before.items():
-                restored = self.tables.get(name)
-                if restored is not None and restored is not table:  # rolled back: a copy took its place
-                    del shard.items[length:]
-                    shard.table = restored
-                    restored.stream_shard = shard
+            rolled_back = [name for name, table in self.tables.items() if isinstance(table, _Untouched)]
+            for name in rolled_back:
+                self.tables[name] = self.tables[name].table
+            if rolled_back:
+                for table, hash_key, range_key, item in reversed(touched):
+                    _put_back(table, hash_key, range_key, item)
+                for shard, length in streams.values():
+                    del shard.items[length:]  # the cancelled transaction's changes never happened
 
     setattr(transact_write_items, _MARKER, True)
+    models.copy = _TableCopies(own_copy, Table)  # type: ignore[assignment]
     backend.transact_write_items = transact_write_items
 
     def restore() -> None:
         backend.transact_write_items = original
+        models.copy = own_copy
 
     return restore

@@ -124,6 +124,75 @@ def test_no_limit_means_no_accounting(env: Env) -> None:
     assert env.store.table.get_item(Key={"jobId": budget.budget_key(DAY)}).get("Item") is None
 
 
+def batch_limited(env: Env, per_batch: int, per_day: int = 0) -> Env:
+    settings = dataclasses.replace(
+        env.settings, credit_budget_per_batch=per_batch, credit_budget_per_day=per_day
+    )
+    return dataclasses.replace(env, settings=settings)
+
+
+def batch_counters(env: Env, batch_id: str) -> tuple[int, int]:
+    shown = budget.read_batch(env.store.table, batch_id, 0)
+    return shown.spent, shown.reserved
+
+
+def line(batch_id: str, n: int, **fields: Any) -> dict[str, Any]:
+    return job(n, jobId=f"{batch_id}-{n}", batchId=batch_id, batchLine=n, **fields)
+
+
+def test_a_batch_budget_stops_that_batch_only(env: Env) -> None:
+    env = batch_limited(env, 6)  # two jobs of 3 credits per batch; no daily limit
+    outcomes = [env.handle(line("b-1", n)) for n in (1, 2, 3)]
+    assert [o.action for o in outcomes] == ["ack", "ack", "requeue"]
+    assert env.handle(line("b-2", 1)).status == "SUBMITTED"
+    assert env.handle(job(9)).status == "SUBMITTED"  # not in a batch: no batch budget applies
+    assert len(env.provider.submissions) == 4
+    assert batch_counters(env, "b-1") == (6, 0) and batch_counters(env, "b-2") == (3, 0)
+    # The day is counted for the batches' jobs (a reservation is made), never limited.
+    assert counters(env) == (9, 0)
+    assert "budget" not in env.record("job-9")
+    waiting = env.record("b-1-3")["budgetWait"]
+    assert waiting["batch"] == "b-1" and waiting["batchLimit"] == 6
+    assert (
+        waiting["reason"]
+        == "waiting for credit budget: 3 credits do not fit in the 6-credit budget of batch b-1"
+    )
+    # A batch's budget does not renew at midnight: the recheck interval is the wait.
+    assert outcomes[2].retry_after_seconds == env.settings.budget_recheck_seconds
+
+
+def test_the_budget_with_no_room_is_the_one_named(env: Env) -> None:
+    day_bound = batch_limited(env, 100, per_day=3)
+    assert day_bound.handle(line("b-1", 1)).status == "SUBMITTED"
+    assert "budget of 2026-01-01" in day_bound.handle(line("b-1", 2)).reason
+    batch_bound = batch_limited(env, 3, per_day=100)
+    assert "budget of batch b-2" in batch_bound.handle(line("b-2", 1, model="nano-banana-pro")).reason
+    assert len(env.provider.submissions) == 1
+    assert counters(env) == (3, 0) and batch_counters(env, "b-2") == (0, 0)
+
+
+def test_a_batch_reservation_settles_and_returns_on_the_batch_too(env: Env) -> None:
+    env = batch_limited(env, 9)
+    env.provider.credits = 2
+    env.handle(line("b-1", 1))
+    env.provider.submit_error = ProviderServerError(500)
+    assert env.handle(line("b-1", 2)).action == "retry"
+    assert batch_counters(env, "b-1") == (2, 0)
+    assert env.record("b-1-1")["budget"] == {
+        "day": DAY, "batch": "b-1", "reserved": 3, "state": "settled", "spent": 2,
+    }  # fmt: skip
+    assert env.record("b-1-2")["budget"]["state"] == "released"
+
+
+def test_a_waiting_batch_resumes_when_its_budget_is_raised(env: Env) -> None:
+    assert batch_limited(env, 3).handle(line("b-1", 1)).status == "SUBMITTED"
+    assert batch_limited(env, 3).handle(line("b-1", 2)).action == "requeue"
+    env.clock.advance(86_400)  # a new day changes nothing for the batch
+    assert batch_limited(env, 3).handle(line("b-1", 2)).action == "requeue"
+    assert batch_limited(env, 6).handle(line("b-1", 2)).status == "SUBMITTED"
+    assert batch_counters(env, "b-1") == (6, 0)
+
+
 DELAYS = (10, 30, 60)
 FAILED_EVENT = {"jobId": "job-1", "taskId": "tsk_1", "outcome": "FAILED", "polls": 2}
 NO_REFUND_YET = {"status": "FAILED", "errorCode": "EMPTY_RESULT", "creditsUsed": 3, "creditsRefunded": 0}
@@ -202,6 +271,14 @@ def test_rules() -> None:
     assert budget.day_of(1_767_225_600.0 - 1) == "2025-12-31"
     assert budget.BudgetDay(DAY, 10, reserved=3, spent=4).available == 3
     assert budget.BudgetDay(DAY, 0, reserved=3, spent=4).available is None
+    # Every settlement of a batch's reservation changes the batch's counters too.
+    held = {"day": DAY, "batch": "b-1", "reserved": 3, "state": budget.HELD}
+    assert budget.settle_spent(held, 2) == budget.CounterChange(DAY, reserved=-3, spent=2, batch="b-1")
+    assert budget.release(held) == budget.CounterChange(DAY, reserved=-3, batch="b-1")
+    settled = {"budget": {**held, "state": budget.SETTLED}, "creditsRefunded": 2}
+    assert budget.refund_due(settled) == budget.CounterChange(DAY, spent=-2, batch="b-1")
+    assert budget.reservation_for("gpt-image-2", 0, limit=0, batch="b-1", batch_limit=0) is None
+    assert budget.reservation_for("gpt-image-2", 0, limit=0, batch=None, batch_limit=5) is None
 
 
 def test_a_requeued_message_names_its_job() -> None:

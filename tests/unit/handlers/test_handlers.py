@@ -312,6 +312,22 @@ def test_job_events_reports_the_record_it_could_not_publish(
     assert failed == {records[i]["dynamodb"]["SequenceNumber"] for i in (0, 2, 3)}
 
 
+def test_job_events_leaves_the_records_it_has_no_time_for_to_the_retry(
+    handler: Callable[..., ModuleType], aws: Aws, lambda_context: FakeLambdaContext, monkeypatch: Any
+) -> None:
+    sqs, url = subscribe_queue(aws.env["EVENT_BUS_NAME"])
+    app = handler("job_events")
+    records = event("dynamodb_stream_records.json")["Records"]
+    # Time runs short after the second record: the third and fourth are left untouched.
+    remaining = iter([60_000, 60_000, 4_000, 4_000])
+    monkeypatch.setattr(lambda_context, "get_remaining_time_in_millis", lambda: next(remaining))
+    response = app.lambda_handler({"Records": records}, lambda_context)
+    assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == [
+        r["dynamodb"]["SequenceNumber"] for r in records[2:]
+    ]
+    assert [e["detail"]["eventId"] for e in received(sqs, url)] == [f"{DEMO_JOB}/SUBMITTED"]
+
+
 def test_runtime_builds_settings_and_clients_from_the_environment(
     handler: Callable[..., ModuleType], aws: Aws
 ) -> None:

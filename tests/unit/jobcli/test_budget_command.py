@@ -50,3 +50,17 @@ def test_a_job_waiting_for_budget_is_listed_as_such(
 
     [line] = [line for line in capsys.readouterr().out.splitlines() if "wait-1" in line]
     assert "WAITING_FOR_BUDGET" in line and "3 credits do not fit" in line
+
+
+def test_budget_shows_a_batchs_counters(stack: MockStack, capsys: pytest.CaptureFixture[str]) -> None:
+    stack.put({"jobId": budget.batch_budget_key("b-1"), "reserved": 0, "spent": 6, "committed": 6})
+
+    assert main(["budget", "--batch", "b-1", "--json", *stack.resources.target_args()]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "batch": "b-1", "limit": 0, "spent": 6, "reserved": 0, "committed": 6, "available": None,
+    }  # fmt: skip
+
+    assert main(["budget", "--batch", "b-1", *stack.resources.target_args()]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split(None, 2)[2] == "batch b-1"
+    assert "CreditBudgetPerBatch = 0" in lines[1]

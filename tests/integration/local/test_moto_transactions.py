@@ -1,6 +1,8 @@
-"""A cancelled DynamoDB transaction must leave the table's change stream flowing (moto_fixes.py).
+"""DynamoDB transactions on moto as on AWS (moto_fixes.py): a cancelled one leaves the table's
+change stream flowing and the items as they were, and none costs the whole table.
 
-moto as released rolls a cancelled TransactWriteItems back by swapping in a deep copy of the
+moto as released backs every table a transaction names up with a deep copy (items and stream),
+and rolls a cancelled TransactWriteItems back by swapping in a deep copy of the
 table, stream shard included: the iterators a stream reader holds go on reading the old shard,
 and every later change is lost to it (JobEventsFunction's counts, events and webhooks stopped
 after the first over-budget claim or the first batch count delivered twice). In-process moto: the
@@ -9,7 +11,8 @@ backend is the same as the server's, without the HTTP layer the fix does not nee
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -80,5 +83,67 @@ def test_with_the_fix_the_stream_goes_on_and_shows_nothing_of_the_cancelled_tran
     undo = moto_fixes.install()
     try:
         assert changes_after_a_cancelled_transaction(*stream) == ["first", "second"]
+    finally:
+        undo()
+
+
+def updated_then_cancelled(ddb: Any) -> dict[str, str]:
+    """An update applied, then the transaction cancelled by its last item: each key's value after."""
+    ddb.put_item(TableName="t", Item={"k": {"S": "a"}, "v": {"S": "before"}})
+    ddb.put_item(TableName="t", Item={"k": {"S": "b"}, "v": {"S": "untouched"}})
+    update = {
+        "TableName": "t",
+        "Key": {"k": {"S": "a"}},
+        "UpdateExpression": "SET v = :v",
+        "ExpressionAttributeValues": {":v": {"S": "after"}},
+    }
+    failing_check = {
+        "TableName": "t",
+        "Key": {"k": {"S": "b"}},
+        "ConditionExpression": "v = :x",
+        "ExpressionAttributeValues": {":x": {"S": "no"}},
+    }
+    put = {"TableName": "t", "Item": {"k": {"S": "new"}}}
+    with pytest.raises(ClientError, match="TransactionCanceled"):
+        ddb.transact_write_items(
+            TransactItems=[{"Update": update}, {"Put": put}, {"ConditionCheck": failing_check}]
+        )
+    items = ddb.scan(TableName="t")["Items"]
+    return {item["k"]["S"]: item.get("v", {}).get("S", "") for item in items}
+
+
+def transaction_peak_bytes(ddb: Any) -> int:
+    """Memory a one-item transaction allocates at its peak, on a table of 2,000 items (a copy of
+    the table's objects, items and stream records, takes some MB: moto's strings are shared)."""
+    attributes = {f"a{n}": {"N": str(n)} for n in range(10)}
+    for n in range(2_000):
+        ddb.put_item(TableName="t", Item={"k": {"S": f"item-{n}"}, **attributes})
+    tracemalloc.start()
+    try:
+        ddb.transact_write_items(TransactItems=[{"Put": {"TableName": "t", "Item": {"k": {"S": "small"}}}}])
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_moto_as_released_copies_the_whole_table_for_each_transaction(stream: tuple[Any, Any, str]) -> None:
+    # If this fails, moto no longer backs the table up whole: the fix can go (moto_fixes.py).
+    assert transaction_peak_bytes(stream[0]) > 10_000_000
+
+
+def test_with_the_fix_a_transaction_copies_only_the_items_it_names(stream: tuple[Any, Any, str]) -> None:
+    undo: Callable[[], None] = moto_fixes.install()
+    try:
+        assert transaction_peak_bytes(stream[0]) < 2_000_000
+    finally:
+        undo()
+
+
+def test_with_the_fix_a_cancelled_transaction_leaves_every_item_as_it_was(
+    stream: tuple[Any, Any, str],
+) -> None:
+    undo = moto_fixes.install()
+    try:
+        assert updated_then_cancelled(stream[0]) == {"a": "before", "b": "untouched"}
     finally:
         undo()
