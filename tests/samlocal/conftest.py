@@ -49,8 +49,11 @@ class SamLocal:
             command, cwd=REPO, env=samlocal.sam_environment(), capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stderr[-4000:]
-        # stdout is the response alone; the function's logs and SAM's own lines are on stderr.
-        response: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        # stdout is the response alone; the function's logs and SAM's own lines are on stderr. SAM
+        # exits 0 with nothing on stdout when it got no response from the container.
+        lines = done.stdout.strip().splitlines()
+        assert lines, f"no response from {function}:\n{done.stderr[-4000:]}"
+        response: dict[str, Any] = json.loads(lines[-1])
         return response
 
 

@@ -45,6 +45,8 @@ ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 # EAGER warm containers start one container per function before start-lambda answers.
 START_TIMEOUT_SECONDS = 300.0
 STOP_TIMEOUT_SECONDS = 60.0
+# How long SAM waits for a new container to answer (its default is 20 s).
+CONTAINER_CONNECTION_TIMEOUT_SECONDS = 120
 
 
 class SamLocalError(RuntimeError):
@@ -75,6 +77,10 @@ def sam_environment() -> dict[str, str]:
     python3.12 is what `sam build` uses)."""
     environment = dict(os.environ)
     environment["SAM_CLI_TELEMETRY"] = "0"
+    # SAM waits 20 s for a new container's runtime API, then reports "No response from invoke
+    # container" on stderr and exits 0 with no response: on a loaded 2-core machine (the suite's
+    # other worker running a stack) a first container has taken longer than that.
+    environment.setdefault("SAM_CLI_CONTAINER_CONNECTION_TIMEOUT", str(CONTAINER_CONNECTION_TIMEOUT_SECONDS))
     environment["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), environment.get("PATH", "")))
     return environment
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from imagejobs_tools import cli
+from imagejobs_tools.local import samlocal
 from imagejobs_tools.local.dispatch import LambdaDispatcher
 from imagejobs_tools.local.samlocal import sam_env_document
 from imagejobs_tools.local.workers import FunctionSpec, InvocationOutcome
@@ -152,3 +153,12 @@ def test_a_build_of_unchanged_inputs_is_not_redone(tmp_path: Path, monkeypatch: 
     samlocal.build(template, "x86_64")
     samlocal.build(template, "arm64")  # another architecture: built again
     assert len(builds) == 3
+
+
+def test_sam_waits_longer_than_its_default_for_a_new_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SAM_CLI_CONTAINER_CONNECTION_TIMEOUT", raising=False)
+    assert samlocal.sam_environment()["SAM_CLI_CONTAINER_CONNECTION_TIMEOUT"] == "120"
+    assert samlocal.sam_environment()["SAM_CLI_TELEMETRY"] == "0"
+
+    monkeypatch.setenv("SAM_CLI_CONTAINER_CONNECTION_TIMEOUT", "45")
+    assert samlocal.sam_environment()["SAM_CLI_CONTAINER_CONNECTION_TIMEOUT"] == "45"
