@@ -44,6 +44,7 @@ def record_handler(record: DynamoDBRecord, lambda_context: LambdaContext) -> str
         batches=runtime.batches,
         results=runtime.results_queue,
         publisher=runtime.publisher,
+        webhooks=runtime.webhooks,
     )
     return published if followed is None else f"{published}; {followed}"
 

@@ -93,7 +93,6 @@ def test_copy_output_smoke() -> None:
         assert result["peakRssMB"] >= result["baselineRssMB"] > 0
 
 
-@pytest.mark.xdist_group("localstack")
 def test_detection_delay_smoke() -> None:
     figures = run_smoke("detection_delay.py")
     assert figures["completed"] == figures["jobs"] == 4
@@ -109,7 +108,6 @@ def test_detection_delay_smoke() -> None:
     distribution(multi["delaySeconds"], 4)
 
 
-@pytest.mark.xdist_group("localstack")
 def test_throughput_smoke() -> None:
     figures = run_smoke("throughput.py")
     assert figures["statuses"] == {"COMPLETED": 10}
@@ -132,7 +130,6 @@ def test_throughput_smoke() -> None:
     number(figures["peakRssMB"], minimum=1)
 
 
-@pytest.mark.xdist_group("localstack")
 def test_cost_smoke() -> None:
     figures = run_smoke("cost.py")
     assert figures["completed"] == figures["jobs"] == 3

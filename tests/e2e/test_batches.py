@@ -13,7 +13,7 @@ from imagejobs_tools.reliability.stacksuites import Harness, running_stack
 from tests.e2e.conftest import TERMINAL, wait_for
 from tests.e2e.test_events import Subscriber
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 LINES = [
     json.dumps({"jobId": "sku-1001", "prompt": "a red kite", "aspectRatio": "1:1"}),

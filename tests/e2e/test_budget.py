@@ -22,7 +22,7 @@ from imagejobs_tools.local.stack import LocalStack
 from tests.e2e.conftest import own_stack_config, wait_for
 from tests.e2e.test_handover import job_record
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack")]
+pytestmark = [pytest.mark.e2e]
 
 CREDITS = 3  # gpt-image-2, the catalog's price and the simulator's
 

@@ -18,7 +18,7 @@ from imagejobs_tools.cli import main
 from imagejobs_tools.reliability.stacksuites import Harness, running_stack
 from tests.e2e.conftest import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 LINES = [
     json.dumps({"prompt": "a red kite", "aspectRatio": "1:1"}),

@@ -19,7 +19,7 @@ from imagejobs_tools.local.stack import LocalStack
 from tests.e2e.conftest import own_stack_config, wait_for
 from tests.e2e.test_handover import job_record
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack")]
+pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.e2e.conftest import TEMPLATE
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack")]
+pytestmark = [pytest.mark.e2e]
 
 
 def test_demo_completes_every_job_and_saves_the_images(tmp_path: Path) -> None:

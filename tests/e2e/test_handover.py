@@ -19,7 +19,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
 from tests.e2e.conftest import REPO, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack")]
+pytestmark = [pytest.mark.e2e]
 
 HANDOVER_AFTER_SECONDS = 2
 # Long enough that the first execution must hand over (at 2 s) before the task can complete, even

@@ -19,7 +19,7 @@ from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
 from tests.e2e.conftest import REPO, wait_for
 from tests.e2e.test_handover import job_record
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack")]
+pytestmark = [pytest.mark.e2e]
 
 POLLS_PER_INVOCATION = 3
 MODEL = "nano-banana-2"

@@ -18,7 +18,7 @@ from imagejobs_tools.reliability.receiver import WebhookReceiver
 from imagejobs_tools.reliability.stacksuites import Harness, job_body, running_stack
 from tests.e2e.conftest import TERMINAL, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def answer(path: str, webhook_id: str, attempt: int) -> int:
@@ -87,3 +87,34 @@ def test_deliveries_are_signed_retried_on_500_not_on_410_and_dead_lettered_after
     assert receiver.attempts("/down") == {i: 3 for i in ids["/down"]}
     assert {dlq[i] for i in ids["/down"]} == {"gave up after 3 attempts: HTTP 500"}
     assert not ids["/ok"] & set(dlq) and not ids["/flaky"] & set(dlq)
+
+
+def test_a_batch_uploaded_with_a_webhook_delivers_every_job_and_the_batch_completion_there(
+    harness: Harness, receiver: WebhookReceiver
+) -> None:
+    h = harness
+    key = "batches/hooked.jsonl"
+    lines = [
+        {"prompt": "batch webhook line 1"},
+        {"prompt": "batch webhook line 2", "webhookUrl": receiver.url("/ok")},
+    ]
+    h.upload_batch(key, lines, metadata={"webhook-url": receiver.url("/batch")})
+    [batch_id] = wait_for(
+        lambda: [b for b, item in h.batch_items().items() if (item.get("source") or {}).get("key") == key],
+        60,
+        what="the batch item",
+    )
+    first, second = f"{batch_id}-1", f"{batch_id}-2"
+    expected = {f"{first}/SUBMITTED", f"{first}/COMPLETED", f"batch/{batch_id}/COMPLETED"}
+    wait_for(
+        lambda: set(receiver.attempts("/batch")) == expected, 120, what="the batch's deliveries", interval=1
+    )
+    # The line with a webhook of its own is delivered there, not to the batch's.
+    assert {f"{second}/SUBMITTED", f"{second}/COMPLETED"} <= set(receiver.attempts("/ok"))
+
+    secret = h.secrets.get_secret_value(SecretId=h.outputs["WebhookSigningSecretArn"])["SecretString"]
+    [completion] = [r for r in receiver.received("/batch") if r.webhook_id.startswith("batch/")]
+    payload = Webhook(secret).verify(completion.body, completion.headers)
+    assert payload["type"] == "Batch Completed"
+    assert payload["data"]["summary"]["byStatus"] == {"COMPLETED": 2}
+    assert payload["data"]["results"]["key"] == "batches/hooked.results.jsonl"

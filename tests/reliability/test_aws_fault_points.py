@@ -12,7 +12,7 @@ import pytest
 from imagejobs_tools.local.aws_faults import FaultRule
 from imagejobs_tools.reliability.stacksuites import TERMINAL, job_body, running_stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack"), pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
 def test_a_throttled_start_execution_after_submission_never_resubmits_and_is_redriven_to_completion() -> None:

@@ -10,7 +10,7 @@ import pytest
 from imagejobs_tools.reliability import SMOKE_SIZES, run_suite
 from imagejobs_tools.reliability.report import SuiteReport
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("localstack"), pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
 def _assert_shared_invariants(report: SuiteReport) -> None:

@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 
 from imagejobs.events import EventPublisher, JobEvent
 from imagejobs.store import TERMINAL, BatchLine, from_dynamo, iso, to_dynamo
+from imagejobs.webhooks import DeliveryQueue, batch_delivery_for
 
 BATCH_KEY_PREFIX = "batch#"
 OPEN, WRITING, COMPLETED = "OPEN", "WRITING", "COMPLETED"
@@ -148,28 +149,39 @@ class BatchStore:
         return from_dynamo(item) if item else None
 
     def open(
-        self, batch_id: str, files: BatchFiles, source: Mapping[str, Any], *, now: float | None = None
+        self,
+        batch_id: str,
+        files: BatchFiles,
+        source: Mapping[str, Any],
+        *,
+        webhook_url: str | None = None,
+        now: float | None = None,
     ) -> None:
-        """Create the batch item, or leave it as it is (a resumed or redelivered intake)."""
+        """Create the batch item, or leave it as it is (a resumed or redelivered intake); a
+        ``webhook_url`` is where its "Batch Completed" is delivered."""
         at = iso(time.time() if now is None else now)
+        values: dict[str, Any] = {
+            ":id": batch_id,
+            ":now": at,
+            ":open": OPEN,
+            ":bucket": files.bucket,
+            ":results": files.results_key,
+            ":summary": files.summary_key,
+            ":source": to_dynamo(dict(source)),
+            ":zero": 0,
+        }
+        webhook = ""
+        if webhook_url is not None:
+            webhook, values[":hook"] = ", webhookUrl = :hook", webhook_url
         self.table.update_item(
             Key={"jobId": batch_key(batch_id)},
             UpdateExpression=(
                 "SET batchId = :id, createdAt = if_not_exists(createdAt, :now), updatedAt = :now, "
                 "batchStatus = if_not_exists(batchStatus, :open), #bucket = :bucket, resultsKey = :results, "
-                "summaryKey = :summary, #source = :source ADD done :zero"
+                f"summaryKey = :summary, #source = :source{webhook} ADD done :zero"
             ),
             ExpressionAttributeNames={"#bucket": "bucket", "#source": "source"},
-            ExpressionAttributeValues={
-                ":id": batch_id,
-                ":now": at,
-                ":open": OPEN,
-                ":bucket": files.bucket,
-                ":results": files.results_key,
-                ":summary": files.summary_key,
-                ":source": to_dynamo(dict(source)),
-                ":zero": 0,
-            },
+            ExpressionAttributeValues=values,
         )
 
     def set_expected(self, batch_id: str, expected: int, *, now: float | None = None) -> None:
@@ -307,6 +319,7 @@ def follow_change(
     batches: BatchStore,
     results: ResultsQueue,
     publisher: EventPublisher,
+    webhooks: DeliveryQueue,
 ) -> str | None:
     """What one change of the jobs table means for batches; None: nothing."""
     old, new = from_dynamo(old_image or {}), from_dynamo(new_image or {})
@@ -320,7 +333,11 @@ def follow_change(
         results.enqueue(complete)
         return f"batch {complete} complete: results queued"
     event = batch_completed(old, new)
-    if event is not None:
-        publisher.publish([event])
+    if event is None:
+        return None
+    publisher.publish([event])
+    delivery = batch_delivery_for(event, new)
+    if delivery is None:
         return event.event_id
-    return None
+    webhooks.enqueue(delivery)
+    return f"{event.event_id} (+ webhook)"

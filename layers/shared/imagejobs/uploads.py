@@ -11,6 +11,7 @@ REJECTED, with the reason per field.
   object's metadata (``x-amz-meta-prompt``, ``-model``, ``-aspect-ratio``, ``-output-prefix``).
 - ``<inputs>/…/photo.png.json``: a sidecar; when its image already exists, it (re)builds that job.
 - ``<batches>/…/file.jsonl``: one job per line, streamed; a report lands at ``file.jsonl.report.json``.
+  The object's ``x-amz-meta-webhook-url`` is the webhookUrl of every line that names none.
 
 Job ids are derived from the object (bucket, key, version or ETag) so a redelivered event
 enqueues nothing new: the intake ignores a job id it has seen, and a batch whose report says
@@ -35,7 +36,7 @@ from typing import Any, Literal
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from botocore.exceptions import ClientError
 
-from imagejobs import jobs
+from imagejobs import jobs, urls
 from imagejobs.batches import RESULTS_SUFFIX, SUMMARY_SUFFIX, BatchFiles, BatchStore
 from imagejobs.config import S3IntakeSettings, TriggerPrefixSettings
 from imagejobs.copier import sniff
@@ -63,7 +64,10 @@ OPTION_METADATA = {
     "model": "model",
     "aspect-ratio": "aspectRatio",
     "output-prefix": "outputPrefix",
+    "webhook-url": "webhookUrl",
 }
+# A batch object's x-amz-meta-webhook-url: the webhookUrl of every line that names none.
+BATCH_WEBHOOK_METADATA = "webhook-url"
 RECIPE_METADATA = "recipe"
 RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 RECIPE_FIELDS = ("prompt", "model", "aspectRatio", "providerInput", "outputPrefix", "metadata")
@@ -625,15 +629,41 @@ def job_message(request: jobs.JobRequest) -> dict[str, Any]:
     return {name: value for name, value in request.to_record().items() if name != "kind"}
 
 
-def _batch_line_request(request: jobs.JobRequest, line: BatchLine) -> jobs.JobRequest:
-    """The line's request, placed in its batch; a line may not name a batch itself."""
+@dataclass(frozen=True)
+class BatchWebhook:
+    """The batch object's own webhookUrl (its metadata), checked once for all its lines."""
+
+    url: str | None = None
+    problem: str | None = None
+
+    @classmethod
+    def of(cls, head: Mapping[str, Any], settings: S3IntakeSettings, resolver: urls.Resolver) -> BatchWebhook:
+        metadata = {str(k).lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        if BATCH_WEBHOOK_METADATA not in metadata:
+            return cls()
+        url = decode_metadata_value(str(metadata[BATCH_WEBHOOK_METADATA]))
+        return cls(url, urls.check_public_https_url(url, settings.url_allow_hosts, resolver))
+
+    def apply(self, request: jobs.JobRequest) -> jobs.JobRequest:
+        """The request with the batch's webhookUrl, unless it names its own."""
+        if self.url is None or request.webhook_url is not None:
+            return request
+        if self.problem is not None:
+            reason = f"(the batch's x-amz-meta-{BATCH_WEBHOOK_METADATA}) {self.problem}"
+            raise jobs.JobValidationError({"webhookUrl": [reason]}, request.job_id)
+        return dataclasses.replace(request, webhook_url=self.url)
+
+
+def _batch_line_request(request: jobs.JobRequest, line: BatchLine, webhook: BatchWebhook) -> jobs.JobRequest:
+    """The line's request, placed in its batch, with the batch's webhook; a line may not name a
+    batch itself."""
     given = [
         name for name, value in (("batchId", request.batch_id), ("batchLine", request.batch_line)) if value
     ]
     if given:
         reason = "is set by the batch upload (its object and the line number); remove it from the line"
         raise jobs.JobValidationError({name: [reason] for name in given}, request.job_id)
-    return dataclasses.replace(request, batch_id=line.batch_id, batch_line=line.line)
+    return webhook.apply(dataclasses.replace(request, batch_id=line.batch_id, batch_line=line.line))
 
 
 def _record_bad_line(
@@ -709,14 +739,16 @@ def process_batch(
         logger.info("batch already processed; nothing enqueued", extra={"key": ref.key})
         return UploadOutcome("ack", "batch", "already processed", ref.key, report=report.to_document())
 
+    cached_resolver = resolver or functools.lru_cache(maxsize=1024)(socket.getaddrinfo)
+    webhook = BatchWebhook.of(head, settings, cached_resolver)
     batches.open(
         batch_id,
         BatchFiles.beside(ref.bucket, ref.key),
         {"bucket": ref.bucket, "key": ref.key, "versionId": version_id, "etag": etag},
+        webhook_url=webhook.url if webhook.problem is None else None,
         now=now(),
     )
     enqueued_before = report.enqueued
-    cached_resolver = resolver or functools.lru_cache(maxsize=1024)(socket.getaddrinfo)
     seen_ids: set[str] = set()
     buffer: list[tuple[int, str]] = []
     buffer_bytes = 0
@@ -749,7 +781,7 @@ def process_batch(
                     request = jobs.parse_job(
                         line, place.default_job_id, settings=settings, resolver=cached_resolver
                     )
-                    request = _batch_line_request(request, place)
+                    request = _batch_line_request(request, place, webhook)
                     problem = trigger_prefix_problem(request.output_prefix, settings)
                     if problem:
                         raise jobs.JobValidationError({"outputPrefix": [problem]}, request.job_id)

@@ -1,13 +1,14 @@
 """Signed webhooks (docs/webhooks.md): a job's state changes POSTed to its ``webhookUrl``.
 
 JobEventsFunction enqueues one delivery per published event of a job whose request names a
-``webhookUrl`` (the payload is the event's detail, the ``webhook-id`` its stable ``eventId``, so a
-receiver deduplicates on it). WebhookFunction POSTs each delivery following the Standard Webhooks
-convention (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``: HMAC-SHA256 over
-``id.timestamp.body``). Timeouts, connection errors, 5xx and 429 are retried on the schedule the
-delay list gives (by the message's receive count); any other answer, or a URL that is no longer
-safe, goes straight to the dead-letter queue with the reason; so does the last failed attempt.
-``verification_problem`` is the receiver's side (`imagejobs webhook verify`).
+``webhookUrl``, and the "Batch Completed" of a batch whose item names one (the payload is the
+event's detail, the ``webhook-id`` its stable ``eventId``, so a receiver deduplicates on it).
+WebhookFunction POSTs each delivery following the Standard Webhooks convention (``webhook-id``,
+``webhook-timestamp``, ``webhook-signature``: HMAC-SHA256 over ``id.timestamp.body``). Timeouts,
+connection errors, 5xx and 429 are retried on the schedule the delay list gives (by the message's
+receive count); any other answer, or a URL that is no longer safe, goes straight to the dead-letter
+queue with the reason; so does the last failed attempt. ``verification_problem`` is the receiver's
+side (`imagejobs webhook verify`).
 """
 
 from __future__ import annotations
@@ -72,12 +73,22 @@ class Delivery:
 
 
 def delivery_for(event: JobEvent, record: Mapping[str, Any]) -> Delivery | None:
-    """The delivery of ``event`` to the record's webhook, or None when the job has none."""
+    """The delivery of a job's ``event`` to the record's webhook, or None when the job has none."""
     url = (record.get("request") or {}).get("webhookUrl")
+    return _delivery(event, url, event.detail.get("timings", {}).get("updatedAt"))
+
+
+def batch_delivery_for(event: JobEvent, batch: Mapping[str, Any]) -> Delivery | None:
+    """The delivery of a batch's ``event`` to the webhook its batch item names, or None."""
+    return _delivery(event, batch.get("webhookUrl"), event.detail.get("completedAt"))
+
+
+def _delivery(event: JobEvent, url: Any, timestamp: Any) -> Delivery | None:
     if not isinstance(url, str) or not url:
         return None
-    payload = {"type": event.detail_type, "timestamp": event.detail.get("timings", {}).get("updatedAt")}
-    return Delivery(event.event_id, url, payload | {"data": event.detail})
+    return Delivery(
+        event.event_id, url, {"type": event.detail_type, "timestamp": timestamp, "data": event.detail}
+    )
 
 
 class DeliveryQueue(Protocol):

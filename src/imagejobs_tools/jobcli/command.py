@@ -96,6 +96,11 @@ def register(subparsers: Any) -> None:
     )
     submit.add_argument("--output-prefix", help="S3 key prefix for the outputs (relative)")
     submit.add_argument(
+        "--webhook-url",
+        help="where the job's state changes are POSTed (docs/webhooks.md); with --file, every line's "
+        "that names none (a batch-wide webhook)",
+    )
+    submit.add_argument(
         "--batch-id",
         help="the batch of a --file (default: generated, b-<hex>); the same id again resumes it",
     )
@@ -456,8 +461,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 job_id=args.job_id,
                 metadata=metadata,
                 output_prefix=args.output_prefix,
+                webhook_url=args.webhook_url,
             )
             single_job = prepare(single, "argv")
+        else:
+            # What every line of the file has unless it says otherwise.
+            line_defaults = build_message(
+                "",
+                model=args.model,
+                aspect_ratio=args.aspect_ratio,
+                input_urls=args.inputs,
+                metadata=metadata,
+                output_prefix=args.output_prefix,
+                webhook_url=args.webhook_url,
+            )
+            del line_defaults["jobId"], line_defaults["prompt"]
     except MessageShapeError as exc:
         return _usage_error(str(exc))
 
@@ -470,17 +488,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     sent = 0
 
     def outgoing(stream: Any) -> Iterator[OutgoingJob]:
-        defaults = build_message(
-            "",
-            model=args.model,
-            aspect_ratio=args.aspect_ratio,
-            input_urls=args.inputs,
-            metadata=metadata,
-            output_prefix=args.output_prefix,
-        )
-        del defaults["jobId"], defaults["prompt"]
         nonlocal bad_lines
-        for item in iter_jsonl(iter(lambda: stream.read(65536), b""), args.file, defaults, batch_id):
+        for item in iter_jsonl(iter(lambda: stream.read(65536), b""), args.file, line_defaults, batch_id):
             if isinstance(item, LineError):
                 bad_lines += 1
                 if len(bad_line_sources) < MAX_LISTED_FAILURES:
@@ -500,7 +509,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 stream = sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
             except OSError as exc:
                 return _usage_error(f"cannot read {args.file}: {exc.strerror or exc}")
-            _open_batch(client, target, batch_id, args.file)
+            _open_batch(client, target, batch_id, args.file, args.webhook_url)
             results = client.submit_messages(outgoing(stream))
         try:
             for result in results:
@@ -550,12 +559,16 @@ def _new_batch_id(file: str) -> str:
     return new_batch_id(None if file == "-" else file_sha256(Path(file)), time.time())
 
 
-def _open_batch(client: JobsClient, target: Target, batch_id: str, file: str) -> None:
-    """The batch item, before any job of it is sent (its jobs are counted in it as they finish)."""
+def _open_batch(
+    client: JobsClient, target: Target, batch_id: str, file: str, webhook_url: str | None
+) -> None:
+    """The batch item, before any job of it is sent (its jobs are counted in it as they finish;
+    its "Batch Completed" goes to the webhook too)."""
     from imagejobs.batches import BatchFiles
 
     files = BatchFiles(target.require_bucket_name(), f"{BATCH_RESULTS_PREFIX}{batch_id}")
-    client.batch_store().open(batch_id, files, {"file": "<stdin>" if file == "-" else Path(file).name})
+    source = {"file": "<stdin>" if file == "-" else Path(file).name}
+    client.batch_store().open(batch_id, files, source, webhook_url=webhook_url)
 
 
 class _LastSubmitWriter:

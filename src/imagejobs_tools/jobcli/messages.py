@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -110,11 +111,14 @@ def build_message(
     job_id: str | None = None,
     metadata: Mapping[str, str] | None = None,
     output_prefix: str | None = None,
+    webhook_url: str | None = None,
 ) -> dict[str, Any]:
     """The message for `submit "PROMPT" ...`, with only the fields the user gave."""
     for value in input_urls:
         if (problem := input_problem(value)) is not None:
             raise MessageShapeError(problem)
+    if webhook_url is not None and (problem := webhook_url_problem(webhook_url)) is not None:
+        raise MessageShapeError(problem)
     message: dict[str, Any] = {"jobId": job_id or new_job_id(), "prompt": prompt}
     if model:
         message["model"] = model
@@ -126,7 +130,17 @@ def build_message(
         message["metadata"] = dict(metadata)
     if output_prefix:
         message["outputPrefix"] = output_prefix
+    if webhook_url:
+        message["webhookUrl"] = webhook_url
     return message
+
+
+def webhook_url_problem(value: str) -> str | None:
+    """Why --webhook-url is not even a URL (None: it is; the pipeline checks that it is public)."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        return f"--webhook-url: {value!r} is not an https:// URL"
+    return None
 
 
 def prepare(

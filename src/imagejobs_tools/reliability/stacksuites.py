@@ -103,12 +103,16 @@ class Harness:
                 return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def upload_batch(self, key: str, bodies: list[dict[str, Any]]) -> None:
-        """A JSONL batch uploaded under the batches prefix (S3 → UploadsQueue → S3IntakeFunction)."""
+    def upload_batch(
+        self, key: str, bodies: list[dict[str, Any]], metadata: dict[str, str] | None = None
+    ) -> None:
+        """A JSONL batch uploaded under the batches prefix (S3 → UploadsQueue → S3IntakeFunction),
+        with the object's user ``metadata`` (x-amz-meta-…)."""
         self.s3.put_object(
             Bucket=self.outputs["OutputBucketName"],
             Key=key,
             Body="".join(json.dumps(body) + "\n" for body in bodies).encode(),
+            Metadata=metadata or {},
         )
 
     def redeliver_upload_event(self, key: str) -> None:

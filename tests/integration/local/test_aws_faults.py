@@ -23,8 +23,6 @@ from imagejobs_tools.local.aws_faults import (
 
 from .conftest import bare_moto_server
 
-pytestmark = pytest.mark.xdist_group("localstack")
-
 
 @pytest.fixture()
 def faulty_server() -> Iterator[tuple[str, AwsFaults]]:

@@ -16,7 +16,7 @@ from imagejobs_tools.local.dispatch import InvocationRecord
 from imagejobs_tools.local.observe import AwsCallCounts, count_aws_calls
 from tests.integration.local.conftest import fixture_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("localstack")]
+pytestmark = [pytest.mark.integration]
 
 
 def test_server_tuning_is_applied_while_running_and_undone_on_stop() -> None:

@@ -12,7 +12,7 @@ import pytest
 from imagejobs_tools.local import LocalStack, LocalStackError
 from tests.integration.local.conftest import fixture_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("localstack")]
+pytestmark = [pytest.mark.integration]
 
 
 def _port_open(port: int) -> bool:

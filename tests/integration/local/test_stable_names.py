@@ -11,7 +11,7 @@ import pytest
 from imagejobs_tools.local import LocalStack
 from tests.integration.local.conftest import fixture_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("localstack")]
+pytestmark = [pytest.mark.integration]
 
 # Types whose physical names moto's CloudFormation makes up (stack name, logical id, random suffix).
 GENERATED_NAME_TYPES = {"AWS::SQS::Queue", "AWS::DynamoDB::Table", "AWS::S3::Bucket", "AWS::Lambda::Function"}

@@ -11,7 +11,7 @@ import pytest
 from imagejobs_tools.local import LocalStack
 from tests.integration.local.conftest import get_item, queue_depth, send, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("localstack")]
+pytestmark = [pytest.mark.integration]
 
 
 def unique(prefix: str) -> str:

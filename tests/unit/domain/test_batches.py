@@ -26,6 +26,7 @@ from imagejobs.batches import (
 )
 from imagejobs.events import JobEvent
 from imagejobs.store import BatchLine, JobStore, to_dynamo
+from imagejobs.webhooks import Delivery
 from moto import mock_aws
 
 from tests.unit.domain.fakes import create_jobs_table
@@ -133,11 +134,10 @@ def put(table: Any, record: dict[str, Any]) -> None:
     table.put_item(Item=to_dynamo(record))
 
 
-def open_batch(table: Any, expected: int | None = None) -> BatchStore:
+def open_batch(table: Any, expected: int | None = None, webhook_url: str | None = None) -> BatchStore:
     batches = BatchStore(table, sleep=lambda _: None)
-    batches.open(
-        BATCH, BatchFiles(BUCKET, "batches/cat"), {"bucket": BUCKET, "key": "batches/cat.jsonl"}, now=T0
-    )
+    source = {"bucket": BUCKET, "key": "batches/cat.jsonl"}
+    batches.open(BATCH, BatchFiles(BUCKET, "batches/cat"), source, webhook_url=webhook_url, now=T0)
     if expected is not None:
         batches.set_expected(BATCH, expected, now=T0)
     return batches
@@ -180,6 +180,14 @@ class Publisher:
         self.events.extend(events)
 
 
+class Deliveries:
+    def __init__(self) -> None:
+        self.queued: list[Delivery] = []
+
+    def enqueue(self, delivery: Delivery) -> None:
+        self.queued.append(delivery)
+
+
 def stream_of_changes(table: Any, write: Any) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
     """The (old, new) images of every item ``write()`` changes, as the change stream carries them."""
     before = {i["jobId"]: i for i in table.scan()["Items"]}
@@ -188,11 +196,13 @@ def stream_of_changes(table: Any, write: Any) -> list[tuple[dict[str, Any] | Non
     return [(before.get(k), after.get(k)) for k in after if before.get(k) != after.get(k)]
 
 
+@pytest.mark.parametrize("webhook_url", [None, "https://hooks.example.com/batches"])
 def test_the_stream_counts_jobs_queues_the_complete_batch_once_and_publishes_its_completion(
-    aws: tuple[Any, Any],
+    aws: tuple[Any, Any], webhook_url: str | None
 ) -> None:
     table, s3 = aws
-    batches, queue, publisher = open_batch(table), Queue(), Publisher()
+    batches, queue, publisher = open_batch(table, webhook_url=webhook_url), Queue(), Publisher()
+    deliveries = Deliveries()
 
     def stream(write_something: Any) -> None:
         """Follow every change, and the changes following makes, each delivered twice."""
@@ -202,7 +212,9 @@ def test_the_stream_counts_jobs_queues_the_complete_batch_once_and_publishes_its
             changes = stream_of_changes(
                 table,
                 lambda pending=pending: [
-                    follow_change(old, new, batches=batches, results=queue, publisher=publisher)
+                    follow_change(
+                        old, new, batches=batches, results=queue, publisher=publisher, webhooks=deliveries
+                    )
                     for old, new in pending * 2
                 ],
             )
@@ -220,6 +232,17 @@ def test_the_stream_counts_jobs_queues_the_complete_batch_once_and_publishes_its
         write(table, s3)  # the duplicate message
     assert [e.event_id for e in publisher.events] == [f"batch/{BATCH}/COMPLETED"] * 2
     assert publisher.events[0].detail["summary"]["byStatus"] == {"COMPLETED": 1, "FAILED": 1, "REJECTED": 1}
+    # A batch that names a webhook has its completion delivered there too (the jobs' own deliveries
+    # are theirs); twice here, under one webhook-id the receiver deduplicates on.
+    if webhook_url is None:
+        assert deliveries.queued == []
+    else:
+        assert [(d.webhook_id, d.url) for d in deliveries.queued] == [
+            (f"batch/{BATCH}/COMPLETED", webhook_url)
+        ] * 2
+        payload = deliveries.queued[0].payload
+        assert payload["type"] == "Batch Completed" and payload["data"] == publisher.events[0].detail
+        assert payload["timestamp"] == publisher.events[0].detail["completedAt"] is not None
 
 
 # ----------------------------------------------------------------------------- results

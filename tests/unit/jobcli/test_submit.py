@@ -327,3 +327,38 @@ def test_a_missing_queue_stops_the_submit_with_one_error_line(
     assert "imagejobs: error: imagejobs submit failed" in captured.err
     # The batch was opened first; it stays open (no expected) until the same command is run again.
     assert "left open: run the same command with --batch-id b-" in captured.err
+
+
+def test_a_webhook_url_is_the_jobs_or_every_line_of_a_file_that_names_none(
+    stack: MockStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hook, own = "https://hooks.example.com/imagejobs", "https://own.example.com/h"
+    assert (
+        main(["submit", "a cat", "--job-id", "cat-1", "--webhook-url", hook, *stack.resources.target_args()])
+        == 0
+    )
+    [body] = stack.received_bodies()
+    assert json.loads(body)["webhookUrl"] == hook
+
+    lines = [json.dumps({"prompt": "a"}), json.dumps({"prompt": "b", "webhookUrl": own})]
+    Path("hooked.jsonl").write_text("\n".join(lines) + "\n")
+    arguments = ["submit", "--file", "hooked.jsonl", "--webhook-url", hook, *stack.resources.target_args()]
+    assert main(arguments) == 0
+    sent = [json.loads(b) for b in stack.received_bodies()]
+    assert sorted((m["prompt"], m["webhookUrl"]) for m in sent if m["prompt"] != "a cat") == [
+        ("a", hook),
+        ("b", own),
+    ]
+
+
+@pytest.mark.parametrize("file", [False, True])
+def test_a_webhook_url_that_is_not_a_url_is_refused_before_sending(
+    stack: MockStack, capsys: pytest.CaptureFixture[str], file: bool
+) -> None:
+    Path("one.jsonl").write_text('{"prompt": "a"}\n')
+    source = ["--file", "one.jsonl"] if file else ["x"]
+    assert (
+        main(["submit", *source, "--webhook-url", "hooks.example.com", *stack.resources.target_args()]) == 2
+    )
+    assert "--webhook-url: 'hooks.example.com' is not an https:// URL" in capsys.readouterr().err
+    assert stack.received_bodies() == []

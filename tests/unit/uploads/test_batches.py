@@ -250,3 +250,30 @@ def test_a_batch_saved_with_a_byte_order_mark_is_read_as_the_cli_reads_it(aws: A
     deliver(aws, s3_event(key, etag=aws.put(key, body.encode("utf-8"))))
     assert [m["prompt"] for m in aws.messages()] == ["first", "second"]
     assert aws.report(key)["badLineCount"] == 0
+
+
+def test_a_batch_webhook_in_the_objects_metadata_is_every_lines_unless_the_line_names_its_own(
+    aws: Aws,
+) -> None:
+    key = "batches/hooked.jsonl"
+    batch_hook, own_hook = "https://93.184.216.34/batch-hook", "https://93.184.216.35/own"
+    lines = [json.dumps({"prompt": "a"}), json.dumps({"prompt": "b", "webhookUrl": own_hook})]
+    body = ("\n".join(lines) + "\n").encode()
+    etag = aws.put(key, body, Metadata={"webhook-url": batch_hook})
+    deliver(aws, s3_event(key, etag=etag))
+    assert [m.get("webhookUrl") for m in aws.messages()] == [batch_hook, own_hook]
+
+
+def test_a_batch_webhook_that_fails_the_url_rule_rejects_the_lines_that_would_use_it(aws: Aws) -> None:
+    key = "batches/badhook.jsonl"
+    own_hook = "https://93.184.216.35/own"
+    lines = [json.dumps({"prompt": "a"}), json.dumps({"prompt": "b", "webhookUrl": own_hook})]
+    etag = aws.put(key, ("\n".join(lines) + "\n").encode(), Metadata={"webhook-url": "https://10.0.0.7/hook"})
+    deliver(aws, s3_event(key, etag=etag))
+    # The line with a webhook of its own goes; the other would run with no notifications: rejected.
+    assert [m.get("webhookUrl") for m in aws.messages()] == [own_hook]
+    [bad] = aws.report(key)["badLines"]
+    assert bad["line"] == 1 and bad["field"] == "webhookUrl"
+    assert "x-amz-meta-webhook-url" in bad["reason"] and "10.0.0.7" in bad["reason"]
+    record = aws.store.get(bad["jobId"])
+    assert record is not None and record["status"] == "REJECTED"

@@ -60,6 +60,14 @@ def test_photo_with_metadata_prompt_becomes_a_job_whose_provider_request_carries
     assert body["prompt"] == "same bottle, ivory paper" and body["aspectRatio"] == "4:5"
 
 
+def test_a_photos_webhook_url_metadata_is_its_jobs_webhook(aws: Aws) -> None:
+    key = "inputs/hooked.png"
+    metadata = {"prompt": "p", "webhook-url": "https://93.184.216.34/hook"}
+    deliver(aws, s3_event(key, etag=aws.put(key, png_bytes(), Metadata=metadata)))
+    [message] = aws.messages()
+    assert message["webhookUrl"] == "https://93.184.216.34/hook" and "metadata" not in message
+
+
 def test_the_same_event_delivered_twice_makes_the_same_job_id(aws: Aws) -> None:
     key = "inputs/twice.jpg"
     etag = aws.put(key, b"\xff\xd8\xff\xe0" + b"\x00" * 100, Metadata={"prompt": "twice"})
