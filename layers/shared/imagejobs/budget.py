@@ -24,9 +24,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from imagejobs import catalog
+
+# Which credit budget a reservation did not fit: the UTC day's or its batch's.
+BudgetScope = Literal["day", "batch"]
 
 BUDGET_KEY_PREFIX = "budget#"
 BATCH_BUDGET_KEY_PREFIX = BUDGET_KEY_PREFIX + "batch#"
@@ -88,7 +91,7 @@ class Reservation:
         """The same for the batch's item (None: the batch has no budget)."""
         return None if self.batch is None or self.batch_limit <= 0 else self.batch_limit - self.credits
 
-    def never_fits(self) -> str | None:
+    def never_fits(self) -> BudgetScope | None:
         """Which budget ("day" or "batch") this reservation is dearer than as a whole, if any."""
         if (self.threshold or 0) < 0:
             return "day"
@@ -96,7 +99,7 @@ class Reservation:
             return "batch"
         return None
 
-    def describe(self, scope: str) -> str:
+    def describe(self, scope: BudgetScope) -> str:
         if scope == "batch":
             return f"the {self.batch_limit}-credit budget of batch {self.batch}"
         return f"the {self.limit}-credit budget of {self.day}"

@@ -442,7 +442,7 @@ def wait_for_budget(
     body: str | bytes | Mapping[str, Any],
     job_id: str,
     reservation: credit_budget.Reservation,
-    scope: str,
+    scope: credit_budget.BudgetScope,
     settings: IntakeSettings,
     *,
     now: Callable[[], float] = time.time,

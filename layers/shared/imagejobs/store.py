@@ -27,7 +27,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from imagejobs import budget as credit_budget
-from imagejobs.budget import CounterChange, Reservation
+from imagejobs.budget import BudgetScope, CounterChange, Reservation
 
 RECEIVED = "RECEIVED"
 SUBMITTING = "SUBMITTING"
@@ -88,7 +88,7 @@ class TransitionResult:
     reason: str = ""
     # A claim refused because a credit budget has no room for its reservation: which one, "day"
     # (the UTC day's) or "batch" (its batch's); None otherwise.
-    over_budget: str | None = None
+    over_budget: BudgetScope | None = None
 
     @property
     def already(self) -> bool:
@@ -360,10 +360,7 @@ class JobStore:
     ) -> TransitionResult:
         scope = None if reservation is None else reservation.never_fits()
         if scope is not None:  # dearer than the whole budget
-            current = self.get(job_id)
-            return TransitionResult(
-                False, (current or {}).get("status"), current, f"over the {scope}'s budget", scope
-            )
+            return self._over_budget(self.get(job_id), scope)
         # The day's counters, then the batch's (a job of a batch with a batch budget): the order of
         # the cancellation reasons below.
         day_threshold = None if reservation is None else reservation.threshold
@@ -386,12 +383,17 @@ class JobStore:
                 return TransitionResult(True, current.get("status"), current, LOST_RESPONSE)
             if reservation is not None and "ConditionalCheckFailed" in codes[1:]:
                 scope = "day" if codes[1:2] == ["ConditionalCheckFailed"] else "batch"
-                return TransitionResult(
-                    False, (current or {}).get("status"), current, f"over the {scope}'s budget", scope
-                )
+                return self._over_budget(current, scope)
             raise  # a conflicting transaction or throttling: the caller's retry decides again
         current = self.get(job_id)
         return TransitionResult(True, (current or {}).get("status"), current)
+
+    @staticmethod
+    def _over_budget(current: dict[str, Any] | None, scope: BudgetScope) -> TransitionResult:
+        """A claim refused: no room in the ``scope`` budget; the record as it is."""
+        return TransitionResult(
+            False, (current or {}).get("status"), current, f"over the {scope}'s budget", scope
+        )
 
     def _transaction_item(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """A Table.update_item request as a transaction item. The resource's client takes plain
