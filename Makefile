@@ -85,7 +85,7 @@ test: $(STAMP) $(CHECKOV_STAMP) $(IAM_STAMP)
 	scripts/sam-local-setup >$(SAM_LOCAL_STATE)/setup.log 2>&1 & \
 	status=0; \
 	{ $(BIN)/ruff check . && $(MAKE) --no-print-directory typecheck && \
-	  $(BIN)/pytest -n 2 --dist loadgroup tests; } || status=$$?; \
+	  $(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder tests; } || status=$$?; \
 	wait; scripts/sam-local-setup --stop; exit $$status
 
 unit: $(STAMP) $(IAM_STAMP)

@@ -158,6 +158,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[IAM_AUDIT_KEY] = directory
 
 
+# The longest units of work first (`make test` passes --no-loadscope-reorder, so xdist hands units
+# out in this order): the benchmarks' smoke runs, the stack suites and the Docker stack's group, 4-5
+# minutes each, would otherwise start late and leave one worker finishing them alone. The Docker
+# group comes third: by then its setup, started beside the suite, has finished.
+LONGEST_FIRST = ("tests/bench/", "tests/reliability/test_stack_suites.py", "tests/samlocal/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next(
+            (n for n, prefix in enumerate(LONGEST_FIRST) if path.startswith(prefix)), len(LONGEST_FIRST)
+        )
+
+    items.sort(key=rank)  # stable: collection order within each rank
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from imagejobs_tools.local.iam_audit import combine_reports
 
