@@ -452,30 +452,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return _usage_error(problem)
     try:
         metadata = parse_metadata(args.metadata)
+        message = build_message(
+            args.prompt or "",
+            model=args.model,
+            aspect_ratio=args.aspect_ratio,
+            input_urls=args.inputs,
+            job_id=args.job_id,
+            metadata=metadata,
+            output_prefix=args.output_prefix,
+            webhook_url=args.webhook_url,
+        )
         if args.file is None:
-            single = build_message(
-                args.prompt,
-                model=args.model,
-                aspect_ratio=args.aspect_ratio,
-                input_urls=args.inputs,
-                job_id=args.job_id,
-                metadata=metadata,
-                output_prefix=args.output_prefix,
-                webhook_url=args.webhook_url,
-            )
-            single_job = prepare(single, "argv")
+            single_job = prepare(message, "argv")
         else:
             # What every line of the file has unless it says otherwise.
-            line_defaults = build_message(
-                "",
-                model=args.model,
-                aspect_ratio=args.aspect_ratio,
-                input_urls=args.inputs,
-                metadata=metadata,
-                output_prefix=args.output_prefix,
-                webhook_url=args.webhook_url,
-            )
-            del line_defaults["jobId"], line_defaults["prompt"]
+            line_defaults = {
+                name: value for name, value in message.items() if name not in ("jobId", "prompt")
+            }
     except MessageShapeError as exc:
         return _usage_error(str(exc))
 
