@@ -241,6 +241,11 @@ def _read_small_json(s3: Any, bucket: str, key: str, limit: int) -> tuple[Any, s
         return None, etag, f"is not UTF-8 JSON ({exc})"
 
 
+def user_metadata(head: Mapping[str, Any]) -> dict[str, str]:
+    """A HeadObject's x-amz-meta-* values by lower-case name, decoded."""
+    return {str(k).lower(): decode_metadata_value(str(v)) for k, v in (head.get("Metadata") or {}).items()}
+
+
 def decode_metadata_value(value: str) -> str:
     """S3 returns non-ASCII user metadata RFC 2047-encoded (=?UTF-8?B?...?=): decode it."""
     if "=?" not in value:
@@ -459,9 +464,7 @@ def handle_image_upload(
         version_of(ref.version_id or head.get("VersionId")),
         head.get("ContentLength"),
     )
-    metadata = {
-        str(k).lower(): decode_metadata_value(str(v)) for k, v in (head.get("Metadata") or {}).items()
-    }
+    metadata = user_metadata(head)
     if OUTPUT_MARKER_METADATA in metadata:
         # Recursion guard: the copier marks every output it writes with x-amz-meta-job-id.
         count(RECURSION_GUARD)
@@ -638,10 +641,9 @@ class BatchWebhook:
 
     @classmethod
     def of(cls, head: Mapping[str, Any], settings: S3IntakeSettings, resolver: urls.Resolver) -> BatchWebhook:
-        metadata = {str(k).lower(): v for k, v in (head.get("Metadata") or {}).items()}
-        if BATCH_WEBHOOK_METADATA not in metadata:
+        url = user_metadata(head).get(BATCH_WEBHOOK_METADATA)
+        if url is None:
             return cls()
-        url = decode_metadata_value(str(metadata[BATCH_WEBHOOK_METADATA]))
         return cls(url, urls.check_public_https_url(url, settings.url_allow_hosts, resolver))
 
     def apply(self, request: jobs.JobRequest) -> jobs.JobRequest:
