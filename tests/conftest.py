@@ -90,6 +90,7 @@ SAMPLE_ENV = {
     "URL_ALLOW_HOSTS": "",
     "PRESIGN_TTL_SECONDS": "900",
     "JOBS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/imagejobs-JobsQueue-EXAMPLE",
+    "UPLOADS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/imagejobs-UploadsQueue-EXAMPLE",
     "LOG_LEVEL": "INFO",
     "EVENT_BUS_NAME": "imagejobs-events",
     "WEBHOOK_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/imagejobs-WebhookDeliveryQueue-EXAMPLE",
@@ -126,6 +127,10 @@ IAM_GRANTS_UNUSED_LOCALLY = {
     ("FinalizeFunction", "dynamodb:GetItem"): (
         "JobStore reads the record after a conditional write lost (the job was already terminal): a race "
         "no stack run provokes; tests/unit/domain/test_store.py tests it with moto in-process"
+    ),
+    ("S3IntakeFunction", "sqs:ChangeMessageVisibility"): (
+        "brings a failed S3 event's retry forward; only an AWS error or a malformed event raises, which "
+        "the aws-faults suite provokes at random; tests/unit/uploads/test_handler_and_recursion.py"
     ),
     ("S3IntakeFunction", "dynamodb:GetItem"): (
         "the same read, when a rejected upload's record already exists (a redelivered S3 event)"

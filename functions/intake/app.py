@@ -11,17 +11,10 @@ from imagejobs.config import IntakeSettings
 from imagejobs.intake import handle_job_message, note_last_receive
 from imagejobs.observability import logger, metrics, tracer, unbind_job
 from imagejobs.runtime import IntakeRuntime
-from imagejobs.sqs_retry import RetryLater, lease_seconds, redeliver_after, send_again
+from imagejobs.sqs_retry import RetryLater, lease_seconds, receive_count, redeliver_after, send_again
 
 # Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
 runtime = IntakeRuntime(IntakeSettings.from_env())
-
-
-def _receive_count(record: SQSRecord) -> int | None:
-    try:
-        return int(record.attributes.approximate_receive_count)
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 @tracer.capture_method
@@ -42,7 +35,7 @@ def record_handler(record: SQSRecord, lease: float) -> str:
             note_last_receive(
                 runtime.store,
                 outcome,
-                _receive_count(record),
+                receive_count(record),
                 runtime.settings.jobs_max_receive_count,
             )
     finally:

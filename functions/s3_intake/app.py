@@ -10,14 +10,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagejobs.config import S3IntakeSettings
 from imagejobs.observability import logger, metrics, tracer
 from imagejobs.runtime import S3IntakeRuntime
-from imagejobs.uploads import handle_upload_message
+from imagejobs.sqs_retry import receive_count, redeliver_after, send_again
+from imagejobs.uploads import failed_event_retry_seconds, handle_upload_message
 
 # Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
 runtime = S3IntakeRuntime(S3IntakeSettings.from_env())
-
-
-class RetryLater(Exception):
-    """Marks the SQS record as a batch item failure: SQS redelivers it (a batch resumes at its checkpoint)."""
 
 
 @tracer.capture_method
@@ -28,17 +25,30 @@ def record_handler(record: SQSRecord, context: Any) -> str:
         except (AttributeError, TypeError, ValueError):
             return float("inf")
 
-    outcomes = handle_upload_message(
-        record.body,
-        s3=runtime.s3,
-        sqs=runtime.sqs,
-        store=runtime.store,
-        settings=runtime.settings,
-        time_left=time_left,
-    )
-    retry = [o for o in outcomes if not o.ack]
-    if retry:
-        raise RetryLater("; ".join(f"{o.key}: {o.reason}" for o in retry))
+    uploads_queue_url = runtime.settings.uploads_queue_url
+    try:
+        outcomes = handle_upload_message(
+            record.body,
+            s3=runtime.s3,
+            sqs=runtime.sqs,
+            store=runtime.store,
+            settings=runtime.settings,
+            time_left=time_left,
+        )
+        if any(o.action == "resume" for o in outcomes):
+            # Sent again rather than retried: every receive counts towards the queue's
+            # maxReceiveCount, and a long batch may pause many times. Its other objects are
+            # idempotent (already processed, or the same job ids).
+            send_again(runtime.sqs, queue_url=uploads_queue_url, body=record.body, seconds=0)
+    except Exception:
+        redeliver_after(
+            runtime.sqs,
+            queue_arn=record.event_source_arn,
+            receipt_handle=record.receipt_handle,
+            seconds=failed_event_retry_seconds(receive_count(record)),
+            configured_url=uploads_queue_url,
+        )
+        raise
     return "; ".join(f"{o.kind} {o.key}: {o.reason}" for o in outcomes) or "s3:TestEvent"
 
 

@@ -557,6 +557,7 @@ def test_s3_intake_gets_only_what_it_needs(translated_template: Template) -> Non
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
         "sqs:GetQueueAttributes",
+        "sqs:ChangeMessageVisibility",
         "sqs:SendMessage",
         "s3:GetObject",
         "s3:GetObjectVersion",
@@ -571,6 +572,8 @@ def test_s3_intake_gets_only_what_it_needs(translated_template: Template) -> Non
     assert send["Resource"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
     receive = next(s for s in statements if "sqs:ReceiveMessage" in as_list(s["Action"]))
     assert receive["Resource"] == {"Fn::GetAtt": ["UploadsQueue", "Arn"]}
+    # On its own queue: a paused batch is sent again, a failed event's retry brought forward.
+    assert {"sqs:SendMessage", "sqs:ChangeMessageVisibility"} <= set(receive["Action"])
     # Reports only: never outputs, never the uploads themselves.
     put = next(s for s in statements if s["Action"] == "s3:PutObject")
     assert put["Resource"] == {"Fn::Sub": "${OutputBucket.Arn}/${BatchesPrefix}*.report.json"}

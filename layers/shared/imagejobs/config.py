@@ -369,6 +369,9 @@ class S3IntakeSettings(JobRecordsSettings, JobInputSettings, JobsQueueSettings, 
     # Named recipes are read as configuration: an upload must never be able to start work there.
     recipes_prefix: str = field(metadata=variable("RECIPES_PREFIX", _prefix, "recipes/"))
     max_upload_bytes: int = field(metadata=variable("MAX_UPLOAD_BYTES", _number, 50 * 1024 * 1024, int, 1))
+    # The queue its S3 events arrive on: a batch paused for time is sent there again, and a failed
+    # event's retry is brought forward (the queue's own visibility timeout is 90 minutes).
+    uploads_queue_url: str = field(metadata=variable("UPLOADS_QUEUE_URL", _required))
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
 from imagejobs.config import SQS_MAX_DELAY_SECONDS
 from imagejobs.observability import logger
 
@@ -24,6 +26,14 @@ _QUEUE_URLS: dict[tuple[str, str], str] = {}
 
 class RetryLater(Exception):
     """Marks the SQS record as a batch item failure: SQS redelivers it after its visibility timeout."""
+
+
+def receive_count(record: SQSRecord) -> int | None:
+    """How many times SQS has delivered this record (None when the attribute is missing)."""
+    try:
+        return int(record.attributes.approximate_receive_count)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def lease_seconds(context: Any) -> float:

@@ -55,6 +55,10 @@ SQS_BATCH_ENTRIES = 10
 SQS_BATCH_BYTES = 256 * 1024 - 4 * 1024  # SendMessageBatch total payload cap, with room for ids
 MAX_REPORTED_BAD_LINES = 1000
 CHECKPOINT_EVERY_LINES = 10_000
+# When an S3 event whose processing raised (an AWS error, an unreadable body) is offered again, by
+# its receive count: sooner than the queue's 90-minute visibility timeout, later each time; the
+# queue's maxReceiveCount (5) then moves it to the dead-letter queue, about 40 minutes after the first.
+FAILED_EVENT_RETRY_SECONDS = (30.0, 120.0, 600.0, 1800.0)
 SEND_ATTEMPTS = 4
 # Written by the copier on every output; an object carrying it was made by the pipeline.
 OUTPUT_MARKER_METADATA = "job-id"
@@ -109,7 +113,8 @@ class S3ObjectRef:
 
 @dataclass(frozen=True)
 class UploadOutcome:
-    action: Literal["ack", "retry"]
+    # "resume": a batch paused for time; its event is to be sent again, to resume at the checkpoint.
+    action: Literal["ack", "resume"]
     kind: Kind
     reason: str
     key: str
@@ -820,7 +825,7 @@ def process_batch(
                     logger.warning(
                         "batch paused for time; the retry resumes", extra={"next_line": number + 1}
                     )
-                    return UploadOutcome("retry", "batch", f"out of time at line {number}", ref.key)
+                    return UploadOutcome("resume", "batch", f"out of time at line {number}", ref.key)
         flush()
     # Every line that is not blank has its record (a job, or REJECTED): the batch's size.
     batches.set_expected(batch_id, report.lines - report.blank_lines, now=now())
@@ -842,6 +847,12 @@ def process_batch(
 
 
 # ----------------------------------------------------------------------------- entry point
+
+
+def failed_event_retry_seconds(receive_count: int | None) -> float:
+    """How long a failed S3 event waits before it is offered again (FAILED_EVENT_RETRY_SECONDS)."""
+    attempt = max(1, receive_count or 1)
+    return FAILED_EVENT_RETRY_SECONDS[min(attempt, len(FAILED_EVENT_RETRY_SECONDS)) - 1]
 
 
 def handle_upload_message(

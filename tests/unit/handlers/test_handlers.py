@@ -353,7 +353,7 @@ REQUIRED = {
     "poll": {"PROVIDER_BASE_URL", "PROVIDER_API_KEY_SECRET"},
     "store_outputs": {"JOBS_TABLE", "OUTPUT_BUCKET"},
     "finalize": {"JOBS_TABLE"},
-    "s3_intake": {"JOBS_TABLE", "OUTPUT_BUCKET", "JOBS_QUEUE_URL"},
+    "s3_intake": {"JOBS_TABLE", "OUTPUT_BUCKET", "JOBS_QUEUE_URL", "UPLOADS_QUEUE_URL"},
     "job_events": {"EVENT_BUS_NAME", "WEBHOOK_QUEUE_URL", "JOBS_TABLE", "BATCH_RESULTS_QUEUE_URL"},
     "batch_results": {"JOBS_TABLE"},
     "webhook": {"WEBHOOK_QUEUE_URL", "WEBHOOK_DEAD_LETTER_QUEUE_URL", "WEBHOOK_SIGNING_SECRET"},

@@ -195,7 +195,7 @@ def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint(aws: Aws) -> 
         ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock,
         time_left=time_left, **stores(aws),
     )  # fmt: skip
-    assert first.action == "retry"
+    assert first.action == "resume"
     partial = aws.report(key)
     # Checkpoints fall where nothing is buffered: at or just after line 101.
     assert partial["status"] == "IN_PROGRESS" and 101 <= partial["nextLine"] <= 111

@@ -45,8 +45,12 @@ def handler_env(
         s3.create_bucket(Bucket=BUCKET)
         sqs = boto3.client("sqs", region_name=REGION)
         queue_url = sqs.create_queue(QueueName="jobs")["QueueUrl"]
+        uploads_url = sqs.create_queue(QueueName="uploads", Attributes={"VisibilityTimeout": "5400"})[
+            "QueueUrl"
+        ]
         create_jobs_table(boto3.resource("dynamodb", region_name=REGION), function_env["JOBS_TABLE"])
         monkeypatch.setenv("JOBS_QUEUE_URL", queue_url)
+        monkeypatch.setenv("UPLOADS_QUEUE_URL", uploads_url)
         monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
         yield load_handler("s3_intake"), s3, queue_url
 
@@ -65,6 +69,70 @@ def test_handler_acks_test_events_and_uploads_and_retries_only_the_broken_record
     sqs = boto3.client("sqs", region_name=REGION)
     [message] = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
     assert json.loads(message["Body"])["inputImageUrls"] == [f"s3://{BUCKET}/inputs/h.png"]
+
+
+def received_upload_event(body: str) -> dict[str, Any]:
+    """`body` sent to the uploads queue and received as the event source would (hidden for 5,400 s)."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = sqs.get_queue_url(QueueName="uploads")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody=body)
+    [message] = sqs.receive_message(QueueUrl=url, AttributeNames=["All"])["Messages"]
+    event = sqs_event(body)
+    event["Records"][0].update(
+        messageId=message["MessageId"],
+        receiptHandle=message["ReceiptHandle"],
+        attributes={"ApproximateReceiveCount": message["Attributes"]["ApproximateReceiveCount"]},
+    )
+    return event
+
+
+def visible_uploads() -> list[dict[str, Any]]:
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = sqs.get_queue_url(QueueName="uploads")["QueueUrl"]
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])
+    return list(received.get("Messages", []))
+
+
+def test_a_batch_paused_for_time_is_sent_again_at_once_and_its_receive_acknowledged(
+    handler_env: tuple[ModuleType, Any, str],
+) -> None:
+    module, s3, _ = handler_env
+    lines = "".join(json.dumps({"prompt": f"p{n}"}) + "\n" for n in range(30))
+    etag = s3.put_object(Bucket=BUCKET, Key="batches/long.jsonl", Body=lines.encode())["ETag"]
+    body = s3_event("batches/long.jsonl", etag=etag)
+    # 20 s left: under the 30 s the function keeps for saving its checkpoint.
+    response = module.lambda_handler(received_upload_event(body), FakeLambdaContext(remaining_ms=20_000))
+    assert response == {"batchItemFailures": []}
+    # A new message (receive count 1 again), visible now, not after the queue's 5,400 s.
+    [again] = visible_uploads()
+    assert again["Body"] == body and again["Attributes"]["ApproximateReceiveCount"] == "1"
+    # The next invocation, with time, resumes from the checkpoint and finishes the batch.
+    event = sqs_event(body)
+    assert module.lambda_handler(event, FakeLambdaContext()) == {"batchItemFailures": []}
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key="batches/long.jsonl.report.json")["Body"].read())
+    assert report["status"] == "COMPLETE" and report["enqueued"] == 30
+
+
+def test_a_failed_event_is_offered_again_after_its_retry_delay_not_the_queues_timeout(
+    handler_env: tuple[ModuleType, Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = handler_env[0]
+    # The real first delay is 30 s; 0 lets the test see the event come back without waiting.
+    monkeypatch.setattr("imagejobs.uploads.FAILED_EVENT_RETRY_SECONDS", (0.0, 120.0))
+    event = received_upload_event("not json at all")
+    response = module.lambda_handler(event, FakeLambdaContext())
+    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    [again] = visible_uploads()
+    assert again["MessageId"] == event["Records"][0]["messageId"]
+    assert again["Attributes"]["ApproximateReceiveCount"] == "2"
+
+
+def test_failed_event_retry_delays_grow_with_the_receive_count() -> None:
+    from imagejobs.uploads import FAILED_EVENT_RETRY_SECONDS, failed_event_retry_seconds
+
+    delays = [failed_event_retry_seconds(n) for n in (None, 1, 2, 3, 4, 5, 9)]
+    assert delays == [30.0, 30.0, 120.0, 600.0, 1800.0, 1800.0, 1800.0]
+    assert sum(FAILED_EVENT_RETRY_SECONDS) < 5400  # all of them, within one of the queue's timeouts
 
 
 def _template_notifications() -> dict[str, Any]:
