@@ -50,11 +50,6 @@ class ModelSpec:
     # FirstPollAfter=auto's cold start: how long to wait before the first poll with no recent jobs.
     first_poll_after_seconds: int = 0
 
-    @property
-    def requires_input_image(self) -> bool:
-        """Image-to-video-only models need at least one ``inputImageUrls`` entry."""
-        return self.input_modes == ("image_to_video",)
-
 
 @cache
 def _catalog_data() -> dict[str, Any]:

@@ -151,9 +151,6 @@ class JobRequest:
             webhook_url=request.get("webhookUrl"),
         )
 
-    def s3_inputs(self) -> list[str]:
-        return [u for u in self.input_image_urls if u.startswith("s3://")]
-
 
 def _depth(value: Any, limit: int) -> int:
     """Nesting depth of a JSON value, stopping once it passes ``limit``."""

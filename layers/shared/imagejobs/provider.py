@@ -300,31 +300,6 @@ def parse_snapshot(data: Mapping[str, Any], requested_task_id: str) -> TaskSnaps
     )
 
 
-def build_generation_body(
-    *,
-    prompt: str,
-    model: str,
-    aspect_ratio: str | None = None,
-    input_image_urls: list[str] | tuple[str, ...] | None = None,
-    input_mode: str | None = None,
-    duration: int | None = None,
-    provider_input: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The provider request body from job fields; only what is set is sent."""
-    body: dict[str, Any] = {"prompt": prompt, "model": model}
-    if aspect_ratio is not None:
-        body["aspectRatio"] = aspect_ratio
-    if input_image_urls:
-        body["inputImageUrls"] = list(input_image_urls)
-    if input_mode is not None:
-        body["inputMode"] = input_mode
-    if duration is not None:
-        body["duration"] = duration
-    if provider_input is not None:
-        body["providerInput"] = dict(provider_input)
-    return body
-
-
 # --------------------------------------------------------------------------- transport failures
 
 

@@ -33,14 +33,6 @@ def parse_api_key(secret_name: str, raw: str | bytes | None) -> str:
     return text
 
 
-def get_api_key(secret_name: str, max_age: int = 300) -> str:
-    """Fetch the API key with Powertools' default (cached) secrets provider."""
-    # Imported here: Powertools Parameters imports boto3 (~150 ms), which only the first key fetch needs.
-    from aws_lambda_powertools.utilities import parameters
-
-    return parse_api_key(secret_name, parameters.get_secret(secret_name, max_age=max_age))
-
-
 class SecretSource(Generic[T]):
     """Callable returning a secret, parsed, cached for ``max_age`` seconds (read on every use).
 

@@ -90,10 +90,6 @@ class TransitionResult:
     # (the UTC day's) or "batch" (its batch's); None otherwise.
     over_budget: BudgetScope | None = None
 
-    @property
-    def already(self) -> bool:
-        return not self.applied and self.record is not None
-
 
 @dataclass(frozen=True)
 class BatchLine:

@@ -99,7 +99,6 @@ class S3ObjectRef:
     key: str  # decoded (unquote_plus): moto encodes "/" as %2F, AWS encodes spaces as "+"
     etag: str | None = None
     version_id: str | None = None
-    size: int | None = None
 
     @property
     def identity(self) -> str:
@@ -153,7 +152,6 @@ def parse_upload_message(body: str | bytes) -> list[S3ObjectRef]:
                 key=_decode_key(obj.key),
                 etag=obj.etag or None,
                 version_id=version_of(obj.version_id),
-                size=obj.get("size"),
             )
         )
     return refs
@@ -467,7 +465,6 @@ def handle_image_upload(
         ref.key,
         current_etag,
         version_of(ref.version_id or head.get("VersionId")),
-        head.get("ContentLength"),
     )
     metadata = user_metadata(head)
     if OUTPUT_MARKER_METADATA in metadata:

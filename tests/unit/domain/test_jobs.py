@@ -48,7 +48,7 @@ def test_full_image_message_round_trips_through_the_record() -> None:
     assert job.job_id == "job_42-A"
     assert job.output_prefix == "team-a/renders/"
     assert job.metadata == {"team": "a", "ticket": "T-1"}
-    assert job.s3_inputs() == [f"s3://{BUCKET}/inputs/ref.jpg"]
+    assert f"s3://{BUCKET}/inputs/ref.jpg" in job.input_image_urls
     assert JobRequest.from_record(job.to_record()) == job
 
 

@@ -131,8 +131,10 @@ def test_mark_submitted_requires_the_claim(store: JobStore) -> None:
 
 def test_repeated_transition_reports_already(store: JobStore) -> None:
     submitted(store)
-    again = store.mark_submitted("j1", "tsk_1", 3, "arn:exec", now=T0 + 3)
-    assert not again.applied and again.reason == "already SUBMITTED" and again.already
+    again = store.mark_submitted("j1", "tsk_2", 3, "arn:exec", now=T0 + 3)
+    assert not again.applied and again.reason == "already SUBMITTED"
+    # The record it reports is the one that won: the first submission's.
+    assert again.record is not None and again.record["taskId"] == "tsk_1"
 
 
 @pytest.mark.parametrize("terminal", ["COMPLETED", "FAILED", "TIMED_OUT"])

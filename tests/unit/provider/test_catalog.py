@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 from imagejobs import catalog
-from imagejobs.catalog import get_model, validate_generation_request
+from imagejobs.catalog import get_model, implied_input_mode, validate_generation_request
 
 GPT_RATIOS = ("auto", "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4", "21:9")
 
@@ -52,14 +52,14 @@ def test_video_families_follow_their_name_suffix() -> None:
             assert spec.input_modes == ("text_to_video",), spec.name
         if spec.name.endswith("-image-to-video") or "-image-to-video-" in spec.name:
             assert spec.input_modes == ("image_to_video",), spec.name
-            assert spec.requires_input_image
+            assert implied_input_mode(spec) == "image_to_video"  # so inputImageUrls is required
     for veo in ("veo3", "veo3_fast", "veo3_lite"):
         spec = get_model(veo)
         assert spec is not None
         assert spec.durations == (8,)
         assert set(spec.input_modes) == {"text_to_video", "image_to_video"}
     kling_pro = get_model("kling/v2-1-pro")
-    assert kling_pro is not None and kling_pro.requires_input_image
+    assert implied_input_mode(kling_pro) == "image_to_video"
     assert get_model("wan/2-6-text-to-video").durations == (5, 10, 15, 20)  # type: ignore[union-attr]
 
 

@@ -20,7 +20,6 @@ from imagejobs.provider import (
     Submission,
     TaskNotFound,
     TaskStatus,
-    build_generation_body,
     parse_retry_after,
 )
 from requests.adapters import HTTPAdapter
@@ -471,19 +470,6 @@ def test_session_that_resends_posts_is_refused() -> None:
 def test_bad_base_url(url: str) -> None:
     with pytest.raises(ValueError, match="base_url"):
         ProviderClient(url, "sk")
-
-
-def test_build_generation_body_sends_only_what_is_set() -> None:
-    assert build_generation_body(prompt="p", model="gpt-image-2") == {"prompt": "p", "model": "gpt-image-2"}
-    full = build_generation_body(
-        prompt="p", model="veo3", aspect_ratio="16:9", input_image_urls=("https://a",),
-        input_mode="image_to_video", duration=8, provider_input={"seed": 1},
-    )  # fmt: skip
-    assert full == {
-        "prompt": "p", "model": "veo3", "aspectRatio": "16:9", "inputImageUrls": ["https://a"],
-        "inputMode": "image_to_video", "duration": 8, "providerInput": {"seed": 1},
-    }  # fmt: skip
-    assert "inputImageUrls" not in build_generation_body(prompt="p", model="m", input_image_urls=[])
 
 
 def test_snapshot_tolerates_odd_values(make_client: MakeClient) -> None:
