@@ -28,13 +28,15 @@ import re
 import socket
 import string
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from email.header import decode_header
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.data_classes import S3Event
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from imagejobs import jobs, urls
 from imagejobs.batches import RESULTS_SUFFIX, SUMMARY_SUFFIX, BatchFiles, BatchStore
@@ -55,6 +57,10 @@ SQS_BATCH_ENTRIES = 10
 SQS_BATCH_BYTES = 256 * 1024 - 4 * 1024  # SendMessageBatch total payload cap, with room for ids
 MAX_REPORTED_BAD_LINES = 1000
 CHECKPOINT_EVERY_LINES = 10_000
+# A dropped body stream (S3 closes a connection its client stops reading from, while sends are
+# throttled) is reopened at the byte reached, this many times per invocation, before it fails.
+STREAM_REOPENS = 5
+STREAM_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, Urllib3Error, ConnectionError)
 # When an S3 event whose processing raised (an AWS error, an unreadable body) is offered again, by
 # its receive count: sooner than the queue's 90-minute visibility timeout, later each time; the
 # queue's maxReceiveCount (5) then moves it to the dead-letter queue, about 40 minutes after the first.
@@ -710,6 +716,32 @@ def _send_batch(
     raise BatchEnqueueError(f"SendMessageBatch kept failing for lines {sorted(pending, key=int)}")
 
 
+def object_chunks(
+    s3: Any, get_kwargs: Mapping[str, Any], *, size: int, chunk_bytes: int, reopens: int = STREAM_REOPENS
+) -> Generator[bytes, None, None]:
+    """The object's bytes, in chunks. A body that breaks off is asked for again from the byte it
+    reached (a ranged GET of the same version or ETag), so a slow reader never starts over."""
+    offset = 0
+    reopened = 0
+    while True:
+        kwargs = dict(get_kwargs, Range=f"bytes={offset}-") if offset else dict(get_kwargs)
+        body = s3.get_object(**kwargs)["Body"]
+        try:
+            with body:
+                for chunk in body.iter_chunks(chunk_bytes):
+                    offset += len(chunk)
+                    yield chunk
+            return
+        except STREAM_ERRORS as broken:
+            if reopened >= reopens or offset >= size:
+                raise
+            reopened += 1
+            logger.warning(
+                "object stream broke off; reading on from where it stopped",
+                extra={"key": get_kwargs.get("Key"), "offset": offset, "error": type(broken).__name__},
+            )
+
+
 def process_batch(
     ref: S3ObjectRef,
     *,
@@ -768,9 +800,9 @@ def process_batch(
     kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "IfMatch": f'"{etag}"'}
     if version_id:
         kwargs["VersionId"] = version_id
-    body = s3.get_object(**kwargs)["Body"]
-    with body:
-        for number, line, length in iter_capped_lines(body.iter_chunks(chunk_bytes), MAX_LINE_BYTES):
+    size = int(head.get("ContentLength") or 0)
+    with closing(object_chunks(s3, kwargs, size=size, chunk_bytes=chunk_bytes)) as chunks:
+        for number, line, length in iter_capped_lines(chunks, MAX_LINE_BYTES):
             if number < report.next_line:
                 continue  # done before the checkpoint this run resumes from
             report.lines = number

@@ -6,10 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from botocore.exceptions import ResponseStreamingError
 from imagejobs.batches import BatchStore
 from imagejobs.jobs import parse_job
 from imagejobs.jsonl import iter_capped_lines
-from imagejobs.uploads import MAX_LINE_BYTES, S3ObjectRef, process_batch
+from imagejobs.uploads import MAX_LINE_BYTES, STREAM_REOPENS, S3ObjectRef, process_batch
 
 from tests.unit.uploads.conftest import BUCKET, Aws, s3_event
 from tests.unit.uploads.test_images import deliver
@@ -179,6 +180,66 @@ def test_large_messages_are_split_under_the_sqs_batch_size_limit(aws: Aws) -> No
     )  # fmt: skip
     assert len(aws.messages()) == 6
     assert len(sqs.batches) >= 3 and max(sqs.batches) <= 2
+
+
+class BreakingS3:
+    """Passes calls to moto's client; each body breaks off after `chunks_before_break` chunks, as a
+    connection S3 closed does (the first `breaks` bodies only)."""
+
+    def __init__(self, s3: Any, *, breaks: int, chunks_before_break: int = 2) -> None:
+        self._s3 = s3
+        self.breaks = breaks
+        self.chunks_before_break = chunks_before_break
+        self.gets: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    def get_object(self, **kwargs: Any) -> dict[str, Any]:
+        self.gets.append(kwargs)
+        response = dict(self._s3.get_object(**kwargs))
+        bodies_read = sum(1 for g in self.gets if g["Key"].endswith(".jsonl"))
+        if kwargs["Key"].endswith(".jsonl") and bodies_read <= self.breaks:
+            body, limit = response["Body"], self.chunks_before_break
+            original = body.iter_chunks
+
+            def iter_chunks(chunk_size: int) -> Any:
+                for index, chunk in enumerate(original(chunk_size)):
+                    if index == limit:
+                        raise ResponseStreamingError(error="Connection broken: IncompleteRead")
+                    yield chunk
+
+            body.iter_chunks = iter_chunks
+        return response
+
+
+def test_a_body_that_breaks_off_is_read_on_from_the_byte_reached(aws: Aws) -> None:
+    key = "batches/broken.jsonl"
+    etag = upload(aws, key, batch_lines(1000))
+    s3 = BreakingS3(aws.s3, breaks=2)
+    outcome = process_batch(
+        S3ObjectRef(BUCKET, key, etag), s3=s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock,
+        chunk_bytes=4096, **stores(aws),
+    )  # fmt: skip
+    assert outcome.ack and outcome.reason == "processed"
+    # Every good line once: nothing read twice, nothing skipped at the breaks.
+    ids = [m["jobId"] for m in aws.messages()]
+    assert len(ids) == len(set(ids)) == 1000 - len(BAD_LINES)
+    reads = [g for g in s3.gets if g["Key"] == key]
+    assert [g.get("Range") for g in reads] == [None, "bytes=8192-", "bytes=16384-"]
+    assert all(g["IfMatch"] == f'"{etag}"' for g in reads)  # the same object, never a newer one
+
+
+def test_a_body_that_keeps_breaking_fails_the_invocation_after_the_reopens(aws: Aws) -> None:
+    key = "batches/unreadable.jsonl"
+    etag = upload(aws, key, batch_lines(1000))
+    s3 = BreakingS3(aws.s3, breaks=STREAM_REOPENS + 1, chunks_before_break=1)
+    with pytest.raises(ResponseStreamingError):
+        process_batch(
+            S3ObjectRef(BUCKET, key, etag), s3=s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock,
+            chunk_bytes=4096, **stores(aws),
+        )  # fmt: skip
+    assert len([g for g in s3.gets if g["Key"] == key]) == STREAM_REOPENS + 1
 
 
 def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint(aws: Aws) -> None:
