@@ -54,6 +54,7 @@ def lambda_like_env(function: str) -> dict[str, str]:
             "PROVIDER_BASE_URL": "https://provider.example.com",
             "PROVIDER_API_KEY_SECRET": "secret",
             "JOBS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/jobs",
+            "UPLOADS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/uploads",
             "EVENT_BUS_NAME": "imagejobs-events",
             "WEBHOOK_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/webhooks",
             "WEBHOOK_DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/webhooks-dlq",
