@@ -25,9 +25,15 @@ LINES = [
 ]
 
 
+# S3IntakeFunction's Timeout, under the 30 s a batch keeps in hand: it pauses at its first empty
+# send buffer (every 10 lines) and resumes in a new invocation, as a batch outlasting 15 minutes
+# does on AWS. The six-line batch below never empties its buffer before its end.
+INTAKE_TIMEOUT_SECONDS = 20
+
+
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
-    with running_stack("sk_test_batches") as h:
+    with running_stack("sk_test_batches", timeouts={"S3IntakeFunction": INTAKE_TIMEOUT_SECONDS}) as h:
         yield h
 
 
@@ -78,3 +84,23 @@ def test_an_uploaded_batch_gets_its_results_and_summary_once_and_a_completion_ev
         assert len(versions) == 1, key
     # The results are not read back as a new batch (reserved names).
     assert not any(str(r.get("batchId")) != event["batchId"] for r in records.values() if r.get("batchLine"))
+
+
+def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint_and_enqueues_each_line_once(
+    harness: Harness,
+) -> None:
+    h = harness
+    bucket, prefix = h.outputs["OutputBucketName"], h.outputs["BatchesPrefix"]
+    lines = [json.dumps({"jobId": f"long-{n:02d}", "prompt": f"kite number {n}"}) for n in range(1, 26)]
+    h.s3.put_object(Bucket=bucket, Key=f"{prefix}long.jsonl", Body="\n".join(lines).encode() + b"\n")
+
+    summary = wait_for(lambda: read_json(h, f"{prefix}long.summary.json"), 180, what="the summary")
+    assert summary["jobs"] == 25 and summary["byStatus"] == {"COMPLETED": 25}
+    pauses = [line for line in h.log_lines if "batch paused for time" in line]
+    assert len(pauses) == 2, pauses  # after lines 10 and 20; the third invocation finishes
+    records = [r for r in h.records().values() if str(r.get("jobId", "")).startswith("long-")]
+    assert sorted(int(r["batchLine"]) for r in records) == list(range(1, 26))
+    assert len({r["batchId"] for r in records}) == 1
+    # Each line was submitted once: no line before a checkpoint was read again into a new task.
+    prompts = [t["prompt"] for t in h.sim.tasks() if str(t.get("prompt", "")).startswith("kite number ")]
+    assert sorted(prompts) == sorted(f"kite number {n}" for n in range(1, 26))

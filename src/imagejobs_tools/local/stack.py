@@ -124,6 +124,10 @@ class LocalStackConfig:
     # Per function (logical id), over both: e.g. PollFunction with PollsPerInvocation > 1, whose
     # every polling job holds an environment (AWS would run one instance per job).
     concurrency_overrides: dict[str, int] = field(default_factory=dict)
+    # Per function (logical id), over the template's Timeout: e.g. a short S3IntakeFunction, whose
+    # batches then pause for time and resume as on AWS when a long batch outlasts 15 minutes
+    # (the workers runtime; `sam local` containers keep the template's).
+    timeout_overrides: dict[str, int] = field(default_factory=dict)
     # Test tooling the functions' runtimes load after the handler (workers.WorkerPlugin).
     worker_plugins: tuple[WorkerPlugin, ...] = ()
     # Record every function's AWS calls and decide them against its role (LocalStack.iam_report()).
@@ -627,7 +631,9 @@ class LocalStack:
                 handler=source.handler,
                 code_dir=source.code_dir,
                 memory_mb=int(configuration.get("MemorySize", 128)),
-                timeout_seconds=int(configuration.get("Timeout", 3)),
+                timeout_seconds=int(
+                    self.config.timeout_overrides.get(logical_id) or configuration.get("Timeout", 3)
+                ),
                 environment=self._function_environment(prepared, configuration, source),
                 max_concurrency=int(
                     self.config.concurrency_overrides.get(logical_id)

@@ -220,6 +220,7 @@ def running_stack(
     plugins: tuple[WorkerPlugin, ...] = (),
     aws_faults: tuple[FaultRule, ...] = (),
     allow_hosts: tuple[str, ...] = (),
+    timeouts: dict[str, int] | None = None,
 ) -> Iterator[Harness]:
     from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
 
@@ -249,6 +250,7 @@ def running_stack(
         worker_plugins=(timers, *plugins),
         aws_faults=aws_faults,
         extra_allow_hosts=allow_hosts,
+        timeout_overrides=dict(timeouts or {}),
         log_sink=lambda line: log_lines.append(line.text),  # list.append is atomic
     )
     with LocalStack(config) as stack:
