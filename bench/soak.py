@@ -3,6 +3,7 @@
     .venv/bin/python bench/soak.py                 # 10,000 jobs (about an hour on 2 cores)
     .venv/bin/python bench/soak.py --jobs 2000
     .venv/bin/python bench/soak.py --smoke         # 12 jobs, for the test suite
+    .venv/bin/python bench/soak.py --log-file soak.log --log-level INFO   # the functions' logs kept
 
 The provider faults are the `faults` suite's at half its rates (5xx on submit and poll, 429 with
 Retry-After, failed tasks, hung reads, responses lost after the provider accepted the task) and a
@@ -121,7 +122,9 @@ def _label(pid: int) -> str:
     return "other"
 
 
-def run_soak(size: int, seed: int = 17) -> tuple[SuiteReport, ProcessMemory, dict[str, Any]]:
+def run_soak(
+    size: int, seed: int = 17, log_file: Path | None = None, log_level: str = "WARNING"
+) -> tuple[SuiteReport, ProcessMemory, dict[str, Any]]:
     rng = random.Random(seed)
     report = SuiteReport("soak")
     job_ids = [f"soak-{n:05d}" for n in range(size)]
@@ -144,8 +147,10 @@ def run_soak(size: int, seed: int = 17) -> tuple[SuiteReport, ProcessMemory, dic
         parameters={
             "MaxWaitImageSeconds": "25",
             "UploadsVisibilityTimeoutSeconds": str(UPLOADS_VISIBILITY_SECONDS),
+            "LogLevel": log_level,
         },
         aws_faults=AWS_FAULTS,
+        log_file=log_file,
     ) as h:
         timings["stackReadySeconds"] = round(time.perf_counter() - started, 1)
         sampler.start()
@@ -216,10 +221,12 @@ def _wait_submitted(h: Harness, size: int, timeout: float) -> None:
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--jobs", type=int, help="jobs (default 10,000; smoke 12)")
+    p.add_argument("--log-file", type=Path, help="append the functions' log lines here as they come")
+    p.add_argument("--log-level", default="WARNING", help="the functions' LogLevel (default WARNING)")
     args = p.parse_args()
     size = args.jobs or (12 if args.smoke else 10_000)
     _fake_aws_credentials()
-    report, memory, timings = run_soak(size)
+    report, memory, timings = run_soak(size, log_file=args.log_file, log_level=args.log_level)
     processes = memory.by_label()
     rows: list[tuple[str, Any, str]] = [
         ("jobs", size, f"terminal states: {report.terminal}"),

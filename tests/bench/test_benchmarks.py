@@ -22,9 +22,9 @@ BENCH = REPO / "bench"
 JSON_PREFIX = "BENCH_JSON "
 
 
-def run_smoke(script: str, timeout: float = 240) -> dict[str, Any]:
+def run_smoke(script: str, timeout: float = 240, arguments: tuple[str, ...] = ()) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, str(BENCH / script), "--smoke"],
+        [sys.executable, str(BENCH / script), "--smoke", *arguments],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -183,10 +183,12 @@ def test_capacity_smoke() -> None:
     assert 900 <= options[f"PollsPerInvocation=15 | {other}"]["maxPolling"] <= 1000
 
 
-def test_soak_smoke() -> None:
+def test_soak_smoke(tmp_path: Path) -> None:
+    log_file = tmp_path / "functions.log"
     # Room for the batch's S3 event to fail under the AWS faults and come back after its first two
     # retry delays (30 s + 120 s, uploads.FAILED_EVENT_RETRY_SECONDS).
-    figures = run_smoke("soak.py", timeout=420)
+    arguments = ("--log-file", str(log_file), "--log-level", "INFO")
+    figures = run_smoke("soak.py", timeout=420, arguments=arguments)
     report = figures["report"]
     assert report["ok"] is True, report["checks"]
     assert report["jobs_sent"] == figures["jobs"] == 12
@@ -201,6 +203,10 @@ def test_soak_smoke() -> None:
         number(row["peakMBEach"], minimum=1)
         assert row["peakMBSum"] >= row["peakMBEach"]
     assert figures["peakTotalRssMB"] >= processes["stack process"]["peakMBEach"]
+    # The functions' logs were kept in the file as they came: time, function, request id, the line.
+    logged = [line.split(" ", 3) for line in log_file.read_text().splitlines()]
+    assert {"IntakeFunction", "PollFunction", "S3IntakeFunction"} <= {fields[1] for fields in logged}
+    assert any('"message":"batch processed"' in fields[3] for fields in logged if len(fields) == 4)
 
 
 def test_capacity_check_smoke() -> None:

@@ -56,7 +56,21 @@ MAX_LINE_BYTES = jobs.JobLimits().max_body_bytes
 SQS_BATCH_ENTRIES = 10
 SQS_BATCH_BYTES = 256 * 1024 - 4 * 1024  # SendMessageBatch total payload cap, with room for ids
 MAX_REPORTED_BAD_LINES = 1000
-CHECKPOINT_EVERY_LINES = 10_000
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When a batch saves its progress (its intake report), so that a later invocation goes on from
+    there. Saved only where no line is buffered, so a line is never sent twice by a resume."""
+
+    every_lines: int = 10_000
+    # An invocation that ends unplanned (a timeout behind a stalled call, a crash) loses at most
+    # this much reading: its retry restarts from the last save, not from line 1.
+    every_seconds: float = 60.0
+    # Below this, the invocation saves, stops and is resumed in a new one (S3IntakeFunction).
+    min_time_left_seconds: float = 30.0
+
+
 # A dropped body stream (S3 closes a connection its client stops reading from, while sends are
 # throttled) is reopened at the byte reached, this many times per invocation, before it fails.
 STREAM_REOPENS = 5
@@ -755,8 +769,7 @@ def process_batch(
     sleep: Callable[[float], None] = time.sleep,
     resolver: Any = None,
     chunk_bytes: int = 64 * 1024,
-    checkpoint_every: int = CHECKPOINT_EVERY_LINES,
-    min_time_left_seconds: float = 30.0,
+    checkpoints: CheckpointPolicy = CheckpointPolicy(),
 ) -> UploadOutcome:
     """Stream the JSONL batch: validate each line like the intake, enqueue good ones, report bad ones."""
     head = head_object(s3, ref.bucket, ref.key, ref.version_id)
@@ -789,6 +802,7 @@ def process_batch(
     buffer: list[tuple[int, str]] = []
     buffer_bytes = 0
     since_checkpoint = 0
+    checkpointed_at = now()
 
     def flush() -> None:
         nonlocal buffer, buffer_bytes
@@ -844,11 +858,15 @@ def process_batch(
                 flush()
             # Time is checked at every line, not only at checkpoints: a slow read (throttled sends)
             # that never reached a checkpoint would otherwise restart from line 1 at each retry.
-            out_of_time = time_left is not None and time_left() < min_time_left_seconds
-            if not buffer and (since_checkpoint >= checkpoint_every or out_of_time):
+            out_of_time = time_left is not None and time_left() < checkpoints.min_time_left_seconds
+            due = (
+                since_checkpoint >= checkpoints.every_lines
+                or now() - checkpointed_at >= checkpoints.every_seconds
+            )
+            if not buffer and (due or out_of_time):
                 report.next_line = number + 1
                 _save_report(s3, report, now)
-                since_checkpoint = 0
+                since_checkpoint, checkpointed_at = 0, now()
                 if out_of_time:
                     count(BATCH_LINES_ENQUEUED, report.enqueued - enqueued_before)
                     logger.warning(

@@ -17,6 +17,7 @@ import json
 import random
 import re
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from imagejobs.batches import BATCH_KEY_PREFIX
 from imagejobs.store import TERMINAL
 
 from imagejobs_tools.local.aws_faults import ENGINE, FaultRule
+from imagejobs_tools.local.logview import FunctionLogLine
 from imagejobs_tools.local.workers import WorkerPlugin
 from imagejobs_tools.reliability.logcapture import find_secret
 from imagejobs_tools.reliability.report import SuiteReport
@@ -221,7 +223,11 @@ def running_stack(
     aws_faults: tuple[FaultRule, ...] = (),
     allow_hosts: tuple[str, ...] = (),
     timeouts: dict[str, int] | None = None,
+    log_file: Path | None = None,
 ) -> Iterator[Harness]:
+    """A local stack of template.yaml with the suites' scaled-down timers; the functions' log lines
+    are kept in the harness and, with `log_file`, also appended there as they come (a run that is
+    stopped keeps them)."""
     from imagejobs_tools.local.stack import LocalStack, LocalStackConfig
 
     timers = WorkerPlugin(
@@ -233,6 +239,19 @@ def running_stack(
         },
     )
     log_lines: list[str] = []
+    log_stream = contextlib.ExitStack()
+    written = (
+        log_stream.enter_context(log_file.open("a", encoding="utf-8", buffering=1)) if log_file else None
+    )
+
+    writing = threading.Lock()  # the pools' reader threads write at once
+
+    def keep(line: FunctionLogLine) -> None:
+        log_lines.append(line.text)  # list.append is atomic
+        if written is not None:
+            with writing:
+                written.write(f"{line.time:.3f} {line.logical_id} {line.request_id or '-'} {line.text}\n")
+
     config = LocalStackConfig(
         template_path=REPO / "template.yaml",
         stack_name="imagejobs-reliability",
@@ -251,9 +270,9 @@ def running_stack(
         aws_faults=aws_faults,
         extra_allow_hosts=allow_hosts,
         timeout_overrides=dict(timeouts or {}),
-        log_sink=lambda line: log_lines.append(line.text),  # list.append is atomic
+        log_sink=keep,
     )
-    with LocalStack(config) as stack:
+    with log_stream, LocalStack(config) as stack:
         yield Harness(stack, api_key, log_lines=log_lines)
 
 

@@ -10,7 +10,7 @@ from botocore.exceptions import ResponseStreamingError
 from imagejobs.batches import BatchStore
 from imagejobs.jobs import parse_job
 from imagejobs.jsonl import iter_capped_lines
-from imagejobs.uploads import MAX_LINE_BYTES, STREAM_REOPENS, S3ObjectRef, process_batch
+from imagejobs.uploads import MAX_LINE_BYTES, STREAM_REOPENS, CheckpointPolicy, S3ObjectRef, process_batch
 
 from tests.unit.uploads.conftest import BUCKET, Aws, s3_event
 from tests.unit.uploads.test_images import deliver
@@ -266,7 +266,7 @@ def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint(aws: Aws) -> 
         sqs=aws.sqs,
         settings=aws.settings,
         now=aws.clock,
-        checkpoint_every=100,
+        checkpoints=CheckpointPolicy(every_lines=100),
         **stores(aws),
     )
     assert second.ack
@@ -338,3 +338,55 @@ def test_a_batch_webhook_that_fails_the_url_rule_rejects_the_lines_that_would_us
     assert "x-amz-meta-webhook-url" in bad["reason"] and "10.0.0.7" in bad["reason"]
     record = aws.store.get(bad["jobId"])
     assert record is not None and record["status"] == "REJECTED"
+
+
+class StallingSqs:
+    """The jobs queue, whose sends take 10 s each on the clock and fail from the `fail_from`-th on
+    (an invocation ended by a stalled call: a timeout, as Lambda ends it, or a crash)."""
+
+    def __init__(self, queue: Any, clock: Any, fail_from: int) -> None:
+        self.queue, self.clock, self.fail_from, self.sends = queue, clock, fail_from, 0
+
+    def send_message_batch(self, **kwargs: Any) -> dict[str, Any]:
+        self.sends += 1
+        if self.sends >= self.fail_from:
+            raise TimeoutError("the invocation ended here")
+        self.clock.advance(10)
+        result: dict[str, Any] = self.queue.send_message_batch(**kwargs)
+        return result
+
+
+def test_a_batch_saves_its_progress_every_minute_so_an_ended_invocation_does_not_start_over(aws: Aws) -> None:
+    key = "batches/stalled.jsonl"
+    ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(250)))
+    # 10 s per send of 10 lines; the invocation ends at its 20th send, far from 10,000 lines.
+    with pytest.raises(TimeoutError):
+        process_batch(
+            ref, s3=aws.s3, sqs=StallingSqs(aws.sqs, aws.clock, fail_from=20), settings=aws.settings,
+            now=aws.clock, **stores(aws),
+        )  # fmt: skip
+    saved = aws.report(key)
+    assert saved["status"] == "IN_PROGRESS"
+    # Saved at least every 60 s of reading (6 sends): the last save fell after the 18th send at latest.
+    assert 120 < saved["nextLine"] <= 200
+    first = {m["jobId"]: int(m["batchLine"]) for m in aws.messages()}
+    retry = process_batch(ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock, **stores(aws))
+    assert retry.ack and aws.report(key)["status"] == "COMPLETE"
+    retried = {m["jobId"]: int(m["batchLine"]) for m in aws.messages()}
+    assert min(retried.values()) >= saved["nextLine"]  # went on from the save, not from line 1
+    # Every good line enqueued; only the lines sent after the last save were sent twice.
+    assert len(first | retried) == 250 - sum(1 for n in BAD_LINES if n <= 250)
+    sent_twice = set(first) & set(retried)
+    assert all(first[job_id] >= saved["nextLine"] for job_id in sent_twice)
+
+
+def test_without_time_passing_a_batch_saves_only_every_10000_lines(aws: Aws) -> None:
+    key = "batches/quick.jsonl"
+    ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(250)))
+    with pytest.raises(TimeoutError):
+        process_batch(
+            ref, s3=aws.s3, sqs=StallingSqs(aws.sqs, aws.clock, fail_from=20), settings=aws.settings,
+            now=aws.clock, checkpoints=CheckpointPolicy(every_seconds=3600), **stores(aws),
+        )  # fmt: skip
+    with pytest.raises(aws.s3.exceptions.NoSuchKey):  # nothing saved: a retry starts at line 1
+        aws.report(key)
