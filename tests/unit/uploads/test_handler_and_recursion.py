@@ -118,7 +118,7 @@ def test_a_failed_event_is_offered_again_after_its_retry_delay_not_the_queues_ti
 ) -> None:
     module = handler_env[0]
     # The real first delay is 30 s; 0 lets the test see the event come back without waiting.
-    monkeypatch.setattr("imagejobs.uploads.FAILED_EVENT_RETRY_SECONDS", (0.0, 120.0))
+    monkeypatch.setattr("imagejobs.uploads.dispatch.FAILED_EVENT_RETRY_SECONDS", (0.0, 120.0))
     event = received_upload_event("not json at all")
     response = module.lambda_handler(event, FakeLambdaContext())
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}

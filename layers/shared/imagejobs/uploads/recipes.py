@@ -1,0 +1,162 @@
+"""An image upload's job: a recipe < its sidecar < the object's metadata, and what is wrong with it."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from imagejobs.config import S3IntakeSettings, TriggerPrefixSettings
+from imagejobs.uploads.events import SIDECAR_SUFFIX, S3ObjectRef, derived_job_id, trigger_prefix_problem
+from imagejobs.uploads.objects import OUTPUT_MARKER_METADATA, read_small_json
+
+MAX_SIDECAR_BYTES = 64 * 1024
+# Metadata keys that set job options rather than travel as job metadata.
+OPTION_METADATA = {
+    "prompt": "prompt",
+    "model": "model",
+    "aspect-ratio": "aspectRatio",
+    "output-prefix": "outputPrefix",
+    "webhook-url": "webhookUrl",
+}
+RECIPE_METADATA = "recipe"
+RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+RECIPE_FIELDS = ("prompt", "model", "aspectRatio", "providerInput", "outputPrefix", "metadata")
+SIDECAR_FIELDS = (*RECIPE_FIELDS, "jobId", "recipe", "inputImageUrls", "inputMode", "duration", "webhookUrl")
+
+
+@dataclass
+class ResolvedJob:
+    message: dict[str, Any]
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+    def fail(self, name: str, reason: str) -> None:
+        self.errors.setdefault(name, []).append(reason)
+
+
+def _recipe_name(
+    ref: S3ObjectRef,
+    metadata: Mapping[str, str],
+    sidecar: Mapping[str, Any] | None,
+    settings: TriggerPrefixSettings,
+) -> tuple[str | None, bool]:
+    """(recipe name, explicitly named): metadata beats sidecar beats the first sub-prefix."""
+    if metadata.get(RECIPE_METADATA):
+        return metadata[RECIPE_METADATA], True
+    if sidecar and isinstance(sidecar.get("recipe"), str):
+        return str(sidecar["recipe"]), True
+    rest = ref.key[len(settings.inputs_prefix) :]
+    if "/" in rest:
+        candidate = rest.split("/", 1)[0]
+        if RECIPE_NAME_RE.match(candidate):
+            return candidate, False
+    return None, False
+
+
+def resolve_image_job(
+    ref: S3ObjectRef, metadata: Mapping[str, str], *, s3: Any, settings: S3IntakeSettings
+) -> ResolvedJob:
+    """The job message for an image upload (recipe < sidecar < object metadata), and what is wrong with it."""
+    resolved = ResolvedJob({})
+    message = resolved.message
+    sidecar_key = ref.key + SIDECAR_SUFFIX
+    sidecar, sidecar_etag, problem = read_small_json(s3, ref.bucket, sidecar_key, MAX_SIDECAR_BYTES)
+    if problem:
+        resolved.fail("sidecar", f"{sidecar_key} {problem}")
+        sidecar = None
+    elif sidecar is not None and not isinstance(sidecar, dict):
+        resolved.fail("sidecar", f"{sidecar_key} must be a JSON object")
+        sidecar = None
+    if sidecar:
+        for name in sidecar:
+            if name not in SIDECAR_FIELDS:
+                resolved.fail(
+                    "sidecar", f"{sidecar_key}: unknown field {name!r} (allowed: {', '.join(SIDECAR_FIELDS)})"
+                )
+
+    recipe_name, explicit = _recipe_name(ref, metadata, sidecar, settings)
+    recipe: dict[str, Any] | None = None
+    recipe_missing = False
+    if recipe_name is not None:
+        recipe_key = f"{settings.recipes_prefix}{recipe_name}.json"
+        if not RECIPE_NAME_RE.match(recipe_name):
+            resolved.fail("recipe", f"{recipe_name!r} is not a recipe name ({RECIPE_NAME_RE.pattern})")
+        else:
+            document, _, problem = read_small_json(s3, ref.bucket, recipe_key, MAX_SIDECAR_BYTES)
+            if problem:
+                resolved.fail("recipe", f"{recipe_key} {problem}")
+            elif document is None:
+                recipe_missing = True
+                if explicit:
+                    resolved.fail("recipe", f"{recipe_key} does not exist")
+            elif not isinstance(document, dict):
+                resolved.fail("recipe", f"{recipe_key} must be a JSON object")
+            else:
+                unknown = [n for n in document if n not in RECIPE_FIELDS]
+                if unknown:
+                    resolved.fail(
+                        "recipe",
+                        f"{recipe_key}: unknown fields {unknown} (allowed: {', '.join(RECIPE_FIELDS)})",
+                    )
+                recipe = {k: v for k, v in document.items() if k in RECIPE_FIELDS}
+
+    job_metadata: dict[str, str] = {}
+    prompt_from_recipe = False
+    for layer in (recipe, sidecar):
+        if not layer:
+            continue
+        for name in SIDECAR_FIELDS:
+            if name in layer and name not in ("recipe", "metadata"):
+                message[name] = layer[name]
+        if isinstance(layer.get("metadata"), dict):
+            job_metadata.update(layer["metadata"])
+        elif "metadata" in layer:
+            resolved.fail("metadata", "recipe/sidecar metadata must be an object of string to string")
+        if "prompt" in layer:
+            prompt_from_recipe = layer is recipe
+    for name, value in metadata.items():
+        if name in OPTION_METADATA:
+            message[OPTION_METADATA[name]] = value
+            prompt_from_recipe = prompt_from_recipe and name != "prompt"
+        elif name not in (RECIPE_METADATA, OUTPUT_MARKER_METADATA):
+            job_metadata[name] = value
+    if job_metadata:
+        message["metadata"] = job_metadata
+
+    if prompt_from_recipe and isinstance(message.get("prompt"), str):
+        variables = {
+            "key": ref.key,
+            "filename": ref.key.rsplit("/", 1)[-1],
+            "stem": ref.key.rsplit("/", 1)[-1].rsplit(".", 1)[0],
+            **{str(k).replace("-", "_"): str(v) for k, v in job_metadata.items()},
+        }
+        try:
+            message["prompt"] = string.Template(message["prompt"]).substitute(variables)
+        except KeyError as missing:
+            name = str(missing.args[0])
+            resolved.fail(
+                "recipe", f"prompt template needs ${{{name}}}: set x-amz-meta-{name.replace('_', '-')}"
+            )
+        except ValueError as exc:
+            resolved.fail("recipe", f"prompt template is invalid ({exc})")
+
+    extra_inputs = message.get("inputImageUrls")
+    message["inputImageUrls"] = [ref.uri, *(extra_inputs if isinstance(extra_inputs, list) else [])]
+    if not isinstance(message.get("prompt"), str) or not message["prompt"].strip():
+        hint = (
+            f"no usable prompt: set x-amz-meta-prompt, upload {ref.key}{SIDECAR_SUFFIX} (a sidecar uploaded "
+            f"later starts the job), or upload under {settings.inputs_prefix}<recipe>/"
+        )
+        if recipe_missing:
+            hint += f" (no recipe {settings.recipes_prefix}{recipe_name}.json)"
+        resolved.fail("prompt", hint)
+    if any(ch in ref.key for ch in "?#") or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in ref.key):
+        resolved.fail("key", "object keys with ?, # or control characters cannot be job inputs; rename it")
+    prefix_problem = trigger_prefix_problem(message.get("outputPrefix"), settings)
+    if prefix_problem and isinstance(message.get("outputPrefix"), str):
+        resolved.fail("outputPrefix", prefix_problem)
+    if "jobId" not in message:
+        message["jobId"] = derived_job_id("up", ref.bucket, ref.key, ref.identity, sidecar_etag, message)
+    return resolved
