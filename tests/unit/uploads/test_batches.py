@@ -260,9 +260,13 @@ def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint(aws: Aws) -> 
     partial = aws.report(key)
     # Checkpoints fall where nothing is buffered: at or just after line 101.
     assert partial["status"] == "IN_PROGRESS" and 101 <= partial["nextLine"] <= 111
+    # nextByte is where line nextLine starts: the resume asks only for the rest of the object.
+    body = aws.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert partial["nextByte"] == len(b"".join(body.splitlines(keepends=True)[: partial["nextLine"] - 1]))
+    s3 = BreakingS3(aws.s3, breaks=0)
     second = process_batch(
         ref,
-        s3=aws.s3,
+        s3=s3,
         sqs=aws.sqs,
         settings=aws.settings,
         now=aws.clock,
@@ -270,6 +274,7 @@ def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint(aws: Aws) -> 
         **stores(aws),
     )
     assert second.ack
+    assert [g.get("Range") for g in s3.gets if g["Key"] == key] == [f"bytes={partial['nextByte']}-"]
     ids = [m["jobId"] for m in aws.messages()]
     assert len(ids) == len(set(ids)) == 250 - sum(1 for n in BAD_LINES if n <= 250)
     report = aws.report(key)
@@ -390,3 +395,41 @@ def test_without_time_passing_a_batch_saves_only_every_10000_lines(aws: Aws) -> 
         )  # fmt: skip
     with pytest.raises(aws.s3.exceptions.NoSuchKey):  # nothing saved: a retry starts at line 1
         aws.report(key)
+
+
+def test_a_checkpoint_without_a_byte_offset_resumes_by_skipping_the_lines_done(aws: Aws) -> None:
+    key = "batches/older.jsonl"
+    ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(30)))
+    with pytest.raises(TimeoutError):  # saved after the first send (10 s passed), ended at the second
+        process_batch(
+            ref, s3=aws.s3, sqs=StallingSqs(aws.sqs, aws.clock, fail_from=2), settings=aws.settings,
+            now=aws.clock, checkpoints=CheckpointPolicy(every_seconds=10), **stores(aws),
+        )  # fmt: skip
+    saved = aws.report(key)
+    resume_line = saved["nextLine"]
+    assert resume_line == 12 and saved["nextByte"] > 0  # ten good lines: 1-11 less bad line 7
+    del saved["nextByte"]  # as written before offsets were saved
+    aws.put(key + ".report.json", json.dumps(saved).encode())
+    first = {m["jobId"] for m in aws.messages()}
+    retry = process_batch(ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock, **stores(aws))
+    assert retry.ack
+    lines = sorted(int(m["batchLine"]) for m in aws.messages())
+    assert lines == [n for n in range(resume_line, 31) if n not in BAD_LINES]
+    assert len(first) == 10
+
+
+def test_a_batch_paused_after_its_last_line_completes_without_reading_again(aws: Aws) -> None:
+    key = "batches/ends.jsonl"
+    # Ten good lines (7 is bad): the buffer empties, and the time runs out, at the last line.
+    ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(11)))
+    size = aws.s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
+    paused = process_batch(
+        ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock, time_left=lambda: 1.0,
+        **stores(aws),
+    )  # fmt: skip
+    assert paused.action == "resume"
+    assert aws.report(key)["nextLine"] == 12 and aws.report(key)["nextByte"] == size
+    s3 = BreakingS3(aws.s3, breaks=0)
+    resumed = process_batch(ref, s3=s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock, **stores(aws))
+    assert resumed.ack and aws.report(key)["status"] == "COMPLETE" and aws.report(key)["lines"] == 11
+    assert not [g for g in s3.gets if g["Key"] == key]  # nothing left to read: no range from the end (416)

@@ -18,7 +18,7 @@ from imagejobs import jobs, urls
 from imagejobs.batches import BatchFiles, BatchStore
 from imagejobs.config import S3IntakeSettings
 from imagejobs.intake import partial_request
-from imagejobs.jsonl import iter_capped_lines
+from imagejobs.jsonl import iter_positioned_lines
 from imagejobs.observability import count, logger
 from imagejobs.store import BatchLine, JobStore, iso
 from imagejobs.uploads.events import (
@@ -72,6 +72,10 @@ class BatchReport:
     job_id_prefix: str
     status: str = "IN_PROGRESS"
     next_line: int = 1
+    # Where line `next_line` starts in the object: a resume asks for the rest from there (a
+    # ranged GET), not for the whole object again. 0 with next_line > 1: a report from before
+    # offsets were saved, whose resume reads from the start and skips the lines done.
+    next_byte: int = 0
     lines: int = 0
     blank_lines: int = 0
     enqueued: int = 0
@@ -115,6 +119,7 @@ class BatchReport:
             "badLines": self.bad_lines,
             "badLinesTruncated": self.bad_line_count > len(self.bad_lines),
             "nextLine": self.next_line,
+            "nextByte": self.next_byte,
             "startedAt": self.started_at,
             "updatedAt": self.updated_at,
         }
@@ -130,6 +135,7 @@ class BatchReport:
             return fresh
         fresh.status = str(document["status"])
         fresh.next_line = int(document.get("nextLine") or 1)
+        fresh.next_byte = int(document.get("nextByte") or 0)
         fresh.lines = int(document.get("lines") or 0)
         fresh.blank_lines = int(document.get("blankLines") or 0)
         fresh.enqueued = int(document.get("enqueued") or 0)
@@ -290,10 +296,14 @@ def process_batch(
     if version_id:
         kwargs["VersionId"] = version_id
     size = int(head.get("ContentLength") or 0)
-    with closing(object_chunks(s3, kwargs, size=size, chunk_bytes=chunk_bytes)) as chunks:
-        for number, line, length in iter_capped_lines(chunks, MAX_LINE_BYTES):
+    resume_at = report.next_byte
+    first_line = report.next_line if resume_at else 1
+    chunks = object_chunks(s3, kwargs, size=size, chunk_bytes=chunk_bytes, start=resume_at)
+    with closing(chunks):
+        lines = iter_positioned_lines(chunks, MAX_LINE_BYTES, first_line=first_line, offset=resume_at)
+        for number, line, length, line_end in lines:
             if number < report.next_line:
-                continue  # done before the checkpoint this run resumes from
+                continue  # a report without nextByte: done before the checkpoint this run resumes from
             report.lines = number
             place = BatchLine(batch_id, number)
             if line is None:
@@ -339,7 +349,7 @@ def process_batch(
                 or now() - checkpointed_at >= checkpoints.every_seconds
             )
             if not buffer and (due or out_of_time):
-                report.next_line = number + 1
+                report.next_line, report.next_byte = number + 1, line_end
                 _save_report(s3, report, now)
                 since_checkpoint, checkpointed_at = 0, now()
                 if out_of_time:
@@ -351,7 +361,7 @@ def process_batch(
         flush()
     # Every line that is not blank has its record (a job, or REJECTED): the batch's size.
     batches.set_expected(batch_id, report.lines - report.blank_lines, now=now())
-    report.next_line = report.lines + 1
+    report.next_line, report.next_byte = report.lines + 1, size
     report.status = "COMPLETE"
     _save_report(s3, report, now)
     count(BATCH_LINES_ENQUEUED, report.enqueued - enqueued_before)

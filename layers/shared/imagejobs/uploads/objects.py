@@ -78,11 +78,20 @@ def decode_metadata_value(value: str) -> str:
 
 
 def object_chunks(
-    s3: Any, get_kwargs: Mapping[str, Any], *, size: int, chunk_bytes: int, reopens: int = STREAM_REOPENS
+    s3: Any,
+    get_kwargs: Mapping[str, Any],
+    *,
+    size: int,
+    chunk_bytes: int,
+    start: int = 0,
+    reopens: int = STREAM_REOPENS,
 ) -> Generator[bytes, None, None]:
-    """The object's bytes, in chunks. A body that breaks off is asked for again from the byte it
-    reached (a ranged GET of the same version or ETag), so a slow reader never starts over."""
-    offset = 0
+    """The object's bytes from `start`, in chunks. A body that breaks off is asked for again from
+    the byte it reached (a ranged GET of the same version or ETag), so a slow reader never starts
+    over."""
+    if start and start >= size:
+        return  # nothing is left, and S3 refuses a range from the end (416 InvalidRange)
+    offset = start
     reopened = 0
     while True:
         kwargs = dict(get_kwargs, Range=f"bytes={offset}-") if offset else dict(get_kwargs)
