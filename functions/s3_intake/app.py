@@ -41,11 +41,13 @@ def record_handler(record: SQSRecord, context: Any) -> str:
             # idempotent (already processed, or the same job ids).
             send_again(runtime.sqs, queue_url=uploads_queue_url, body=record.body, seconds=0)
     except Exception:
+        retry_in = failed_event_retry_seconds(receive_count(record))
+        logger.exception("upload event failed; offered again later", extra={"retry_in_seconds": retry_in})
         redeliver_after(
             runtime.sqs,
             queue_arn=record.event_source_arn,
             receipt_handle=record.receipt_handle,
-            seconds=failed_event_retry_seconds(receive_count(record)),
+            seconds=retry_in,
             configured_url=uploads_queue_url,
         )
         raise

@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 import pytest
+from imagejobs.uploads import UploadEventError
 from moto import mock_aws
 from samtranslator.yaml_helper import yaml_parse
 
@@ -114,7 +115,9 @@ def test_a_batch_paused_for_time_is_sent_again_at_once_and_its_receive_acknowled
 
 
 def test_a_failed_event_is_offered_again_after_its_retry_delay_not_the_queues_timeout(
-    handler_env: tuple[ModuleType, Any, str], monkeypatch: pytest.MonkeyPatch
+    handler_env: tuple[ModuleType, Any, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     module = handler_env[0]
     # The real first delay is 30 s; 0 lets the test see the event come back without waiting.
@@ -122,6 +125,10 @@ def test_a_failed_event_is_offered_again_after_its_retry_delay_not_the_queues_ti
     event = received_upload_event("not json at all")
     response = module.lambda_handler(event, FakeLambdaContext())
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    # The failure is in the function's log, with its traceback and when it comes back.
+    [logged] = [r for r in caplog.records if r.getMessage() == "upload event failed; offered again later"]
+    assert logged.levelname == "ERROR" and logged.retry_in_seconds == 0.0  # type: ignore[attr-defined]
+    assert logged.exc_info is not None and logged.exc_info[0] is UploadEventError
     [again] = visible_uploads()
     assert again["MessageId"] == event["Records"][0]["messageId"]
     assert again["Attributes"]["ApproximateReceiveCount"] == "2"
