@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagejobs.config import S3IntakeSettings
 from imagejobs.observability import logger, metrics, tracer
 from imagejobs.runtime import S3IntakeRuntime
-from imagejobs.sqs_retry import receive_count, redeliver_after, send_again
+from imagejobs.sqs_retry import receive_count, redeliver_after, remaining_seconds, send_again
 from imagejobs.uploads import failed_event_retry_seconds, handle_upload_message
 
 # Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
@@ -20,10 +20,8 @@ runtime = S3IntakeRuntime(S3IntakeSettings.from_env())
 @tracer.capture_method
 def record_handler(record: SQSRecord, context: Any) -> str:
     def time_left() -> float:
-        try:
-            return float(context.get_remaining_time_in_millis()) / 1000.0
-        except (AttributeError, TypeError, ValueError):
-            return float("inf")
+        remaining = remaining_seconds(context)
+        return float("inf") if remaining is None else remaining
 
     uploads_queue_url = runtime.settings.uploads_queue_url
     try:

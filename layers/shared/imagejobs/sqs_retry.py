@@ -36,12 +36,18 @@ def receive_count(record: SQSRecord) -> int | None:
         return None
 
 
+def remaining_seconds(context: Any) -> float | None:
+    """The invocation's remaining time; None when the context cannot say (a direct call)."""
+    try:
+        return float(context.get_remaining_time_in_millis()) / 1000.0
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def lease_seconds(context: Any) -> float:
     """A claim must outlive this invocation: the function's remaining time plus a margin."""
-    try:
-        return float(context.get_remaining_time_in_millis()) / 1000.0 + LEASE_MARGIN_SECONDS
-    except (AttributeError, TypeError, ValueError):
-        return DEFAULT_LEASE_SECONDS
+    remaining = remaining_seconds(context)
+    return DEFAULT_LEASE_SECONDS if remaining is None else remaining + LEASE_MARGIN_SECONDS
 
 
 def queue_url_for(queue_arn: str, *, configured_url: str, sqs: Any) -> str:
