@@ -97,6 +97,9 @@ READ_ON_OUR_BEHALF = {"LOG_LEVEL"}
 # AWS_ENDPOINT_URL is unset, so the deployed functions use AWS's endpoints. The import below cannot
 # tell such a read from botocore's look-up of its other optional knobs, hence the explicit list.
 DECLARED_FOR_SAM_LOCAL = {"AWS_ENDPOINT_URL": ""}
+# Botocore's retry policy for every client of every function, read when a client is made (after
+# the import below): "standard" retries SQS's RequestThrottled (HTTP 400), "legacy" does not.
+BOTOCORE_RETRIES = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "5"}
 
 
 def counts(variable: str, reader: str, declared: set[str]) -> bool:
@@ -147,7 +150,8 @@ def test_the_template_declares_exactly_the_variables_the_function_reads(
 ) -> None:
     environment = function_environments(translated_template)[function]
     assert {name: environment.get(name) for name in DECLARED_FOR_SAM_LOCAL} == DECLARED_FOR_SAM_LOCAL
-    declared = set(environment) - set(DECLARED_FOR_SAM_LOCAL)
+    assert {name: environment.get(name) for name in BOTOCORE_RETRIES} == BOTOCORE_RETRIES
+    declared = set(environment) - set(DECLARED_FOR_SAM_LOCAL) - set(BOTOCORE_RETRIES)
     # Values from sam local's events/env.json (test_events.py keeps its names the template's).
     samples = json.loads((REPO_ROOT / "events" / "env.json").read_text(encoding="utf-8"))[function]
     module_file, layer_dir = _function_code(sam_template)[function]
