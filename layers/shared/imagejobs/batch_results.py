@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from imagejobs.batches import BY_BATCH_INDEX, BatchFiles, BatchStore
-from imagejobs.store import COMPLETED, SUBMIT_UNKNOWN, TERMINAL, from_dynamo
+from imagejobs.store import TERMINAL, JobStatus, from_dynamo
 
 PART_BYTES = 8 * 1024 * 1024  # S3 multipart parts are at least 5 MiB (but the last)
 BATCH_METADATA = "imagejobs-batch"
@@ -127,7 +127,7 @@ class SummaryBuilder:
         if completed and (self.last_completion is None or completed > self.last_completion):
             self.last_completion = str(completed)
         total = (record.get("latency") or {}).get("totalSeconds")
-        if status == COMPLETED and total is not None:
+        if status == JobStatus.COMPLETED and total is not None:
             self._latencies.append(float(total))
 
     @property
@@ -145,7 +145,7 @@ class SummaryBuilder:
             "creditsRefunded": self.credits_refunded,
             "creditsSpent": self.credits_used - self.credits_refunded,
             # Charged or not is unknown for these (docs/records.md): compare with the provider.
-            "submitUnknown": self.by_status.get(SUBMIT_UNKNOWN, 0),
+            "submitUnknown": self.by_status.get(JobStatus.SUBMIT_UNKNOWN, 0),
             "firstSubmitAt": self.first_submit,
             "lastCompletionAt": self.last_completion,
             "latencySeconds": {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)},

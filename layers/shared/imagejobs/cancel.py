@@ -19,7 +19,7 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 
 from imagejobs import store as records
-from imagejobs.store import JobStore
+from imagejobs.store import JobStatus, JobStore
 
 Result = Literal["cancelled", "already_finished", "in_flight", "not_found"]
 DEFAULT_REASON = "cancelled by the user"
@@ -83,7 +83,7 @@ def cancel_job(
     return CancelOutcome(
         job_id,
         "cancelled",
-        records.CANCELLED,
+        JobStatus.CANCELLED,
         was_submitted=submitted,
         credits_used=int(credits) if isinstance(credits, int | float) else None,
         stopped_executions=stopped,

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from imagejobs.observability import count
-from imagejobs.store import SUBMITTED, TERMINAL, from_dynamo
+from imagejobs.store import TERMINAL, JobStatus, from_dynamo
 from imagejobs.webhooks import DeliveryQueue, delivery_for
 
 SOURCE = "imagejobs"
 JOB_STATE_CHANGE = "Job State Change"
 # A RECEIVED job that found no room in the day's credit budget (docs/control.md): once per job and day.
 JOB_BUDGET_WAIT = "Job Waiting For Budget"
-PUBLISHED_STATUSES = frozenset({SUBMITTED}) | TERMINAL
+PUBLISHED_STATUSES = frozenset({JobStatus.SUBMITTED}) | TERMINAL
 # PutEvents takes at most 10 entries of at most 256 KB each (the detail here is a few KB).
 ENTRIES_PER_CALL = 10
 

@@ -33,7 +33,7 @@ from imagejobs.observability import (
 )
 from imagejobs.provider import OutcomeUnknown, ProviderError, ProviderRejected, RateLimited, Submission
 from imagejobs.secrets import SecretNotConfigured
-from imagejobs.store import BatchLine, JobStore
+from imagejobs.store import BatchLine, JobStatus, JobStore
 
 # requeue: the message is sent again with a delay and this receive acknowledged (a job waiting for
 # budget must not use up the queue's maxReceiveCount and end in the DLQ).
@@ -123,8 +123,8 @@ def _ensure_execution(
         start_execution(sfn, settings, job_id, payload)
     except (ClientError, BotoCoreError):
         logger.exception("StartExecution failed; SQS will redeliver and restart it")
-        return IntakeOutcome("retry", "StartExecution failed", job_id, records.SUBMITTED, task_id)
-    return IntakeOutcome("ack", done, job_id, records.SUBMITTED, task_id)
+        return IntakeOutcome("retry", "StartExecution failed", job_id, JobStatus.SUBMITTED, task_id)
+    return IntakeOutcome("ack", done, job_id, JobStatus.SUBMITTED, task_id)
 
 
 def _restart(record: Mapping[str, Any], *, sfn: Any, settings: ExecutionSettings) -> IntakeOutcome:
@@ -215,7 +215,7 @@ def _reject_batch_clash(
     if result.applied:
         count(JOBS_REJECTED)
     logger.warning("batch line names a job id already in use", extra={"field_errors": errors})
-    return IntakeOutcome("ack", "rejected: job id already in use", line.default_job_id, records.REJECTED)
+    return IntakeOutcome("ack", "rejected: job id already in use", line.default_job_id, JobStatus.REJECTED)
 
 
 def handle_job_message(
@@ -253,7 +253,7 @@ def handle_job_message(
         if result.applied:
             count(JOBS_REJECTED)
             logger.warning("job rejected", extra={"field_errors": invalid.field_errors})
-            return IntakeOutcome("ack", "rejected: invalid message", job_id, records.REJECTED)
+            return IntakeOutcome("ack", "rejected: invalid message", job_id, JobStatus.REJECTED)
         logger.warning(
             "invalid message for an existing job id; record left unchanged",
             extra={"field_errors": invalid.field_errors, "existing_status": result.status},
@@ -277,9 +277,9 @@ def handle_job_message(
         if status in records.TERMINAL:
             logger.info("duplicate of a finished job; acknowledged", extra={"status": status})
             return IntakeOutcome("ack", f"duplicate: job already {status}", job_id, status)
-        if status == records.SUBMITTED:
+        if status == JobStatus.SUBMITTED:
             return _restart(record, sfn=sfn, settings=settings)
-        if status == records.SUBMITTING:
+        if status == JobStatus.SUBMITTING:
             lease = float(record.get("leaseExpiresAt") or 0)
             if lease > now():
                 logger.info("another worker is submitting this job; retry later", extra={"lease": lease})
@@ -327,7 +327,7 @@ def handle_job_message(
         logger.info("lost the submit claim race", extra={"status": claim.status})
         if claim.status in records.TERMINAL:
             return IntakeOutcome("ack", f"job already {claim.status}", job_id, claim.status)
-        if claim.status == records.SUBMITTED and claim.record:
+        if claim.status == JobStatus.SUBMITTED and claim.record:
             return _restart(claim.record, sfn=sfn, settings=settings)
         return IntakeOutcome(
             "retry",
@@ -346,7 +346,7 @@ def handle_job_message(
         error = {"code": "PRESIGN_FAILED", "message": redact(str(exc))}
         store.release_claim(job_id, error, held=held, now=now())
         logger.exception("could not presign input images; claim released")
-        return IntakeOutcome("retry", "presigning inputs failed", job_id, records.RECEIVED)
+        return IntakeOutcome("retry", "presigning inputs failed", job_id, JobStatus.RECEIVED)
 
     started = now()
     try:
@@ -383,7 +383,7 @@ def handle_job_message(
             "retry",
             f"provider error: {type(failure).__name__}",
             job_id,
-            records.RECEIVED,
+            JobStatus.RECEIVED,
             retry_after_seconds=retry_after,
         )
     except Exception as exc:
@@ -465,7 +465,7 @@ def wait_for_budget(
         "requeue",
         reason,
         job_id,
-        records.RECEIVED,
+        JobStatus.RECEIVED,
         retry_after_seconds=delay,
         requeue_body=requeue_body(body, job_id),
     )
@@ -486,7 +486,7 @@ def note_last_receive(
     only while the record is still so; a job another worker holds decides its own fate."""
     if outcome.action != "retry" or outcome.job_id is None or max_receive_count <= 0 or receive_count is None:
         return False
-    if receive_count < max_receive_count or outcome.status not in (records.RECEIVED, records.SUBMITTED):
+    if receive_count < max_receive_count or outcome.status not in (JobStatus.RECEIVED, JobStatus.SUBMITTED):
         return False
     reason = f"{outcome.reason} (receive {receive_count} of {max_receive_count})"
     try:

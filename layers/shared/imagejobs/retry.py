@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from imagejobs import jobs
-from imagejobs import store as records
+from imagejobs.store import JobStatus
 
-RETRYABLE = (records.FAILED, records.TIMED_OUT)
+RETRYABLE = (JobStatus.FAILED, JobStatus.TIMED_OUT)
 # May already have been charged: only on request, with a warning (docs/control.md).
-MAYBE_CHARGED = (records.SUBMIT_UNKNOWN,)
+MAYBE_CHARGED = (JobStatus.SUBMIT_UNKNOWN,)
 _RETRY_SUFFIX = re.compile(r"-r(\d+)$")
 
 

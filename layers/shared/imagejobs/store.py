@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -29,18 +30,33 @@ from botocore.exceptions import ClientError
 from imagejobs import budget as credit_budget
 from imagejobs.budget import BudgetScope, CounterChange, Reservation
 
-RECEIVED = "RECEIVED"
-SUBMITTING = "SUBMITTING"
-SUBMITTED = "SUBMITTED"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-TIMED_OUT = "TIMED_OUT"
-REJECTED = "REJECTED"
-SUBMIT_UNKNOWN = "SUBMIT_UNKNOWN"
-CANCELLED = "CANCELLED"
+
+class JobStatus(StrEnum):
+    """A job record's status (docs/architecture.md, "Job record"); stored as its name."""
+
+    RECEIVED = "RECEIVED"
+    SUBMITTING = "SUBMITTING"
+    SUBMITTED = "SUBMITTED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    REJECTED = "REJECTED"
+    SUBMIT_UNKNOWN = "SUBMIT_UNKNOWN"
+    CANCELLED = "CANCELLED"
+
+
 # The one set of terminal statuses: the CLI, the local demo, the suites and the benches import it.
-TERMINAL = frozenset({COMPLETED, FAILED, TIMED_OUT, REJECTED, SUBMIT_UNKNOWN, CANCELLED})
-ACTIVE = (RECEIVED, SUBMITTING, SUBMITTED)
+TERMINAL = frozenset(
+    {
+        JobStatus.COMPLETED,
+        JobStatus.FAILED,
+        JobStatus.TIMED_OUT,
+        JobStatus.REJECTED,
+        JobStatus.SUBMIT_UNKNOWN,
+        JobStatus.CANCELLED,
+    }
+)
+ACTIVE = (JobStatus.RECEIVED, JobStatus.SUBMITTING, JobStatus.SUBMITTED)
 BY_STATUS_INDEX = "ByStatus"
 WRITE_ID = "lastWriteId"
 
@@ -172,7 +188,7 @@ class JobStore:
             FilterExpression="#model = :model AND attribute_exists(latency.providerSeconds)",
             ProjectionExpression="latency.providerSeconds",
             ExpressionAttributeNames={"#status": "status", "#model": "model"},
-            ExpressionAttributeValues={":completed": COMPLETED, ":model": model},
+            ExpressionAttributeValues={":completed": JobStatus.COMPLETED, ":model": model},
             ScanIndexForward=False,
             Limit=limit,
         )
@@ -203,12 +219,12 @@ class JobStore:
         model_hint: str | None = None,
     ) -> TransitionResult:
         at = iso(time.time() if now is None else now)
-        entry: dict[str, Any] = {"status": RECEIVED, "at": at}
+        entry: dict[str, Any] = {"status": JobStatus.RECEIVED, "at": at}
         if detail:
             entry["detail"] = detail
         item: dict[str, Any] = {
             "jobId": job_id,
-            "status": RECEIVED,
+            "status": JobStatus.RECEIVED,
             "statusHistory": [entry],
             "createdAt": at,
             "updatedAt": at,
@@ -244,8 +260,8 @@ class JobStore:
         at = iso(time.time() if now is None else now)
         item: dict[str, Any] = {
             "jobId": job_id,
-            "status": REJECTED,
-            "statusHistory": [{"status": REJECTED, "at": at, "detail": message}],
+            "status": JobStatus.REJECTED,
+            "statusHistory": [{"status": JobStatus.REJECTED, "at": at, "detail": message}],
             "createdAt": at,
             "updatedAt": at,
             "error": {
@@ -441,8 +457,8 @@ class JobStore:
             change = CounterChange(reservation.day, reserved=reservation.credits, batch=reservation.batch)
         return self._transition(
             job_id,
-            SUBMITTING,
-            [RECEIVED],
+            JobStatus.SUBMITTING,
+            [JobStatus.RECEIVED],
             now=moment,
             set_values=values,
             # A message redriven from the DLQ is being worked on again; a budget wait has ended.
@@ -468,7 +484,9 @@ class JobStore:
         if reservation.batch is not None:
             wait["batch"] = reservation.batch
             wait["batchLimit"] = reservation.batch_limit
-        return self._transition(job_id, None, [RECEIVED], now=moment, set_values={"budgetWait": wait})
+        return self._transition(
+            job_id, None, [JobStatus.RECEIVED], now=moment, set_values={"budgetWait": wait}
+        )
 
     def settle_refund(
         self, record: Mapping[str, Any], *, credits_refunded: int | None = None, now: float | None = None
@@ -513,8 +531,8 @@ class JobStore:
         values, change = _settle(values, held, None if held is None else credit_budget.release(held))
         return self._transition(
             job_id,
-            RECEIVED,
-            [SUBMITTING],
+            JobStatus.RECEIVED,
+            [JobStatus.SUBMITTING],
             now=moment,
             set_values=values,
             remove=["leaseExpiresAt"],
@@ -528,7 +546,7 @@ class JobStore:
         reason: str,
         receive_count: int,
         *,
-        statuses: Iterable[str] = (RECEIVED, SUBMITTED),
+        statuses: Iterable[str] = (JobStatus.RECEIVED, JobStatus.SUBMITTED),
         now: float | None = None,
     ) -> TransitionResult:
         """An unfinished job's message failed its last receive: SQS moves it to the DLQ (status kept).
@@ -564,8 +582,8 @@ class JobStore:
         values, change = _settle(values, held, spent)
         return self._transition(
             job_id,
-            SUBMITTED,
-            [SUBMITTING],
+            JobStatus.SUBMITTED,
+            [JobStatus.SUBMITTING],
             now=moment,
             set_values=values,
             remove=["leaseExpiresAt"],
@@ -595,8 +613,8 @@ class JobStore:
         )
         return self._transition(
             job_id,
-            REJECTED,
-            [SUBMITTING],
+            JobStatus.REJECTED,
+            [JobStatus.SUBMITTING],
             now=now,
             set_values=values,
             remove=["leaseExpiresAt"],
@@ -624,8 +642,8 @@ class JobStore:
         )
         return self._transition(
             job_id,
-            SUBMIT_UNKNOWN,
-            [SUBMITTING],
+            JobStatus.SUBMIT_UNKNOWN,
+            [JobStatus.SUBMITTING],
             now=now,
             set_values=values,
             remove=["leaseExpiresAt"],
@@ -640,7 +658,7 @@ class JobStore:
         values: dict[str, Any] = {"taskId": task_id}
         if credits_used is not None:
             values["creditsUsed"] = credits_used
-        return self._transition(job_id, None, [SUBMIT_UNKNOWN], now=now, set_values=values)
+        return self._transition(job_id, None, [JobStatus.SUBMIT_UNKNOWN], now=now, set_values=values)
 
     def mark_completed(
         self,
@@ -662,7 +680,9 @@ class JobStore:
             values["latency"] = dict(latency)
         moment = time.time() if now is None else now
         values["completedAt"] = iso(moment)
-        return self._transition(job_id, COMPLETED, [SUBMITTED], now=moment, set_values=values)
+        return self._transition(
+            job_id, JobStatus.COMPLETED, [JobStatus.SUBMITTED], now=moment, set_values=values
+        )
 
     def mark_failed(
         self,
@@ -684,7 +704,13 @@ class JobStore:
         if latency is not None:
             values["latency"] = dict(latency)
         return self._transition(
-            job_id, FAILED, ACTIVE, now=now, set_values=values, remove=["leaseExpiresAt"], detail=code
+            job_id,
+            JobStatus.FAILED,
+            ACTIVE,
+            now=now,
+            set_values=values,
+            remove=["leaseExpiresAt"],
+            detail=code,
         )
 
     def mark_cancelled(self, job_id: str, reason: str, *, now: float | None = None) -> TransitionResult:
@@ -693,8 +719,8 @@ class JobStore:
         provider cannot cancel a task); a RECEIVED one was never submitted."""
         return self._transition(
             job_id,
-            CANCELLED,
-            [RECEIVED, SUBMITTED],
+            JobStatus.CANCELLED,
+            [JobStatus.RECEIVED, JobStatus.SUBMITTED],
             now=now,
             set_values={"error": {"source": "user", "code": "CANCELLED", "message": reason[:500]}},
             remove=["leaseExpiresAt", "budgetWait"],
@@ -723,7 +749,9 @@ class JobStore:
         }
         if polls is not None:
             values["polls"] = polls
-        return self._transition(job_id, TIMED_OUT, [SUBMITTED], now=now, set_values=values)
+        return self._transition(
+            job_id, JobStatus.TIMED_OUT, [JobStatus.SUBMITTED], now=now, set_values=values
+        )
 
 
 def _counters(key: str, change: CounterChange, at: str, threshold: int | None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from imagejobs.observability import (
     seconds,
 )
 from imagejobs.provider import ProviderError, TaskSnapshot, TaskStatus
-from imagejobs.store import JobStore, TransitionResult
+from imagejobs.store import JobStatus, JobStore, TransitionResult
 
 
 class ProviderTransientError(Exception):
@@ -210,9 +210,9 @@ def store_outputs_step(
     record = store.get(job_id)
     if record is None:
         raise JobRecordMissing(f"no record for job {job_id}")
-    if record.get("status") == records.COMPLETED:
+    if record.get("status") == JobStatus.COMPLETED:
         logger.info("outputs already stored (repeat call)")
-        return {"jobId": job_id, "status": records.COMPLETED, "outputs": record.get("outputs", [])}
+        return {"jobId": job_id, "status": JobStatus.COMPLETED, "outputs": record.get("outputs", [])}
     if record.get("status") in records.TERMINAL:  # e.g. CANCELLED while the task ran: nothing to store
         logger.info("job already finished; outputs not copied", extra={"status": record.get("status")})
         return {"jobId": job_id, "status": record.get("status"), "outputs": []}
@@ -244,7 +244,7 @@ def store_outputs_step(
             kind=str(state.get("kind") or request.kind),
             metadata=request.metadata,
             time_budget_seconds=time_budget_seconds,
-            finished_elsewhere=lambda: _status(store, job_id) == records.COMPLETED,
+            finished_elsewhere=lambda: _status(store, job_id) == JobStatus.COMPLETED,
         )
     except TransientCopyError as error:
         raise ProviderTransientError(redact(str(error))) from None
@@ -392,7 +392,7 @@ def refund_recheck_after(record: Mapping[str, Any] | None, checks: int, delays: 
     has shown yet ("refunded (or will be shortly)"), after ``checks`` rechecks; 0 when there is
     nothing to wait for: another status or a pipeline failure, nothing charged, the refund
     recorded, or every delay used."""
-    if record is None or record.get("status") != records.FAILED:
+    if record is None or record.get("status") != JobStatus.FAILED:
         return 0
     if (record.get("error") or {}).get("source") != "provider":
         return 0
@@ -411,7 +411,7 @@ def record_late_refund(
     if record is None:
         raise JobRecordMissing(f"no record for job {job_id}")
     before = int(record.get("creditsRefunded") or 0)
-    if record.get("status") != records.FAILED or refunded <= before:
+    if record.get("status") != JobStatus.FAILED or refunded <= before:
         return TransitionResult(False, record.get("status"), record, "no new refund")
     result = store.settle_refund(record, credits_refunded=refunded, now=now)
     if result.applied:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from imagejobs.store import JobStatus
+
 from imagejobs_tools.jobcli.records import ALL_STATUSES, TERMINAL_STATUSES
 from imagejobs_tools.jobcli.render import count_of
 
@@ -731,7 +733,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from imagejobs_tools.jobcli.watch import make_view, watch_jobs
 
     job_ids = read_job_ids(args)
-    expected = set(args.expect or ["COMPLETED"])
+    expected = set(args.expect or [JobStatus.COMPLETED])
     target = resolve(args)
     client = open_client(target, table=True)
     view = make_view(_stderr_console(), job_ids)
@@ -892,11 +894,11 @@ def _download_batch(
 
     tally = _BatchDownload()
     with Progress(console=_stderr_console()) as progress:
-        bar = progress.add_task("outputs", total=terminal_counts(batch).get("COMPLETED"))
+        bar = progress.add_task("outputs", total=terminal_counts(batch).get(JobStatus.COMPLETED))
         for record in client.batch_lines(batch_id):
             if results is not None:
                 results.write(encoded_result_line(record.data))
-            if record.status != "COMPLETED":
+            if record.status != JobStatus.COMPLETED:
                 tally.not_completed += 1
                 continue
             try:
@@ -977,7 +979,7 @@ def _sheet_images(
     from imagejobs_tools.jobcli.sheet import SheetImage, data_uri
     from imagejobs_tools.jobcli.target import describe_aws_error
 
-    if record.status != "COMPLETED":
+    if record.status != JobStatus.COMPLETED:
         return []
     images = []
     for index, output in enumerate(record.outputs):

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from imagejobs.store import ACTIVE, TERMINAL
+from imagejobs.store import ACTIVE, TERMINAL, JobStatus
 
 TERMINAL_STATUSES = TERMINAL  # the domain's one set
 ALL_STATUSES = (*ACTIVE, *sorted(TERMINAL))
@@ -99,7 +99,7 @@ class JobRecord:
     def blocked_reason(self) -> str | None:
         """Why a RECEIVED job is not moving (a bad or missing key, no credits), or None."""
         error = self.last_submit_error
-        if self.status != "RECEIVED" or error is None:
+        if self.status != JobStatus.RECEIVED or error is None:
             return None
         code = str(error.get("code") or "")
         if code not in BLOCKING_SUBMIT_ERRORS:
@@ -119,7 +119,7 @@ class JobRecord:
     def budget_wait_reason(self) -> str | None:
         """Why a RECEIVED job waits for credit budget (`budgetWait`, cleared by its claim), or None."""
         wait = self.data.get("budgetWait")
-        if self.status != "RECEIVED" or not isinstance(wait, Mapping) or not wait:
+        if self.status != JobStatus.RECEIVED or not isinstance(wait, Mapping) or not wait:
             return None
         return str(wait.get("reason") or "waiting for credit budget")
 

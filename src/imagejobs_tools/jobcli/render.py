@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from imagejobs.store import JobStatus
+
 from imagejobs_tools.jobcli.records import BLOCKED, DEAD_LETTERED, JobRecord
 
 if TYPE_CHECKING:
@@ -64,7 +66,7 @@ def reason_text(record: JobRecord, width: int = REASON_WIDTH) -> str:
     """The list's reason column: why a job is REJECTED, FAILED, blocked...; an upload's S3 key first."""
     reason = record.reason
     key = record.upload_key
-    if key is not None and record.status == "REJECTED":
+    if key is not None and record.status == JobStatus.REJECTED:
         return f"{key}: {truncate(reason, width)}" if reason else key
     return truncate(reason, width) or "-"
 

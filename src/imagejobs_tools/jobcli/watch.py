@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from imagejobs.store import JobStatus
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -23,7 +24,7 @@ from imagejobs_tools.jobcli.records import JobRecord
 from imagejobs_tools.jobcli.render import count_of
 
 # Progress steps shown by the bars: a job moves RECEIVED → SUBMITTING → SUBMITTED → terminal.
-_STEP = {"RECEIVED": 1, "SUBMITTING": 2, "SUBMITTED": 3}
+_STEP: dict[str, int] = {JobStatus.RECEIVED: 1, JobStatus.SUBMITTING: 2, JobStatus.SUBMITTED: 3}
 _TOTAL_STEPS = 4
 # Above this many jobs a terminal shows one overall bar and status counts, not a bar per job.
 MAX_JOB_BARS = 40

@@ -6,8 +6,7 @@ from typing import Any
 
 import boto3
 import pytest
-from imagejobs import store as s
-from imagejobs.store import JobStore, iso, parse_iso, to_dynamo
+from imagejobs.store import JobStatus, JobStore, iso, parse_iso, to_dynamo
 from moto import mock_aws
 
 from tests.unit.domain.fakes import create_jobs_table
@@ -51,9 +50,9 @@ def test_floats_become_decimal() -> None:
 
 def test_create_received_then_duplicate_returns_existing(store: JobStore) -> None:
     first = store.create_received("j1", REQUEST, now=T0)
-    assert first.applied and first.status == s.RECEIVED
+    assert first.applied and first.status == JobStatus.RECEIVED
     again = store.create_received("j1", {**REQUEST, "prompt": "other"}, now=T0 + 5)
-    assert not again.applied and again.status == s.RECEIVED
+    assert not again.applied and again.status == JobStatus.RECEIVED
     record = store.get("j1")
     assert record is not None
     assert record["prompt"] == "a fox"
@@ -109,7 +108,7 @@ def test_claim_is_exclusive(store: JobStore) -> None:
     second = store.claim_for_submit("j1", 60, now=T0)
     assert first.applied and first.record is not None
     assert first.record["leaseExpiresAt"] == T0 + 60
-    assert not second.applied and second.status == s.SUBMITTING
+    assert not second.applied and second.status == JobStatus.SUBMITTING
     assert "SUBMITTING" in second.reason
 
 
@@ -117,7 +116,7 @@ def test_release_claim_allows_another_claim(store: JobStore) -> None:
     store.create_received("j1", REQUEST, now=T0)
     store.claim_for_submit("j1", 60, now=T0)
     released = store.release_claim("j1", {"code": "RateLimited", "message": "429"}, now=T0 + 1)
-    assert released.applied and released.status == s.RECEIVED
+    assert released.applied and released.status == JobStatus.RECEIVED
     assert released.record is not None and released.record["lastSubmitError"]["code"] == "RateLimited"
     again = store.claim_for_submit("j1", 60, now=T0 + 2)
     assert again.applied and again.record is not None and again.record["submitAttempts"] == 2
@@ -126,7 +125,7 @@ def test_release_claim_allows_another_claim(store: JobStore) -> None:
 def test_mark_submitted_requires_the_claim(store: JobStore) -> None:
     store.create_received("j1", REQUEST, now=T0)
     result = store.mark_submitted("j1", "tsk", 3, "arn", now=T0)
-    assert not result.applied and result.status == s.RECEIVED
+    assert not result.applied and result.status == JobStatus.RECEIVED
 
 
 def test_repeated_transition_reports_already(store: JobStore) -> None:
@@ -164,7 +163,7 @@ def test_terminal_states_are_never_overwritten(store: JobStore, terminal: str) -
 def test_put_rejected_never_replaces_a_record(store: JobStore) -> None:
     submitted(store)
     result = store.put_rejected("j1", {"prompt": ["is required"]}, now=T0 + 5)
-    assert not result.applied and result.status == s.SUBMITTED
+    assert not result.applied and result.status == JobStatus.SUBMITTED
 
 
 def test_put_rejected_records_field_errors(store: JobStore) -> None:
@@ -245,9 +244,9 @@ def test_a_write_resent_after_its_response_was_lost_reports_itself_applied(table
     store = JobStore(ResentAfterLostResponse(table))
     assert store.create_received("j1", REQUEST, now=T0).applied
     claim = store.claim_for_submit("j1", 60, now=T0 + 1)
-    assert claim.applied and claim.status == s.SUBMITTING  # not "lost the claim race"
+    assert claim.applied and claim.status == JobStatus.SUBMITTING  # not "lost the claim race"
     marked = store.mark_submitted("j1", "tsk_1", 3, "arn:exec", now=T0 + 2)
-    assert marked.applied and marked.status == s.SUBMITTED  # so intake starts the execution
+    assert marked.applied and marked.status == JobStatus.SUBMITTED  # so intake starts the execution
     assert store.mark_completed("j1", [], now=T0 + 3).applied
     assert store.put_rejected("j2", {"prompt": ["missing"]}, now=T0).applied
 
@@ -255,4 +254,4 @@ def test_a_write_resent_after_its_response_was_lost_reports_itself_applied(table
 def test_another_writers_change_is_still_not_applied(store: JobStore) -> None:
     submitted(store)
     other = store.claim_for_submit("j1", 60, now=T0 + 3)
-    assert not other.applied and other.status == s.SUBMITTED
+    assert not other.applied and other.status == JobStatus.SUBMITTED
