@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagejobs.config import FinalizeSettings
+from imagejobs.execution_state import FinalizeInput, FinalizeResult
 from imagejobs.observability import logger, metrics, tracer
 from imagejobs.runtime import FinalizeRuntime
 from imagejobs.workflow import finalize_step
@@ -17,5 +16,5 @@ runtime = FinalizeRuntime(FinalizeSettings.from_env())
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: FinalizeInput, context: LambdaContext) -> FinalizeResult:
     return finalize_step(event, runtime.store, refund_recheck_delays=runtime.settings.refund_recheck_delays)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagejobs.config import PollSettings
+from imagejobs.execution_state import ExecutionState
 from imagejobs.observability import logger, metrics, tracer
 from imagejobs.runtime import PollRuntime
 from imagejobs.workflow import PollBudget, poll_step
@@ -17,7 +16,7 @@ runtime = PollRuntime(PollSettings.from_env())
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: ExecutionState, context: LambdaContext) -> ExecutionState:
     budget = PollBudget(
         polls=runtime.settings.polls_per_invocation,
         remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,

@@ -19,6 +19,7 @@ from imagejobs import budget as credit_budget
 from imagejobs import catalog, jobs
 from imagejobs import store as records
 from imagejobs.config import ExecutionSettings, IntakeSettings
+from imagejobs.execution_state import ExecutionState
 from imagejobs.first_poll import FirstPollPolicy
 from imagejobs.observability import (
     BUDGET_WAITS,
@@ -73,16 +74,16 @@ def execution_input(
     settings: ExecutionSettings,
     submitted_at: float,
     first_poll_seconds: int | None = None,
-) -> dict[str, Any]:
+) -> ExecutionState:
     interval = settings.poll_interval_seconds
-    payload: dict[str, Any] = {
-        "jobId": job_id,
-        "taskId": task_id,
-        "kind": kind,
-        "pollIntervalSeconds": interval,
-        "deadline": round(submitted_at + settings.max_wait_seconds(kind), 3),
-        "polls": 0,
-    }
+    payload = ExecutionState(
+        jobId=job_id,
+        taskId=task_id,
+        kind=kind,
+        pollIntervalSeconds=interval,
+        deadline=round(submitted_at + settings.max_wait_seconds(kind), 3),
+        polls=0,
+    )
     # The state machine's Wait lasts pollIntervalSeconds before every poll: a longer first wait
     # (FirstPollAfter) goes there, with the steady interval beside it for the first poll to restore
     # (workflow.poll_step). No new state: the default costs no extra transition, and executions

@@ -17,6 +17,7 @@ from typing import Any
 from imagejobs import budget as credit_budget
 from imagejobs import store as records
 from imagejobs.copier import OutputCopier, OutputCopyError, TransientCopyError
+from imagejobs.execution_state import ExecutionState, FinalizeInput, FinalizeResult, PollSummary
 from imagejobs.jobs import JobRequest
 from imagejobs.observability import (
     CREDITS_REFUNDED,
@@ -78,11 +79,11 @@ class PollBudget:
 
 
 def poll_step(
-    state: Mapping[str, Any],
+    state: ExecutionState,
     provider: Any,
     now: Callable[[], float] = time.time,
     budget: PollBudget = PollBudget(),
-) -> dict[str, Any]:
+) -> ExecutionState:
     """Poll the provider up to ``budget.polls`` times, ``pollIntervalSeconds`` apart, stopping at
     the first snapshot the state machine acts on (done, failed, deadline, hand-over); return the
     state with ``polls`` counted and the last ``poll`` summary.
@@ -93,7 +94,8 @@ def poll_step(
     task_id = str(state["taskId"])
     bind_job(job_id, task_id=task_id)
     interval = int(state.get("steadyPollIntervalSeconds", state.get("pollIntervalSeconds")) or 0)
-    current: dict[str, Any] = {k: v for k, v in state.items() if k != "steadyPollIntervalSeconds"}
+    current = ExecutionState(**state)
+    current.pop("steadyPollIntervalSeconds", None)
     current["pollIntervalSeconds"] = interval
     for attempt in range(1, budget.polls + 1):
         try:
@@ -114,7 +116,7 @@ def poll_step(
     return current
 
 
-def _keeps_polling(poll: Mapping[str, Any]) -> bool:
+def _keeps_polling(poll: PollSummary) -> bool:
     return (
         poll["status"] == str(TaskStatus.PENDING)
         and not poll["deadlineExceeded"]
@@ -122,7 +124,7 @@ def _keeps_polling(poll: Mapping[str, Any]) -> bool:
     )
 
 
-def _poll_once(state: Mapping[str, Any], provider: Any, moment: float) -> dict[str, Any]:
+def _poll_once(state: ExecutionState, provider: Any, moment: float) -> ExecutionState:
     """One GET: the state with ``polls`` + 1 and this snapshot's ``poll`` summary."""
     try:
         snapshot: TaskSnapshot = provider.get_task(str(state["taskId"]))
@@ -132,15 +134,17 @@ def _poll_once(state: Mapping[str, Any], provider: Any, moment: float) -> dict[s
         raise
     deadline = float(state.get("deadline") or 0)
     pending = snapshot.status is TaskStatus.PENDING
-    poll = {
-        "status": str(snapshot.status),
-        "deadlineExceeded": bool(pending and deadline and moment >= deadline),
-        "outputUrls": list(snapshot.output_urls),
-        "errorCode": snapshot.error_code,
-        "errorMessage": snapshot.error_message,
-        "creditsUsed": snapshot.credits_used,
-        "creditsRefunded": refunded_credits(snapshot.credits_refunded, snapshot.credits_used),
-    }
+    poll = PollSummary(
+        {
+            "status": str(snapshot.status),
+            "deadlineExceeded": bool(pending and deadline and moment >= deadline),
+            "outputUrls": list(snapshot.output_urls),
+            "errorCode": snapshot.error_code,
+            "errorMessage": snapshot.error_message,
+            "creditsUsed": snapshot.credits_used,
+            "creditsRefunded": refunded_credits(snapshot.credits_refunded, snapshot.credits_used),
+        }
+    )
     if not pending:
         finished = _epoch(snapshot.completed_at) or _epoch(snapshot.updated_at)
         if finished is not None:
@@ -149,21 +153,27 @@ def _poll_once(state: Mapping[str, Any], provider: Any, moment: float) -> dict[s
             if created is not None and finished >= created:
                 # The provider's own clock at both ends: FirstPollAfter=auto learns from it.
                 poll["providerSeconds"] = round(finished - created, 3)
-    extra = _handover(state, poll, moment, pending and not poll["deadlineExceeded"])
-    return {**state, **extra, "polls": int(state.get("polls") or 0) + 1, "poll": poll}
+    started = _handover(state, poll, moment, pending and not poll["deadlineExceeded"])
+    polled = ExecutionState(**state)
+    polled["polls"] = int(state.get("polls") or 0) + 1
+    polled["poll"] = poll
+    if started is not None:
+        polled["segmentStartedAt"] = started
+    return polled
 
 
-def _handover(state: Mapping[str, Any], poll: dict[str, Any], moment: float, pending: bool) -> dict[str, Any]:
+def _handover(state: ExecutionState, poll: PollSummary, moment: float, pending: bool) -> float | None:
     """EXPRESS executions stop at 5 minutes: with ``handoverAfterSeconds`` in the state, report
     ``poll.handoverDue`` once this execution has run that long, with the next execution's name
     (``<jobId>-<n>``); the state machine then starts it with the state and this one succeeds.
 
     ``segmentStartedAt`` (epoch seconds) is when this execution began; a handed-over execution
-    gets none, so its first poll sets it (one poll interval before now).
+    gets none, so its first poll sets it (one poll interval before now). Returns it (None: no
+    hand-over configured).
     """
     limit = float(state.get("handoverAfterSeconds") or 0)
     if limit <= 0:
-        return {}
+        return None
     started = state.get("segmentStartedAt")
     if not isinstance(started, int | float):
         started = round(moment - float(state.get("pollIntervalSeconds") or 0), 3)
@@ -174,7 +184,7 @@ def _handover(state: Mapping[str, Any], poll: dict[str, Any], moment: float, pen
         poll["handovers"] = handovers + 1
         poll["nextExecutionName"] = f"{str(state['jobId'])[:72]}-{handovers + 1}"
         logger.info("handing over to a fresh execution", extra={"execution": poll["nextExecutionName"]})
-    return {"segmentStartedAt": started}
+    return float(started)
 
 
 def _latency(record: Mapping[str, Any], poll: Mapping[str, Any], now: float) -> dict[str, Any]:
@@ -310,11 +320,11 @@ REFUND_OUTCOMES = ("FAILED", "REFUND")
 
 
 def finalize_step(
-    state: Mapping[str, Any],
+    state: FinalizeInput,
     store: JobStore,
     now: float | None = None,
     refund_recheck_delays: Sequence[int] = (),
-) -> dict[str, Any]:
+) -> FinalizeResult:
     """Record the terminal state for outcome FAILED (provider), TIMED_OUT or ERROR (pipeline), or
     (outcome REFUND) the refund a later snapshot of a FAILED job's task shows.
 
@@ -377,14 +387,14 @@ def finalize_step(
             "refundRecheck": recheck,
         },
     )
-    return {
-        "jobId": job_id,
-        "status": result.status,
-        "applied": result.applied,
-        "reason": result.reason,
-        "refundRecheckAfterSeconds": recheck,
-        "refundChecks": checks,
-    }
+    return FinalizeResult(
+        jobId=job_id,
+        status=result.status,
+        applied=result.applied,
+        reason=result.reason,
+        refundRecheckAfterSeconds=recheck,
+        refundChecks=checks,
+    )
 
 
 def refund_recheck_after(record: Mapping[str, Any] | None, checks: int, delays: Sequence[int]) -> int:
