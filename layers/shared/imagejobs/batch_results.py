@@ -19,12 +19,16 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from imagejobs.batches import BY_BATCH_INDEX, BatchFiles, BatchStore
 from imagejobs.store import TERMINAL, JobStatus, from_dynamo
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 PART_BYTES = 8 * 1024 * 1024  # S3 multipart parts are at least 5 MiB (but the last)
 BATCH_METADATA = "imagejobs-batch"
@@ -197,14 +201,14 @@ class StreamedObject:
     """Bytes written to one S3 object as they come: one PutObject, or a multipart upload past a part."""
 
     def __init__(
-        self, s3: Any, bucket: str, key: str, content_type: str, metadata: Mapping[str, str]
+        self, s3: S3Client, bucket: str, key: str, content_type: str, metadata: Mapping[str, str]
     ) -> None:
         self._s3 = s3
-        self._target = {"Bucket": bucket, "Key": key}
-        self._extra = {"ContentType": content_type, "Metadata": dict(metadata)}
+        self._bucket, self._key = bucket, key
+        self._content_type, self._metadata = content_type, dict(metadata)
         self._buffer = io.BytesIO()
         self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
+        self._parts: list[CompletedPartTypeDef] = []
 
     def write(self, data: bytes) -> None:
         self._buffer.write(data)
@@ -213,31 +217,46 @@ class StreamedObject:
 
     def _flush_part(self) -> None:
         if self._upload_id is None:
-            created = self._s3.create_multipart_upload(**self._target, **self._extra)
+            created = self._s3.create_multipart_upload(
+                Bucket=self._bucket, Key=self._key, ContentType=self._content_type, Metadata=self._metadata
+            )
             self._upload_id = str(created["UploadId"])
         number = len(self._parts) + 1
         part = self._s3.upload_part(
-            **self._target, UploadId=self._upload_id, PartNumber=number, Body=self._buffer.getvalue()
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=self._buffer.getvalue(),
         )
         self._parts.append({"PartNumber": number, "ETag": part["ETag"]})
         self._buffer = io.BytesIO()
 
     def close(self) -> None:
         if self._upload_id is None:
-            self._s3.put_object(**self._target, **self._extra, Body=self._buffer.getvalue())
+            self._s3.put_object(
+                Bucket=self._bucket,
+                Key=self._key,
+                ContentType=self._content_type,
+                Metadata=self._metadata,
+                Body=self._buffer.getvalue(),
+            )
             return
         if self._buffer.tell():
             self._flush_part()
         self._s3.complete_multipart_upload(
-            **self._target, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
         )
 
     def abort(self) -> None:
         if self._upload_id is not None:
-            self._s3.abort_multipart_upload(**self._target, UploadId=self._upload_id)
+            self._s3.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
 
 
-def _written_for(s3: Any, bucket: str, key: str, batch_id: str) -> bool:
+def _written_for(s3: S3Client, bucket: str, key: str, batch_id: str) -> bool:
     """Whether the object is already there, written for this batch."""
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
@@ -262,7 +281,7 @@ def write_results(
     *,
     batches: BatchStore,
     records: BatchRecords,
-    s3: Any,
+    s3: S3Client,
     lease_seconds: float,
     now: float | None = None,
 ) -> dict[str, Any]:

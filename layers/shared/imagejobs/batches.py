@@ -18,13 +18,16 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import ClientError
 
 from imagejobs.events import EventPublisher, JobEvent
 from imagejobs.store import TERMINAL, BatchLine, from_dynamo, iso, to_dynamo
 from imagejobs.webhooks import DeliveryQueue, batch_delivery_for
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 BATCH_KEY_PREFIX = "batch#"
 OPEN, WRITING, COMPLETED = "OPEN", "WRITING", "COMPLETED"
@@ -304,7 +307,7 @@ class ResultsQueue(Protocol):
 
 
 class SqsResultsQueue:
-    def __init__(self, sqs: Any, queue_url: str) -> None:
+    def __init__(self, sqs: SQSClient, queue_url: str) -> None:
         self._sqs = sqs
         self._queue_url = queue_url
 

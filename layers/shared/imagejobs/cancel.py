@@ -14,12 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
 from imagejobs import store as records
 from imagejobs.store import JobStatus, JobStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_stepfunctions import SFNClient
 
 Result = Literal["cancelled", "already_finished", "in_flight", "not_found"]
 DEFAULT_REASON = "cancelled by the user"
@@ -64,7 +67,7 @@ def cancel_job(
     job_id: str,
     *,
     store: JobStore,
-    sfn: Any,
+    sfn: SFNClient,
     reason: str = DEFAULT_REASON,
     now: Callable[[], float] = time.time,
 ) -> CancelOutcome:
@@ -90,7 +93,7 @@ def cancel_job(
     )
 
 
-def _stop(sfn: Any, arn: str, reason: str) -> bool:
+def _stop(sfn: SFNClient, arn: str, reason: str) -> bool:
     """Stop one execution; one that has ended (or never started) is fine as it is."""
     try:
         sfn.stop_execution(executionArn=arn, error="ImageJobs.Cancelled", cause=reason[:256])

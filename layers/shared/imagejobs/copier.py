@@ -14,13 +14,17 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
 
 from imagejobs import urls
 from imagejobs.observability import logger, safe_url
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 MIB = 1024 * 1024
 S3_MIN_PART = 5 * MIB
@@ -135,7 +139,7 @@ class OutputCopier:
     def __init__(
         self,
         session: requests.Session,
-        s3: Any,
+        s3: S3Client,
         bucket: str,
         *,
         max_bytes: int,
@@ -276,7 +280,9 @@ class OutputCopier:
             if user_metadata:
                 extra["Metadata"] = user_metadata
             if len(first) < self.part_size:
-                self.s3.put_object(Bucket=self.bucket, Key=key, Body=first, **extra)
+                # botocore sends any bytes-like body; the stubs name bytes only, and bytes() would
+                # copy the output: two of it in memory.
+                self.s3.put_object(Bucket=self.bucket, Key=key, Body=first, **extra)  # type: ignore[arg-type]
             else:
                 handed_over = [first]
                 del first  # the multipart loop drops each part once it is sent: one part in memory
@@ -306,12 +312,16 @@ class OutputCopier:
         """`first` holds the first part; it is taken out of the list so no one else keeps it."""
         upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
         try:
-            parts = []
+            parts: list[CompletedPartTypeDef] = []
             chunk: bytes | bytearray = first.pop()
             number = 1
             while chunk:
                 etag = self.s3.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=chunk,  # type: ignore[arg-type]
                 )["ETag"]
                 parts.append({"ETag": etag, "PartNumber": number})
                 number += 1

@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -35,6 +35,10 @@ from imagejobs.observability import (
 from imagejobs.provider import OutcomeUnknown, ProviderError, ProviderRejected, RateLimited, Submission
 from imagejobs.secrets import SecretNotConfigured
 from imagejobs.store import BatchLine, JobStatus, JobStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_stepfunctions import SFNClient
 
 # requeue: the message is sent again with a delay and this receive acknowledged (a job waiting for
 # budget must not use up the queue's maxReceiveCount and end in the DLQ).
@@ -100,7 +104,9 @@ def execution_input(
     return payload
 
 
-def start_execution(sfn: Any, settings: ExecutionSettings, job_id: str, payload: Mapping[str, Any]) -> str:
+def start_execution(
+    sfn: SFNClient, settings: ExecutionSettings, job_id: str, payload: Mapping[str, Any]
+) -> str:
     """StartExecution named after the job; an existing execution of that name counts as success."""
     try:
         response = sfn.start_execution(
@@ -115,7 +121,12 @@ def start_execution(sfn: Any, settings: ExecutionSettings, job_id: str, payload:
 
 
 def _ensure_execution(
-    sfn: Any, settings: ExecutionSettings, job_id: str, task_id: str, payload: Mapping[str, Any], done: str
+    sfn: SFNClient,
+    settings: ExecutionSettings,
+    job_id: str,
+    task_id: str,
+    payload: Mapping[str, Any],
+    done: str,
 ) -> IntakeOutcome:
     """Start the job's loop; ack with `done`, or retry when Step Functions keeps failing (throttled,
     5xx, no response after botocore's retries): SUBMITTED is recorded, so a redelivery only starts
@@ -128,7 +139,7 @@ def _ensure_execution(
     return IntakeOutcome("ack", done, job_id, JobStatus.SUBMITTED, task_id)
 
 
-def _restart(record: Mapping[str, Any], *, sfn: Any, settings: ExecutionSettings) -> IntakeOutcome:
+def _restart(record: Mapping[str, Any], *, sfn: SFNClient, settings: ExecutionSettings) -> IntakeOutcome:
     """Duplicate delivery of a SUBMITTED job: make sure its execution runs, then ack."""
     job_id = str(record["jobId"])
     task_id = str(record["taskId"])
@@ -225,8 +236,8 @@ def handle_job_message(
     *,
     store: JobStore,
     provider: Any,
-    sfn: Any,
-    s3: Any,
+    sfn: SFNClient,
+    s3: S3Client,
     settings: IntakeSettings,
     lease_seconds: float = 900.0,
     first_poll: FirstPollPolicy | None = None,

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from imagejobs import catalog, urls
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
     from imagejobs.config import JobInputSettings
 
 JOB_ID_MAX_LENGTH = 80
@@ -428,7 +430,7 @@ def resolve_input_urls(request: JobRequest, presign: Callable[[str, str], str]) 
     return resolved
 
 
-def s3_presigner(s3: Any, ttl_seconds: int) -> Callable[[str, str], str]:
+def s3_presigner(s3: S3Client, ttl_seconds: int) -> Callable[[str, str], str]:
     def presign(bucket: str, key: str) -> str:
         return str(
             s3.generate_presigned_url(

@@ -11,12 +11,15 @@ every receive counts towards the queue's maxReceiveCount, a new message starts f
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from imagejobs.config import SQS_MAX_DELAY_SECONDS
 from imagejobs.observability import logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 DEFAULT_LEASE_SECONDS = 900.0  # Lambda's maximum timeout, when no context tells us ours
 LEASE_MARGIN_SECONDS = 30.0
@@ -50,7 +53,7 @@ def lease_seconds(context: Any) -> float:
     return DEFAULT_LEASE_SECONDS if remaining is None else remaining + LEASE_MARGIN_SECONDS
 
 
-def queue_url_for(queue_arn: str, *, configured_url: str, sqs: Any) -> str:
+def queue_url_for(queue_arn: str, *, configured_url: str, sqs: SQSClient) -> str:
     """The URL of the queue a record came from: the configured one when it is that queue (no
     sqs:GetQueueUrl permission needed), else asked of SQS once and remembered."""
     key = (queue_arn, configured_url)
@@ -67,7 +70,7 @@ def queue_url_for(queue_arn: str, *, configured_url: str, sqs: Any) -> str:
 
 
 def redeliver_after(
-    sqs: Any, *, queue_arn: str, receipt_handle: str, seconds: float, configured_url: str
+    sqs: SQSClient, *, queue_arn: str, receipt_handle: str, seconds: float, configured_url: str
 ) -> bool:
     """Shorten a failed message's visibility so SQS offers it again after `seconds`.
 
@@ -85,7 +88,7 @@ def redeliver_after(
     return True
 
 
-def send_again(sqs: Any, *, queue_url: str, body: str, seconds: float) -> None:
+def send_again(sqs: SQSClient, *, queue_url: str, body: str, seconds: float) -> None:
     """Send the message again, offered after `seconds` (at most SQS's 15 minutes). The caller then
     acknowledges the received copy; if this raises, the copy stays and its visibility timeout
     redelivers it."""

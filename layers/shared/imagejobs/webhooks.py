@@ -29,6 +29,8 @@ from standardwebhooks import Webhook
 from imagejobs import urls
 
 if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
     from imagejobs.events import JobEvent
 
 # Short: a slow receiver must not hold a WebhookFunction instance (connect, read seconds).
@@ -97,7 +99,7 @@ class DeliveryQueue(Protocol):
 
 
 class SqsDeliveryQueue:
-    def __init__(self, sqs: Any, queue_url: str) -> None:
+    def __init__(self, sqs: SQSClient, queue_url: str) -> None:
         self._sqs = sqs
         self._queue_url = queue_url
 
@@ -252,7 +254,7 @@ class DeadLetters(Protocol):
 
 
 class SqsDeadLetters:
-    def __init__(self, sqs: Any, queue_url: str) -> None:
+    def __init__(self, sqs: SQSClient, queue_url: str) -> None:
         self._sqs = sqs
         self._queue_url = queue_url
 

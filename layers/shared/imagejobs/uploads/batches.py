@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagejobs import jobs, urls
 from imagejobs.batches import BatchFiles, BatchStore
@@ -30,6 +30,10 @@ from imagejobs.uploads.events import (
     version_of,
 )
 from imagejobs.uploads.objects import head_object, object_chunks, read_small_json, user_metadata
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
 
 MAX_LINE_BYTES = jobs.JobLimits().max_body_bytes
 SQS_BATCH_ENTRIES = 10
@@ -145,7 +149,7 @@ class BatchReport:
         return fresh
 
 
-def _save_report(s3: Any, report: BatchReport, now: Callable[[], float]) -> None:
+def _save_report(s3: S3Client, report: BatchReport, now: Callable[[], float]) -> None:
     report.updated_at = iso(now())
     s3.put_object(
         Bucket=report.bucket,
@@ -220,7 +224,7 @@ def _record_bad_line(
 
 
 def _send_batch(
-    sqs: Any, queue_url: str, entries: list[tuple[int, str]], sleep: Callable[[float], None]
+    sqs: SQSClient, queue_url: str, entries: list[tuple[int, str]], sleep: Callable[[float], None]
 ) -> None:
     pending = {str(line): body for line, body in entries}
     for attempt in range(SEND_ATTEMPTS):
@@ -240,8 +244,8 @@ def _send_batch(
 def process_batch(
     ref: S3ObjectRef,
     *,
-    s3: Any,
-    sqs: Any,
+    s3: S3Client,
+    sqs: SQSClient,
     settings: S3IntakeSettings,
     time_left: Callable[[], float] | None = None,
     now: Callable[[], float] = time.time,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from imagejobs.batches import BatchStore
 from imagejobs.config import S3IntakeSettings
@@ -13,6 +13,10 @@ from imagejobs.store import JobStore
 from imagejobs.uploads.batches import process_batch
 from imagejobs.uploads.events import UploadOutcome, classify, derived_job_id, parse_upload_message
 from imagejobs.uploads.images import handle_image_upload, handle_sidecar_upload, reject_upload
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
 
 # When an S3 event whose processing raised (an AWS error, an unreadable body) is offered again, by
 # its receive count: sooner than the queue's 90-minute visibility timeout, later each time; the
@@ -29,8 +33,8 @@ def failed_event_retry_seconds(receive_count: int | None) -> float:
 def handle_upload_message(
     body: str | bytes,
     *,
-    s3: Any,
-    sqs: Any,
+    s3: S3Client,
+    sqs: SQSClient,
     store: JobStore,
     settings: S3IntakeSettings,
     time_left: Callable[[], float] | None = None,

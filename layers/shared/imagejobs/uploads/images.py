@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagejobs import jobs
 from imagejobs.config import S3IntakeSettings
@@ -25,6 +25,10 @@ from imagejobs.uploads.events import (
 )
 from imagejobs.uploads.objects import OUTPUT_MARKER_METADATA, head_object, user_metadata
 from imagejobs.uploads.recipes import resolve_image_job
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
 
 MAGIC_BYTES = 64
 UPLOADS_REJECTED = "UploadsRejected"
@@ -73,8 +77,8 @@ def reject_upload(
 def handle_image_upload(
     ref: S3ObjectRef,
     *,
-    s3: Any,
-    sqs: Any,
+    s3: S3Client,
+    sqs: SQSClient,
     store: JobStore,
     settings: S3IntakeSettings,
     now: Callable[[], float] = time.time,
@@ -149,8 +153,8 @@ def handle_image_upload(
 def handle_sidecar_upload(
     ref: S3ObjectRef,
     *,
-    s3: Any,
-    sqs: Any,
+    s3: S3Client,
+    sqs: SQSClient,
     store: JobStore,
     settings: S3IntakeSettings,
     now: Callable[[], float] = time.time,

@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 from collections.abc import Generator, Mapping
 from email.header import decode_header
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from imagejobs.observability import logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 # A dropped body stream (S3 closes a connection its client stops reading from, while sends are
 # throttled) is reopened at the byte reached, this many times per invocation, before it fails.
@@ -27,7 +30,7 @@ def _is_missing(error: ClientError) -> bool:
     return code in {"404", "NoSuchKey", "NotFound", "NoSuchVersion"}
 
 
-def head_object(s3: Any, bucket: str, key: str, version_id: str | None = None) -> dict[str, Any] | None:
+def head_object(s3: S3Client, bucket: str, key: str, version_id: str | None = None) -> dict[str, Any] | None:
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
         kwargs["VersionId"] = version_id
@@ -39,7 +42,7 @@ def head_object(s3: Any, bucket: str, key: str, version_id: str | None = None) -
         raise
 
 
-def read_small_json(s3: Any, bucket: str, key: str, limit: int) -> tuple[Any, str | None, str | None]:
+def read_small_json(s3: S3Client, bucket: str, key: str, limit: int) -> tuple[Any, str | None, str | None]:
     """(document, etag, problem): document None and problem None when the object does not exist."""
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
@@ -78,7 +81,7 @@ def decode_metadata_value(value: str) -> str:
 
 
 def object_chunks(
-    s3: Any,
+    s3: S3Client,
     get_kwargs: Mapping[str, Any],
     *,
     size: int,

@@ -6,11 +6,14 @@ import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagejobs.config import S3IntakeSettings, TriggerPrefixSettings
 from imagejobs.uploads.events import SIDECAR_SUFFIX, S3ObjectRef, derived_job_id, trigger_prefix_problem
 from imagejobs.uploads.objects import OUTPUT_MARKER_METADATA, read_small_json
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 MAX_SIDECAR_BYTES = 64 * 1024
 # Metadata keys that set job options rather than travel as job metadata.
@@ -56,7 +59,7 @@ def _recipe_name(
 
 
 def resolve_image_job(
-    ref: S3ObjectRef, metadata: Mapping[str, str], *, s3: Any, settings: S3IntakeSettings
+    ref: S3ObjectRef, metadata: Mapping[str, str], *, s3: S3Client, settings: S3IntakeSettings
 ) -> ResolvedJob:
     """The job message for an image upload (recipe < sidecar < object metadata), and what is wrong with it."""
     resolved = ResolvedJob({})
