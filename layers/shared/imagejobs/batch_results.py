@@ -27,6 +27,7 @@ from imagejobs.batches import BY_BATCH_INDEX, BatchFiles, BatchStore
 from imagejobs.store import TERMINAL, JobStatus, from_dynamo
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
@@ -164,7 +165,7 @@ class SummaryBuilder:
 class BatchRecords:
     """A batch's job records in line order, from the ``ByBatch`` index."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Table) -> None:
         self.table = table
 
     def in_line_order(self, batch_id: str, *, settled: bool = True) -> Iterator[dict[str, Any]]:

@@ -27,6 +27,7 @@ from imagejobs.store import TERMINAL, BatchLine, from_dynamo, iso, to_dynamo
 from imagejobs.webhooks import DeliveryQueue, batch_delivery_for
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
     from mypy_boto3_sqs import SQSClient
 
 BATCH_KEY_PREFIX = "batch#"
@@ -143,7 +144,7 @@ class BatchNotOpen(RuntimeError):
 class BatchStore:
     """The batch items of the jobs table (conditional writes, as the job store's)."""
 
-    def __init__(self, table: Any, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, table: Table, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.table = table
         self._sleep = sleep
 
@@ -223,7 +224,9 @@ class BatchStore:
         ]
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                client.transact_write_items(TransactItems=items)
+                # Plain values: the resource's client serialises them as the table does (its
+                # stubs describe the low-level client's AttributeValues).
+                client.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
                 return True
             except ClientError as error:
                 codes = _cancellation_codes(error)

@@ -24,9 +24,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from imagejobs import catalog
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
 
 # Which credit budget a reservation did not fit: the UTC day's or its batch's.
 BudgetScope = Literal["day", "batch"]
@@ -208,15 +211,15 @@ class BudgetDay:
         }
 
 
-def read_day(table: Any, day: str, limit: int) -> BudgetDay:
+def read_day(table: Table, day: str, limit: int) -> BudgetDay:
     return _read(table, budget_key(day), day, limit)
 
 
-def read_batch(table: Any, batch_id: str, limit: int) -> BudgetDay:
+def read_batch(table: Table, batch_id: str, limit: int) -> BudgetDay:
     """A batch's counters (``day`` is the batch id here)."""
     return _read(table, batch_budget_key(batch_id), batch_id, limit)
 
 
-def _read(table: Any, key: str, name: str, limit: int) -> BudgetDay:
-    item = table.get_item(Key={"jobId": key}, ConsistentRead=True).get("Item") or {}
+def _read(table: Table, key: str, name: str, limit: int) -> BudgetDay:
+    item: dict[str, Any] = dict(table.get_item(Key={"jobId": key}, ConsistentRead=True).get("Item") or {})
     return BudgetDay(name, limit, int(item.get("reserved") or 0), int(item.get("spent") or 0))

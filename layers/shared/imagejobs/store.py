@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
 
 from imagejobs import budget as credit_budget
 from imagejobs.budget import BudgetScope, CounterChange, Reservation
@@ -145,7 +148,7 @@ def _cancelled_by(error: ClientError) -> list[str] | None:
 
 
 class JobStore:
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Table) -> None:
         self.table = table
 
     # -- reads -------------------------------------------------------------
@@ -192,7 +195,8 @@ class JobStore:
             ScanIndexForward=False,
             Limit=limit,
         )
-        return [float(item["latency"]["providerSeconds"]) for item in page.get("Items", [])]
+        latencies: list[Any] = [item["latency"] for item in page.get("Items", [])]
+        return [float(latency["providerSeconds"]) for latency in latencies]
 
     # -- creation ----------------------------------------------------------
     def _put_new(self, item: dict[str, Any]) -> TransitionResult:
@@ -341,7 +345,7 @@ class JobStore:
         if extra_condition is not None:
             condition += f" AND ({extra_condition[0]})"
             values.update(to_dynamo(dict(extra_condition[1])))
-        update = {
+        update: dict[str, Any] = {
             "Key": {"jobId": job_id},
             "UpdateExpression": expression,
             "ConditionExpression": condition,
@@ -381,8 +385,10 @@ class JobStore:
             threshold = None if reservation is None else reservation.batch_threshold
             counters.append(_counters(credit_budget.batch_budget_key(change.batch), change, at, threshold))
         try:
+            # The resource's client takes plain Python values (boto3 injects the table's
+            # serialisation into it); its stubs describe the low-level client's AttributeValues.
             self.table.meta.client.transact_write_items(
-                TransactItems=[{"Update": self._transaction_item(item)} for item in [update, *counters]]
+                TransactItems=[{"Update": self._transaction_item(item)} for item in [update, *counters]]  # type: ignore[typeddict-item]
             )
         except ClientError as error:
             codes = _cancelled_by(error)
