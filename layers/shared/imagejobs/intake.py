@@ -32,7 +32,14 @@ from imagejobs.observability import (
     logger,
     redact,
 )
-from imagejobs.provider import OutcomeUnknown, ProviderError, ProviderRejected, RateLimited, Submission
+from imagejobs.provider import (
+    OutcomeUnknown,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+    Submission,
+    TaskSubmitter,
+)
 from imagejobs.secrets import SecretNotConfigured
 from imagejobs.store import BatchLine, JobStatus, JobStore
 
@@ -235,7 +242,7 @@ def handle_job_message(
     message_id: str,
     *,
     store: JobStore,
-    provider: Any,
+    provider: TaskSubmitter,
     sfn: SFNClient,
     s3: S3Client,
     settings: IntakeSettings,

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -81,6 +81,20 @@ class TaskSnapshot:
     @property
     def is_terminal(self) -> bool:
         return self.status is not TaskStatus.PENDING
+
+
+class TaskSubmitter(Protocol):
+    """What IntakeFunction needs of the provider (ProviderClient; test fakes)."""
+
+    def submit_image(self, body: Mapping[str, Any]) -> Submission: ...
+
+    def submit_video(self, body: Mapping[str, Any]) -> Submission: ...
+
+
+class TaskReader(Protocol):
+    """What PollFunction needs of the provider (ProviderClient; test fakes)."""
+
+    def get_task(self, task_id: str) -> TaskSnapshot: ...
 
 
 # --------------------------------------------------------------------------- errors

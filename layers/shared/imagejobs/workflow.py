@@ -32,7 +32,7 @@ from imagejobs.observability import (
     redact,
     seconds,
 )
-from imagejobs.provider import ProviderError, TaskSnapshot, TaskStatus
+from imagejobs.provider import ProviderError, TaskReader, TaskSnapshot, TaskStatus
 from imagejobs.store import JobStatus, JobStore, TransitionResult
 
 
@@ -80,7 +80,7 @@ class PollBudget:
 
 def poll_step(
     state: ExecutionState,
-    provider: Any,
+    provider: TaskReader,
     now: Callable[[], float] = time.time,
     budget: PollBudget = PollBudget(),
 ) -> ExecutionState:
@@ -124,7 +124,7 @@ def _keeps_polling(poll: PollSummary) -> bool:
     )
 
 
-def _poll_once(state: ExecutionState, provider: Any, moment: float) -> ExecutionState:
+def _poll_once(state: ExecutionState, provider: TaskReader, moment: float) -> ExecutionState:
     """One GET: the state with ``polls`` + 1 and this snapshot's ``poll`` summary."""
     try:
         snapshot: TaskSnapshot = provider.get_task(str(state["taskId"]))

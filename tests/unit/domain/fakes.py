@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from imagejobs.provider import Submission, TaskSnapshot, TaskStatus
+from imagejobs.provider import Submission, TaskReader, TaskSnapshot, TaskStatus, TaskSubmitter
 
 from imagejobs_tools.local.template import jobs_table_definition
 
@@ -70,7 +70,7 @@ class FakeProvider:
     polls: list[str] = field(default_factory=list)
     on_submit: Callable[[], None] | None = None
 
-    def _submit(self, kind: str, body: dict[str, Any]) -> Submission:
+    def _submit(self, kind: str, body: Mapping[str, Any]) -> Submission:
         if self.on_submit:
             self.on_submit()
         self.submissions.append((kind, dict(body)))
@@ -80,10 +80,10 @@ class FakeProvider:
             task_id=f"tsk_{len(self.submissions)}", credits_used=self.credits, status=TaskStatus.PENDING
         )
 
-    def submit_image(self, body: dict[str, Any]) -> Submission:
+    def submit_image(self, body: Mapping[str, Any]) -> Submission:
         return self._submit("image", body)
 
-    def submit_video(self, body: dict[str, Any]) -> Submission:
+    def submit_video(self, body: Mapping[str, Any]) -> Submission:
         return self._submit("video", body)
 
     def get_task(self, task_id: str) -> TaskSnapshot:
@@ -93,3 +93,8 @@ class FakeProvider:
         if len(self.snapshots) > 1:
             return self.snapshots.pop(0)
         return self.snapshots[0] if self.snapshots else snapshot(task_id)
+
+
+if TYPE_CHECKING:  # the fake stands in for both ports (`make typecheck` checks this file)
+    _as_submitter: TaskSubmitter = FakeProvider()
+    _as_reader: TaskReader = FakeProvider()
