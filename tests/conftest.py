@@ -125,15 +125,12 @@ IAM_GRANTS_UNUSED_LOCALLY = {
         "the bucket is versioned and S3 events name the version on AWS; moto's events carry no versionId"
     ),
     ("FinalizeFunction", "dynamodb:GetItem"): (
-        "JobStore reads the record after a conditional write lost (the job was already terminal): a race "
-        "no stack run provokes; tests/unit/domain/test_store.py tests it with moto in-process"
+        "the REFUND outcome reads the FAILED record (workflow.record_late_refund): only a refund the "
+        "provider shows after the job failed; tests/unit/domain tests it with moto in-process"
     ),
     ("S3IntakeFunction", "sqs:ChangeMessageVisibility"): (
         "brings a failed S3 event's retry forward; only an AWS error or a malformed event raises, which "
         "the aws-faults suite provokes at random; tests/unit/uploads/test_handler_and_recursion.py"
-    ),
-    ("S3IntakeFunction", "dynamodb:GetItem"): (
-        "the same read, when a rejected upload's record already exists (a redelivered S3 event)"
     ),
     ("StoreOutputsFunction", "s3:AbortMultipartUpload"): (
         "the copier aborts a multipart upload that failed part-way (outputs over the multipart threshold "

@@ -563,7 +563,6 @@ def test_s3_intake_gets_only_what_it_needs(translated_template: Template) -> Non
         "s3:GetObjectVersion",
         "s3:ListBucket",
         "s3:PutObject",
-        "dynamodb:GetItem",
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
     }

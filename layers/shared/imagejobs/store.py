@@ -25,6 +25,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
@@ -139,6 +140,18 @@ def _is_conditional_failure(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
+_DESERIALIZER = TypeDeserializer()
+
+
+def _item_at_failure(error: ClientError) -> dict[str, Any] | None:
+    """The record as the failed condition saw it (ReturnValuesOnConditionCheckFailure=ALL_OLD);
+    None when there was none. One round trip, and no later write can slip in before the read."""
+    item: Any = error.response.get("Item")  # DynamoDB's error alone carries it
+    if not isinstance(item, Mapping) or not item:
+        return None
+    return dict(from_dynamo({name: _DESERIALIZER.deserialize(value) for name, value in item.items()}))
+
+
 def _cancelled_by(error: ClientError) -> list[str] | None:
     """Each transaction item's cancellation code, or None when the error is not a cancellation."""
     if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
@@ -202,11 +215,15 @@ class JobStore:
     def _put_new(self, item: dict[str, Any]) -> TransitionResult:
         item = {**item, WRITE_ID: _write_id()}
         try:
-            self.table.put_item(Item=to_dynamo(item), ConditionExpression="attribute_not_exists(jobId)")
+            self.table.put_item(
+                Item=to_dynamo(item),
+                ConditionExpression="attribute_not_exists(jobId)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
-            current = self.get(item["jobId"])
+            current = _item_at_failure(error)
             status = current.get("status") if current else None
             if current is not None and current.get(WRITE_ID) == item[WRITE_ID]:
                 return TransitionResult(True, status, current, LOST_RESPONSE)
@@ -355,11 +372,13 @@ class JobStore:
         if budget is not None and not budget.is_empty():
             return self._transact(job_id, update, budget, reservation, at, write_id, to_status, sources)
         try:
-            response = self.table.update_item(**update, ReturnValues="ALL_NEW")
+            response = self.table.update_item(
+                **update, ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"
+            )
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
-            return self._not_applied(job_id, write_id, to_status, sources)
+            return self._not_applied(_item_at_failure(error), write_id, to_status, sources)
         record = from_dynamo(response.get("Attributes", {}))
         return TransitionResult(True, record.get("status"), record)
 
@@ -395,7 +414,7 @@ class JobStore:
             if codes is None:
                 raise
             if codes[:1] == ["ConditionalCheckFailed"]:
-                return self._not_applied(job_id, write_id, to_status, sources)
+                return self._not_applied(self.get(job_id), write_id, to_status, sources)
             current = self.get(job_id)
             if current is not None and current.get(WRITE_ID) == write_id:
                 return TransitionResult(True, current.get("status"), current, LOST_RESPONSE)
@@ -418,11 +437,11 @@ class JobStore:
         Python values, as the table does (boto3 injects the same serialisation into it)."""
         return {**request, "TableName": self.table.name}
 
+    @staticmethod
     def _not_applied(
-        self, job_id: str, write_id: str, to_status: str | None, sources: Sequence[str]
+        current: dict[str, Any] | None, write_id: str, to_status: str | None, sources: Sequence[str]
     ) -> TransitionResult:
-        """The job's condition failed: applied by a lost earlier send, or why not."""
-        current = self.get(job_id)
+        """The job's condition failed on record `current`: applied by a lost earlier send, or why not."""
         if current is None:
             return TransitionResult(False, None, None, "no such job")
         status = current.get("status")

@@ -255,3 +255,17 @@ def test_another_writers_change_is_still_not_applied(store: JobStore) -> None:
     submitted(store)
     other = store.claim_for_submit("j1", 60, now=T0 + 3)
     assert not other.applied and other.status == JobStatus.SUBMITTED
+
+
+def test_a_failed_condition_answers_from_the_record_it_saw_without_reading_it_again(
+    table: Any, store: JobStore
+) -> None:
+    store.create_received("j1", REQUEST, now=T0)
+    reads: list[str] = []
+    table.meta.client.meta.events.register("before-call.dynamodb.GetItem", lambda **kw: reads.append("get"))
+    refused = store.mark_completed("j1", [], polls=1, now=T0 + 1)  # only from SUBMITTED
+    duplicate = store.create_received("j1", {**REQUEST, "prompt": "other"}, now=T0 + 2)
+    assert not refused.applied and refused.record is not None and refused.record["status"] == "RECEIVED"
+    assert "expected SUBMITTED" in refused.reason
+    assert not duplicate.applied and duplicate.record is not None and duplicate.record["prompt"] == "a fox"
+    assert reads == []  # ReturnValuesOnConditionCheckFailure=ALL_OLD: one round trip each
