@@ -11,7 +11,7 @@ from imagejobs.config import S3IntakeSettings
 from imagejobs.observability import logger, metrics, tracer
 from imagejobs.runtime import S3IntakeRuntime
 from imagejobs.sqs_retry import receive_count, redeliver_after, remaining_seconds, send_again
-from imagejobs.uploads import failed_event_retry_seconds, handle_upload_message
+from imagejobs.uploads import UploadContext, failed_event_retry_seconds, handle_upload_message
 
 # Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
 runtime = S3IntakeRuntime(S3IntakeSettings.from_env())
@@ -25,14 +25,8 @@ def record_handler(record: SQSRecord, context: Any) -> str:
 
     uploads_queue_url = runtime.settings.uploads_queue_url
     try:
-        outcomes = handle_upload_message(
-            record.body,
-            s3=runtime.s3,
-            sqs=runtime.sqs,
-            store=runtime.store,
-            settings=runtime.settings,
-            time_left=time_left,
-        )
+        uploads = UploadContext(runtime.s3, runtime.sqs, runtime.store, runtime.settings)
+        outcomes = handle_upload_message(record.body, uploads, time_left=time_left)
         if any(o.action == "resume" for o in outcomes):
             # Sent again rather than retried: every receive counts towards the queue's
             # maxReceiveCount, and a long batch may pause many times. Its other objects are

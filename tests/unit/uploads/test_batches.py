@@ -10,7 +10,14 @@ from botocore.exceptions import ResponseStreamingError
 from imagejobs.batches import BatchStore
 from imagejobs.jobs import parse_job
 from imagejobs.jsonl import iter_capped_lines
-from imagejobs.uploads import MAX_LINE_BYTES, STREAM_REOPENS, CheckpointPolicy, S3ObjectRef, process_batch
+from imagejobs.uploads import (
+    MAX_LINE_BYTES,
+    STREAM_REOPENS,
+    CheckpointPolicy,
+    S3ObjectRef,
+    UploadContext,
+    process_batch,
+)
 
 from tests.unit.uploads.conftest import BUCKET, Aws, s3_event
 from tests.unit.uploads.test_images import deliver
@@ -40,8 +47,9 @@ def batch_lines(total: int = 1000) -> list[str]:
     return lines
 
 
-def stores(aws: Aws) -> dict[str, Any]:
-    return {"store": aws.store, "batches": BatchStore(aws.store.table)}
+def context(aws: Aws, *, s3: Any = None, sqs: Any = None) -> UploadContext:
+    """The moto clients of `aws` and its fake clock, with `s3` or `sqs` put in their place."""
+    return UploadContext(s3 or aws.s3, sqs or aws.sqs, aws.store, aws.settings, aws.clock)
 
 
 def upload(aws: Aws, key: str, lines: list[str], newline: str = "\n") -> str:
@@ -75,10 +83,7 @@ def test_thousand_lines_with_ten_bad_ones_make_990_jobs_and_a_report_naming_the_
     key = "batches/2026/catalog.jsonl"
     etag = upload(aws, key, batch_lines())
     s3, sqs = RecordingS3(aws.s3), aws.sqs
-    outcome = process_batch(
-        S3ObjectRef(BUCKET, key, etag),
-        s3=s3, sqs=sqs, settings=aws.settings, now=aws.clock, chunk_bytes=4096, **stores(aws),
-    )  # fmt: skip
+    outcome = process_batch(S3ObjectRef(BUCKET, key, etag), context(aws, s3=s3, sqs=sqs), chunk_bytes=4096)
     assert outcome.ack and outcome.reason == "processed"
     messages = aws.messages()
     assert len(messages) == 990
@@ -174,10 +179,7 @@ def test_large_messages_are_split_under_the_sqs_batch_size_limit(aws: Aws) -> No
     # An unknown model has the generic 100,000-character prompt cap: ~90 KB per message.
     lines = [json.dumps({"prompt": f"{n} " + "x" * 90_000, "model": "acme/big"}) for n in range(6)]
     sqs = aws.sqs
-    process_batch(
-        S3ObjectRef(BUCKET, key, upload(aws, key, lines)),
-        s3=aws.s3, sqs=sqs, settings=aws.settings, now=aws.clock, **stores(aws),
-    )  # fmt: skip
+    process_batch(S3ObjectRef(BUCKET, key, upload(aws, key, lines)), context(aws, sqs=sqs))
     assert len(aws.messages()) == 6
     assert len(sqs.batches) >= 3 and max(sqs.batches) <= 2
 
@@ -217,10 +219,7 @@ def test_a_body_that_breaks_off_is_read_on_from_the_byte_reached(aws: Aws) -> No
     key = "batches/broken.jsonl"
     etag = upload(aws, key, batch_lines(1000))
     s3 = BreakingS3(aws.s3, breaks=2)
-    outcome = process_batch(
-        S3ObjectRef(BUCKET, key, etag), s3=s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock,
-        chunk_bytes=4096, **stores(aws),
-    )  # fmt: skip
+    outcome = process_batch(S3ObjectRef(BUCKET, key, etag), context(aws, s3=s3), chunk_bytes=4096)
     assert outcome.ack and outcome.reason == "processed"
     # Every good line once: nothing read twice, nothing skipped at the breaks.
     ids = [m["jobId"] for m in aws.messages()]
@@ -235,10 +234,7 @@ def test_a_body_that_keeps_breaking_fails_the_invocation_after_the_reopens(aws: 
     etag = upload(aws, key, batch_lines(1000))
     s3 = BreakingS3(aws.s3, breaks=STREAM_REOPENS + 1, chunks_before_break=1)
     with pytest.raises(ResponseStreamingError):
-        process_batch(
-            S3ObjectRef(BUCKET, key, etag), s3=s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock,
-            chunk_bytes=4096, **stores(aws),
-        )  # fmt: skip
+        process_batch(S3ObjectRef(BUCKET, key, etag), context(aws, s3=s3), chunk_bytes=4096)
     assert len([g for g in s3.gets if g["Key"] == key]) == STREAM_REOPENS + 1
 
 
@@ -252,10 +248,7 @@ def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint(aws: Aws) -> 
         return 600.0 if next(calls) < 100 else 1.0
 
     # Far from a regular checkpoint (every 10,000 lines): time is checked at every line.
-    first = process_batch(
-        ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock,
-        time_left=time_left, **stores(aws),
-    )  # fmt: skip
+    first = process_batch(ref, context(aws), time_left=time_left)
     assert first.action == "resume"
     partial = aws.report(key)
     # Checkpoints fall where nothing is buffered: at or just after line 101.
@@ -264,15 +257,7 @@ def test_a_batch_that_runs_out_of_time_resumes_from_its_checkpoint(aws: Aws) -> 
     body = aws.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     assert partial["nextByte"] == len(b"".join(body.splitlines(keepends=True)[: partial["nextLine"] - 1]))
     s3 = BreakingS3(aws.s3, breaks=0)
-    second = process_batch(
-        ref,
-        s3=s3,
-        sqs=aws.sqs,
-        settings=aws.settings,
-        now=aws.clock,
-        checkpoints=CheckpointPolicy(every_lines=100),
-        **stores(aws),
-    )
+    second = process_batch(ref, context(aws, s3=s3), checkpoints=CheckpointPolicy(every_lines=100))
     assert second.ack
     assert [g.get("Range") for g in s3.gets if g["Key"] == key] == [f"bytes={partial['nextByte']}-"]
     ids = [m["jobId"] for m in aws.messages()]
@@ -366,16 +351,13 @@ def test_a_batch_saves_its_progress_every_minute_so_an_ended_invocation_does_not
     ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(250)))
     # 10 s per send of 10 lines; the invocation ends at its 20th send, far from 10,000 lines.
     with pytest.raises(TimeoutError):
-        process_batch(
-            ref, s3=aws.s3, sqs=StallingSqs(aws.sqs, aws.clock, fail_from=20), settings=aws.settings,
-            now=aws.clock, **stores(aws),
-        )  # fmt: skip
+        process_batch(ref, context(aws, sqs=StallingSqs(aws.sqs, aws.clock, fail_from=20)))
     saved = aws.report(key)
     assert saved["status"] == "IN_PROGRESS"
     # Saved at least every 60 s of reading (6 sends): the last save fell after the 18th send at latest.
     assert 120 < saved["nextLine"] <= 200
     first = {m["jobId"]: int(m["batchLine"]) for m in aws.messages()}
-    retry = process_batch(ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock, **stores(aws))
+    retry = process_batch(ref, context(aws))
     assert retry.ack and aws.report(key)["status"] == "COMPLETE"
     retried = {m["jobId"]: int(m["batchLine"]) for m in aws.messages()}
     assert min(retried.values()) >= saved["nextLine"]  # went on from the save, not from line 1
@@ -390,9 +372,10 @@ def test_without_time_passing_a_batch_saves_only_every_10000_lines(aws: Aws) -> 
     ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(250)))
     with pytest.raises(TimeoutError):
         process_batch(
-            ref, s3=aws.s3, sqs=StallingSqs(aws.sqs, aws.clock, fail_from=20), settings=aws.settings,
-            now=aws.clock, checkpoints=CheckpointPolicy(every_seconds=3600), **stores(aws),
-        )  # fmt: skip
+            ref,
+            context(aws, sqs=StallingSqs(aws.sqs, aws.clock, fail_from=20)),
+            checkpoints=CheckpointPolicy(every_seconds=3600),
+        )
     with pytest.raises(aws.s3.exceptions.NoSuchKey):  # nothing saved: a retry starts at line 1
         aws.report(key)
 
@@ -402,16 +385,17 @@ def test_a_checkpoint_without_a_byte_offset_resumes_by_skipping_the_lines_done(a
     ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(30)))
     with pytest.raises(TimeoutError):  # saved after the first send (10 s passed), ended at the second
         process_batch(
-            ref, s3=aws.s3, sqs=StallingSqs(aws.sqs, aws.clock, fail_from=2), settings=aws.settings,
-            now=aws.clock, checkpoints=CheckpointPolicy(every_seconds=10), **stores(aws),
-        )  # fmt: skip
+            ref,
+            context(aws, sqs=StallingSqs(aws.sqs, aws.clock, fail_from=2)),
+            checkpoints=CheckpointPolicy(every_seconds=10),
+        )
     saved = aws.report(key)
     resume_line = saved["nextLine"]
     assert resume_line == 12 and saved["nextByte"] > 0  # ten good lines: 1-11 less bad line 7
     del saved["nextByte"]  # as written before offsets were saved
     aws.put(key + ".report.json", json.dumps(saved).encode())
     first = {m["jobId"] for m in aws.messages()}
-    retry = process_batch(ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock, **stores(aws))
+    retry = process_batch(ref, context(aws))
     assert retry.ack
     lines = sorted(int(m["batchLine"]) for m in aws.messages())
     assert lines == [n for n in range(resume_line, 31) if n not in BAD_LINES]
@@ -423,13 +407,10 @@ def test_a_batch_paused_after_its_last_line_completes_without_reading_again(aws:
     # Ten good lines (7 is bad): the buffer empties, and the time runs out, at the last line.
     ref = S3ObjectRef(BUCKET, key, upload(aws, key, batch_lines(11)))
     size = aws.s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
-    paused = process_batch(
-        ref, s3=aws.s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock, time_left=lambda: 1.0,
-        **stores(aws),
-    )  # fmt: skip
+    paused = process_batch(ref, context(aws), time_left=lambda: 1.0)
     assert paused.action == "resume"
     assert aws.report(key)["nextLine"] == 12 and aws.report(key)["nextByte"] == size
     s3 = BreakingS3(aws.s3, breaks=0)
-    resumed = process_batch(ref, s3=s3, sqs=aws.sqs, settings=aws.settings, now=aws.clock, **stores(aws))
+    resumed = process_batch(ref, context(aws, s3=s3))
     assert resumed.ack and aws.report(key)["status"] == "COMPLETE" and aws.report(key)["lines"] == 11
     assert not [g for g in s3.gets if g["Key"] == key]  # nothing left to read: no range from the end (416)

@@ -11,7 +11,7 @@ import pytest
 from imagejobs.config import IntakeSettings
 from imagejobs.intake import handle_job_message
 from imagejobs.jobs import parse_job
-from imagejobs.uploads import handle_upload_message, parse_upload_message
+from imagejobs.uploads import UploadContext, handle_upload_message, parse_upload_message
 
 from tests.conftest import SAMPLE_ENV
 from tests.unit.domain.fakes import FakeProvider
@@ -19,9 +19,7 @@ from tests.unit.uploads.conftest import BUCKET, Aws, png_bytes, s3_event
 
 
 def deliver(aws: Aws, body: str) -> list[Any]:
-    return handle_upload_message(
-        body, s3=aws.s3, sqs=aws.sqs, store=aws.store, settings=aws.settings, now=aws.clock
-    )
+    return handle_upload_message(body, UploadContext(aws.s3, aws.sqs, aws.store, aws.settings, aws.clock))
 
 
 class FakeSfn:

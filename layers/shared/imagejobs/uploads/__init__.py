@@ -19,7 +19,8 @@ COMPLETE for this version is skipped.
 
 Modules: ``events`` (the S3 event, the kind of upload, derived ids), ``objects`` (reading
 objects), ``recipes`` (an image's job options), ``images`` (image and sidecar uploads),
-``batches`` (JSONL batches), ``dispatch`` (one uploads-queue message).
+``batches`` (JSONL batches), ``dispatch`` (one uploads-queue message), ``context`` (what
+handling one needs: ``UploadContext``).
 """
 
 from imagejobs.uploads.batches import (
@@ -27,6 +28,7 @@ from imagejobs.uploads.batches import (
     CheckpointPolicy,
     process_batch,
 )
+from imagejobs.uploads.context import UploadContext
 from imagejobs.uploads.dispatch import (
     FAILED_EVENT_RETRY_SECONDS,
     failed_event_retry_seconds,
@@ -47,6 +49,7 @@ __all__ = [
     "STREAM_REOPENS",
     "CheckpointPolicy",
     "S3ObjectRef",
+    "UploadContext",
     "UploadEventError",
     "UploadOutcome",
     "classify",

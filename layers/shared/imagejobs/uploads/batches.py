@@ -21,6 +21,7 @@ from imagejobs.intake import partial_request
 from imagejobs.jsonl import iter_positioned_lines
 from imagejobs.observability import count, logger
 from imagejobs.store import BatchLine, JobStore, iso
+from imagejobs.uploads.context import UploadContext
 from imagejobs.uploads.events import (
     REPORT_SUFFIX,
     S3ObjectRef,
@@ -243,20 +244,17 @@ def _send_batch(
 
 def process_batch(
     ref: S3ObjectRef,
+    uploads: UploadContext,
     *,
-    s3: S3Client,
-    sqs: SQSClient,
-    settings: S3IntakeSettings,
     time_left: Callable[[], float] | None = None,
-    now: Callable[[], float] = time.time,
-    store: JobStore,
-    batches: BatchStore,
     sleep: Callable[[float], None] = time.sleep,
     resolver: Any = None,
     chunk_bytes: int = 64 * 1024,
     checkpoints: CheckpointPolicy = CheckpointPolicy(),
 ) -> UploadOutcome:
     """Stream the JSONL batch: validate each line like the intake, enqueue good ones, report bad ones."""
+    s3, sqs, store, settings, now = uploads.s3, uploads.sqs, uploads.store, uploads.settings, uploads.now
+    batches = BatchStore(store.table)
     head = head_object(s3, ref.bucket, ref.key, ref.version_id)
     if head is None:
         logger.warning("batch deleted before it was processed", extra={"key": ref.key})

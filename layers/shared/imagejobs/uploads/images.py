@@ -5,15 +5,14 @@ image-to-image job, or recorded as REJECTED with the reason per field.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from imagejobs import jobs
-from imagejobs.config import S3IntakeSettings
 from imagejobs.copier import sniff
 from imagejobs.observability import count, logger
 from imagejobs.store import JobStore
+from imagejobs.uploads.context import UploadContext
 from imagejobs.uploads.events import (
     SIDECAR_SUFFIX,
     Kind,
@@ -27,8 +26,7 @@ from imagejobs.uploads.objects import OUTPUT_MARKER_METADATA, head_object, user_
 from imagejobs.uploads.recipes import resolve_image_job
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-    from mypy_boto3_sqs import SQSClient
+    pass
 
 MAGIC_BYTES = 64
 UPLOADS_REJECTED = "UploadsRejected"
@@ -74,16 +72,9 @@ def reject_upload(
     return UploadOutcome("ack", kind, f"rejected: {summary}", ref.key, job_id)
 
 
-def handle_image_upload(
-    ref: S3ObjectRef,
-    *,
-    s3: S3Client,
-    sqs: SQSClient,
-    store: JobStore,
-    settings: S3IntakeSettings,
-    now: Callable[[], float] = time.time,
-) -> UploadOutcome:
+def handle_image_upload(ref: S3ObjectRef, uploads: UploadContext) -> UploadOutcome:
     """Validate the upload (exists, not ours, size, magic bytes), resolve its options, enqueue the job."""
+    s3, sqs, store, settings, now = uploads.s3, uploads.sqs, uploads.store, uploads.settings, uploads.now
     head = head_object(s3, ref.bucket, ref.key, ref.version_id)
     if head is None:
         job_id = derived_job_id("up", ref.bucket, ref.key, ref.identity, "missing")
@@ -150,23 +141,15 @@ def handle_image_upload(
     return UploadOutcome("ack", "image", "enqueued", ref.key, job_id)
 
 
-def handle_sidecar_upload(
-    ref: S3ObjectRef,
-    *,
-    s3: S3Client,
-    sqs: SQSClient,
-    store: JobStore,
-    settings: S3IntakeSettings,
-    now: Callable[[], float] = time.time,
-) -> UploadOutcome:
+def handle_sidecar_upload(ref: S3ObjectRef, uploads: UploadContext) -> UploadOutcome:
     """A sidecar uploaded after its image starts the image's job; one uploaded first waits for it."""
     image_key = ref.key[: -len(SIDECAR_SUFFIX)]
-    image = head_object(s3, ref.bucket, image_key)
-    if image is None or classify(image_key, settings)[0] != "image":
+    image = head_object(uploads.s3, ref.bucket, image_key)
+    if image is None or classify(image_key, uploads.settings)[0] != "image":
         logger.info("sidecar stored; its image's upload will use it", extra={"key": ref.key})
         return UploadOutcome("ack", "sidecar", f"waiting for {image_key}", ref.key)
     image_ref = S3ObjectRef(
         ref.bucket, image_key, str(image.get("ETag", "")).strip('"'), version_of(image.get("VersionId"))
     )
-    outcome = handle_image_upload(image_ref, s3=s3, sqs=sqs, store=store, settings=settings, now=now)
+    outcome = handle_image_upload(image_ref, uploads)
     return UploadOutcome(outcome.action, "sidecar", outcome.reason, ref.key, outcome.job_id)
