@@ -20,7 +20,7 @@ runtime = BatchResultsRuntime(BatchResultsSettings.from_env())
 
 
 @tracer.capture_method
-def record_handler(record: SQSRecord, context: Any) -> str:
+def record_handler(record: SQSRecord, context: LambdaContext) -> str:
     batch_id = str(json.loads(record.body)["batchId"])
     logger.append_keys(batch_id=batch_id)
     try:

@@ -8,9 +8,10 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagejobs.config import S3IntakeSettings
+from imagejobs.invocation import remaining_seconds
 from imagejobs.observability import logger, metrics, tracer
 from imagejobs.runtime import S3IntakeRuntime
-from imagejobs.sqs_retry import receive_count, redeliver_after, remaining_seconds, send_again
+from imagejobs.sqs_retry import receive_count, redeliver_after, send_again
 from imagejobs.uploads import UploadContext, failed_event_retry_seconds, handle_upload_message
 
 # Settings parsed at import: a missing or invalid variable fails the init, naming the variable.
@@ -18,7 +19,7 @@ runtime = S3IntakeRuntime(S3IntakeSettings.from_env())
 
 
 @tracer.capture_method
-def record_handler(record: SQSRecord, context: Any) -> str:
+def record_handler(record: SQSRecord, context: LambdaContext) -> str:
     def time_left() -> float:
         remaining = remaining_seconds(context)
         return float("inf") if remaining is None else remaining

@@ -6,6 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagejobs.config import StoreOutputsSettings
+from imagejobs.invocation import remaining_seconds
 from imagejobs.observability import logger, metrics, tracer
 from imagejobs.runtime import StoreOutputsRuntime
 from imagejobs.workflow import store_outputs_step
@@ -15,11 +16,9 @@ runtime = StoreOutputsRuntime(StoreOutputsSettings.from_env())
 RECORD_MARGIN_SECONDS = 20.0  # left for recording COMPLETED after the downloads
 
 
-def _time_budget(context: Any) -> float | None:
-    try:
-        return max(1.0, context.get_remaining_time_in_millis() / 1000.0 - RECORD_MARGIN_SECONDS)
-    except (AttributeError, TypeError):
-        return None
+def _time_budget(context: LambdaContext) -> float | None:
+    remaining = remaining_seconds(context)
+    return None if remaining is None else max(1.0, remaining - RECORD_MARGIN_SECONDS)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imagejobs.observability import count
 from imagejobs.store import TERMINAL, JobStatus, from_dynamo
 from imagejobs.webhooks import DeliveryQueue, delivery_for
+
+if TYPE_CHECKING:
+    from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
 
 SOURCE = "imagejobs"
 JOB_STATE_CHANGE = "Job State Change"
@@ -131,7 +135,7 @@ def publish_change(
 class EventBridgePublisher:
     """PutEvents on one bus, ten entries a call; failed entries raise after the rest went out."""
 
-    def __init__(self, client: Any, bus_name: str) -> None:
+    def __init__(self, client: EventBridgeClient, bus_name: str) -> None:
         self._client = client
         self._bus_name = bus_name
 
@@ -149,7 +153,7 @@ class EventBridgePublisher:
         if failed:
             raise EventPublishError(failed)
 
-    def _entry(self, event: JobEvent) -> dict[str, Any]:
+    def _entry(self, event: JobEvent) -> PutEventsRequestEntryTypeDef:
         return {
             "Source": SOURCE,
             "DetailType": event.detail_type,

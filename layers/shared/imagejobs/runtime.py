@@ -8,7 +8,8 @@ on first use and cached, so importing a handler stays cheap (bench/cold_start.py
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import requests
 from standardwebhooks import Webhook
@@ -37,8 +38,14 @@ from imagejobs.store import JobStore
 from imagejobs.urls import PinnedAddressAdapter
 from imagejobs.webhooks import SqsDeadLetters, SqsDeliveryQueue, signing_key
 
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_stepfunctions import SFNClient
 
-def _boto3() -> Any:
+
+def _boto3() -> ModuleType:
     """boto3, imported on first use: its import (~150 ms) would otherwise dominate cold-start imports."""
     import boto3
 
@@ -49,7 +56,7 @@ class _JobRecords:
     settings: JobRecordsSettings
 
     @cached_property
-    def table(self) -> Any:
+    def table(self) -> Table:
         return _boto3().resource("dynamodb").Table(self.settings.jobs_table)
 
     @cached_property
@@ -68,13 +75,13 @@ class _Provider:
 
 class _S3:
     @cached_property
-    def s3(self) -> Any:
+    def s3(self) -> S3Client:
         return _boto3().client("s3")
 
 
 class _Sqs:
     @cached_property
-    def sqs(self) -> Any:
+    def sqs(self) -> SQSClient:
         return _boto3().client("sqs")
 
 
@@ -85,7 +92,7 @@ class IntakeRuntime(_JobRecords, _Provider, _S3, _Sqs):
         self.settings = settings
 
     @cached_property
-    def sfn(self) -> Any:
+    def sfn(self) -> SFNClient:
         return _boto3().client("stepfunctions")
 
     @cached_property

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+    from mypy_boto3_secretsmanager import SecretsManagerClient
 
 T = TypeVar("T")
 
@@ -44,14 +48,14 @@ class SecretSource(Generic[T]):
         self,
         secret_name: str,
         parse: Callable[[str, str | bytes | None], T],
-        secrets_client: Any = None,
+        secrets_client: SecretsManagerClient | None = None,
         max_age: int = 300,
     ) -> None:
         self.secret_name = secret_name
         self.max_age = max_age
         self._parse = parse
         self._client = secrets_client
-        self._provider: Any = None  # a Powertools SecretsProvider, built on first use
+        self._provider: SecretsProvider | None = None  # built on first use
 
     def __call__(self) -> T:
         if self._provider is None:
@@ -68,5 +72,7 @@ class SecretSource(Generic[T]):
 class ApiKeySource(SecretSource[str]):
     """The provider client calls it on every request."""
 
-    def __init__(self, secret_name: str, secrets_client: Any = None, max_age: int = 300) -> None:
+    def __init__(
+        self, secret_name: str, secrets_client: SecretsManagerClient | None = None, max_age: int = 300
+    ) -> None:
         super().__init__(secret_name, parse_api_key, secrets_client, max_age)

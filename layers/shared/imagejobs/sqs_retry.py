@@ -11,11 +11,12 @@ every receive counts towards the queue's maxReceiveCount, a new message starts f
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from imagejobs.config import SQS_MAX_DELAY_SECONDS
+from imagejobs.invocation import InvocationContext, remaining_seconds
 from imagejobs.observability import logger
 
 if TYPE_CHECKING:
@@ -39,15 +40,7 @@ def receive_count(record: SQSRecord) -> int | None:
         return None
 
 
-def remaining_seconds(context: Any) -> float | None:
-    """The invocation's remaining time; None when the context cannot say (a direct call)."""
-    try:
-        return float(context.get_remaining_time_in_millis()) / 1000.0
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
-def lease_seconds(context: Any) -> float:
+def lease_seconds(context: InvocationContext | None) -> float:
     """A claim must outlive this invocation: the function's remaining time plus a margin."""
     remaining = remaining_seconds(context)
     return DEFAULT_LEASE_SECONDS if remaining is None else remaining + LEASE_MARGIN_SECONDS

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imagejobs.invocation import remaining_seconds
+from imagejobs.sqs_retry import DEFAULT_LEASE_SECONDS, LEASE_MARGIN_SECONDS, lease_seconds
+
+
+@dataclass
+class Context:
+    millis: int
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.millis
+
+
+class BrokenClock:
+    def get_remaining_time_in_millis(self) -> int:
+        raise TypeError("a stand-in context without a clock")
+
+
+def test_the_remaining_time_is_read_in_seconds() -> None:
+    assert remaining_seconds(Context(1_500)) == 1.5
+
+
+def test_no_context_or_an_unusable_one_says_nothing() -> None:
+    assert remaining_seconds(None) is None
+    assert remaining_seconds(BrokenClock()) is None
+
+
+def test_a_claim_outlives_the_invocation_by_the_margin() -> None:
+    assert lease_seconds(Context(60_000)) == 60.0 + LEASE_MARGIN_SECONDS
+    assert lease_seconds(None) == DEFAULT_LEASE_SECONDS
