@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer
 from imagejobs.batches import BATCH_KEY_PREFIX
@@ -35,6 +35,15 @@ from imagejobs_tools.local.workers import WorkerPlugin
 from imagejobs_tools.reliability.logcapture import find_secret
 from imagejobs_tools.reliability.report import SuiteReport
 from imagejobs_tools.reliability.worker_plugins import CRASH_POINTS, crashes_fired
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
+
+    from imagejobs_tools.local.stack import LocalStack
 
 REPO = Path(__file__).resolve().parents[3]
 PROMPT_RE = re.compile(r"^\S+ job (?P<job>[A-Za-z0-9_-]+):")
@@ -50,12 +59,12 @@ KEY_CACHE_SECONDS = 1
 
 @dataclass
 class Harness:
-    stack: Any
+    stack: LocalStack
     api_key: str
-    sqs: Any = None
-    ddb: Any = None
-    s3: Any = None
-    secrets: Any = None
+    sqs: SQSClient = field(init=False)
+    ddb: DynamoDBClient = field(init=False)
+    s3: S3Client = field(init=False)
+    secrets: SecretsManagerClient = field(init=False)
     outputs: dict[str, str] = field(default_factory=dict)
     log_lines: list[str] = field(default_factory=list)  # everything the functions wrote
 
@@ -76,7 +85,7 @@ class Harness:
     def send(self, bodies: list[dict[str, Any]]) -> None:
         queue = self.outputs["JobsQueueUrl"]
         for start in range(0, len(bodies), 10):
-            entries = [
+            entries: list[SendMessageBatchRequestEntryTypeDef] = [
                 {"Id": str(n), "MessageBody": json.dumps(body)}
                 for n, body in enumerate(bodies[start : start + 10])
             ]
