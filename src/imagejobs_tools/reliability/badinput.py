@@ -168,7 +168,7 @@ class InProcessEnv:
 def in_process_env(api_key: str) -> Iterator[InProcessEnv]:
     """Generator-based context: `with contextlib.contextmanager(in_process_env)(key) as env`."""
     from imagejobs.config import IntakeSettings
-    from imagejobs.provider import ProviderClient
+    from imagejobs.provider import ProviderClient, RetryPolicy
     from imagejobs.secrets import ApiKeySource
     from imagejobs.store import JobStore
     from moto import mock_aws
@@ -206,7 +206,9 @@ def in_process_env(api_key: str) -> Iterator[InProcessEnv]:
                     "JOBS_QUEUE_URL": f"https://sqs.{REGION}.amazonaws.com/123456789012/imagejobs-reliability",
                 }
             )
-            provider = ProviderClient(sim.url, ApiKeySource(SECRET, secrets), max_attempts=1)
+            provider = ProviderClient(
+                sim.url, ApiKeySource(SECRET, secrets), retry=RetryPolicy(max_attempts=1)
+            )
             table = dynamodb.Table(TABLE)
             yield InProcessEnv(JobStore(table), provider, sfn, s3, settings, sim, api_key, table)
         finally:

@@ -29,7 +29,7 @@ CRASH_POINTS = (
 def scale_timers(module: ModuleType, options: dict[str, Any]) -> None:
     """Shorter provider read timeout, API-key cache and (IntakeFunction) claim lease."""
     import boto3
-    from imagejobs.provider import ProviderClient
+    from imagejobs.provider import ProviderClient, Timeout
     from imagejobs.secrets import ApiKeySource
 
     runtime = getattr(module, "runtime", None)
@@ -41,7 +41,7 @@ def scale_timers(module: ModuleType, options: dict[str, Any]) -> None:
             max_age=int(options["keyCacheSeconds"]),
         )
         runtime.__dict__["provider"] = ProviderClient(
-            settings.provider_base_url, source, read_timeout=float(options["readTimeoutSeconds"])
+            settings.provider_base_url, source, timeout=Timeout(read=float(options["readTimeoutSeconds"]))
         )
     if hasattr(module, "lease_seconds"):  # IntakeFunction: the claim lease, from imagejobs.sqs_retry
         lease = float(options["leaseSeconds"])

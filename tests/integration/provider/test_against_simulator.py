@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,9 +17,11 @@ from imagejobs.provider import (
     ProviderServerError,
     ProviderUnauthorized,
     RateLimited,
+    RetryPolicy,
     TaskNotFound,
     TaskSnapshot,
     TaskStatus,
+    Timeout,
 )
 
 from imagejobs_tools.sim import Simulator
@@ -27,11 +30,15 @@ from .conftest import KEY_A, KEY_B
 
 pytestmark = pytest.mark.integration
 
+# The simulator answers in milliseconds: short timeouts, near-instant backoff.
+FAST_TIMEOUT = Timeout(connect=1.0, read=5.0)
+FAST_RETRY = RetryPolicy(backoff_base=0.01)
+
 IMAGE = {"prompt": "a lighthouse at dusk", "model": "gpt-image-2", "aspectRatio": "16:9"}
 
 
 def make_client(sim: Simulator, key: str = KEY_A, **kwargs: Any) -> ProviderClient:
-    options: dict[str, Any] = {"connect_timeout": 1.0, "read_timeout": 5.0, "backoff_base": 0.01}
+    options: dict[str, Any] = {"timeout": FAST_TIMEOUT, "retry": FAST_RETRY}
     options.update(kwargs)
     return ProviderClient(sim.url, key, **options)
 
@@ -143,7 +150,7 @@ def test_submit_500_is_retried_then_succeeds_with_one_charge(sim: Simulator) -> 
 def test_submit_500_exhausts_attempts(sim: Simulator) -> None:
     sim.admin.set_faults(submit_500_rate=1.0)
     with pytest.raises(ProviderServerError) as caught:
-        make_client(sim, max_attempts=3, sleep=lambda _s: None).submit_image(IMAGE)
+        make_client(sim, sleep=lambda _s: None, retry=replace(FAST_RETRY, max_attempts=3)).submit_image(IMAGE)
     assert caught.value.status == 500 and caught.value.retryable
     assert submit_requests(sim) == 3 and key_stats(sim)["tasksCreated"] == 0
 
@@ -177,7 +184,9 @@ def test_429_beyond_the_cap_is_raised_without_waiting(sim: Simulator) -> None:
     sim.admin.set_faults(rate_429=1.0, retry_after=120)
     sleeps: list[float] = []
     with pytest.raises(RateLimited) as caught:
-        make_client(sim, sleep=sleeps.append, max_retry_after=30).submit_image(IMAGE)
+        make_client(sim, sleep=sleeps.append, retry=replace(FAST_RETRY, max_retry_after=30)).submit_image(
+            IMAGE
+        )
     assert caught.value.retry_after == 120.0 and sleeps == []
     assert key_stats(sim)["tasksCreated"] == 0
 
@@ -186,7 +195,7 @@ def test_lost_response_is_outcome_unknown_with_exactly_one_charge(sim: Simulator
     sim.admin.set_faults(lost_response_rate=1.0)
     sleeps: list[float] = []
     with pytest.raises(OutcomeUnknown) as caught:
-        make_client(sim, sleep=sleeps.append, max_attempts=5).submit_image(IMAGE)
+        make_client(sim, sleep=sleeps.append, retry=replace(FAST_RETRY, max_attempts=5)).submit_image(IMAGE)
     assert caught.value.submission and not caught.value.retryable
     assert sleeps == [] and submit_requests(sim) == 1
     stats = key_stats(sim)
@@ -197,7 +206,12 @@ def test_lost_response_is_outcome_unknown_with_exactly_one_charge(sim: Simulator
 
 def test_hang_is_outcome_unknown_on_submit_and_retried_on_poll(sim: Simulator) -> None:
     sim.admin.set_faults(hang_rate=1.0, hang_seconds=3)
-    client = make_client(sim, read_timeout=0.3, max_attempts=5, sleep=lambda _s: None)
+    client = make_client(
+        sim,
+        sleep=lambda _s: None,
+        retry=replace(FAST_RETRY, max_attempts=5),
+        timeout=replace(FAST_TIMEOUT, read=0.3),
+    )
     with pytest.raises(OutcomeUnknown):
         client.submit_image(IMAGE)
     assert submit_requests(sim) == 1
@@ -207,7 +221,7 @@ def test_hang_is_outcome_unknown_on_submit_and_retried_on_poll(sim: Simulator) -
     def heal(_seconds: float) -> None:
         sim.admin.set_faults(hang_rate=0.0)
 
-    poller = make_client(sim, read_timeout=0.3, sleep=heal)
+    poller = make_client(sim, sleep=heal, timeout=replace(FAST_TIMEOUT, read=0.3))
     snap = poller.get_task(task["taskId"])
     assert snap.task_id == task["taskId"]
     assert sim.admin.stats()["requests"]["poll"] == 2

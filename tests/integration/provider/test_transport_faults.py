@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from imagejobs.provider import OutcomeUnknown, ProviderClient, ProviderUnreachable, TaskStatus
+from imagejobs.provider import (
+    Limits,
+    OutcomeUnknown,
+    ProviderClient,
+    ProviderUnreachable,
+    RetryPolicy,
+    TaskStatus,
+    Timeout,
+)
 
 from .rawserver import (
     RawServer,
@@ -32,14 +40,14 @@ def servers() -> Iterator[list[RawServer]]:
 
 
 def client_for(url: str, **kwargs: object) -> ProviderClient:
-    options: dict[str, object] = {"read_timeout": 0.3, "connect_timeout": 0.5, "sleep": lambda _s: None}
+    options: dict[str, object] = {"timeout": Timeout(connect=0.5, read=0.3), "sleep": lambda _s: None}
     options.update(kwargs)
     return ProviderClient(url, "sk_test_key", **options)  # type: ignore[arg-type]
 
 
 def test_connection_refused_is_unreachable_and_retried() -> None:
     sleeps: list[float] = []
-    client = client_for(refused_url(), sleep=sleeps.append, max_attempts=3)
+    client = client_for(refused_url(), sleep=sleeps.append, retry=RetryPolicy(max_attempts=3))
     with pytest.raises(ProviderUnreachable):
         client.submit_image(BODY)
     assert len(sleeps) == 2  # three attempts: it is safe to resend what never arrived
@@ -59,7 +67,7 @@ def test_lost_answers_to_a_submission_are_outcome_unknown_and_sent_once(
         "headers_then_hang": server.headers_then_hang,
     }
     server.script = [behaviours[behaviour_name], ACCEPTED, ACCEPTED]
-    client = client_for(server.url, max_attempts=3)
+    client = client_for(server.url, retry=RetryPolicy(max_attempts=3))
     with pytest.raises(OutcomeUnknown) as caught:
         client.submit_image(BODY)
     assert caught.value.submission and not caught.value.retryable
@@ -99,7 +107,9 @@ def test_submission_after_idle_uses_a_fresh_connection(
     servers.append(server)
     server.script = [server.keepalive_then_drop, ACCEPTED]
     now = [100.0]
-    client = client_for(server.url, clock=lambda: now[0], fresh_connection_after_idle=fresh_after_idle)
+    client = client_for(
+        server.url, clock=lambda: now[0], limits=Limits(fresh_connection_after_idle=fresh_after_idle)
+    )
     assert client.submit_image(BODY).task_id == "tsk_0"
     now[0] += 30  # idle far longer than a server keeps a connection open
     if fresh_after_idle is None:

@@ -9,6 +9,7 @@ import pytest
 import requests
 from imagejobs.provider import (
     InsufficientCredits,
+    Limits,
     OutcomeUnknown,
     ProviderClient,
     ProviderError,
@@ -17,9 +18,11 @@ from imagejobs.provider import (
     ProviderUnauthorized,
     ProviderUnreachable,
     RateLimited,
+    RetryPolicy,
     Submission,
     TaskNotFound,
     TaskStatus,
+    Timeout,
     parse_retry_after,
 )
 from requests.adapters import HTTPAdapter
@@ -40,7 +43,7 @@ PENDING = Canned(
 
 
 def test_submit_image_sends_one_post_with_bearer_key_and_timeouts(make_client: MakeClient) -> None:
-    client, adapter, _ = make_client(ACCEPTED, connect_timeout=2, read_timeout=9)
+    client, adapter, _ = make_client(ACCEPTED, timeout=Timeout(connect=2, read=9))
     assert client.submit_image(BODY) == Submission(task_id="tsk_1", credits_used=3, status=TaskStatus.PENDING)
     [sent] = adapter.sent
     assert (sent.method, sent.url) == ("POST", f"{BASE_URL}/api/ai/image/generate")
@@ -206,7 +209,7 @@ def test_404_on_get_is_task_not_found(make_client: MakeClient) -> None:
 )  # fmt: skip
 def test_unknown_outcome_submission_is_never_retried(make_client: MakeClient, failure: object) -> None:
     # Scripted successes after the failure would be used by a (wrong) retry.
-    client, adapter, clock = make_client(failure, ACCEPTED, ACCEPTED, max_attempts=5)
+    client, adapter, clock = make_client(failure, ACCEPTED, ACCEPTED, retry=RetryPolicy(max_attempts=5))
     with pytest.raises(OutcomeUnknown) as caught:
         client.submit_image(BODY)
     assert adapter.count("POST") == 1
@@ -238,7 +241,9 @@ def test_safe_submit_failures_are_retried(make_client: MakeClient, failure: obje
 
 
 def test_unreachable_is_raised_after_max_attempts(make_client: MakeClient) -> None:
-    client, adapter, _ = make_client(*(fakes.connection_refused() for _ in range(3)), max_attempts=3)
+    client, adapter, _ = make_client(
+        *(fakes.connection_refused() for _ in range(3)), retry=RetryPolicy(max_attempts=3)
+    )
     with pytest.raises(ProviderUnreachable) as caught:
         client.submit_image(BODY)
     assert caught.value.retryable and caught.value.status_code is None
@@ -246,7 +251,9 @@ def test_unreachable_is_raised_after_max_attempts(make_client: MakeClient) -> No
 
 
 def test_5xx_is_raised_after_max_attempts(make_client: MakeClient) -> None:
-    client, adapter, _ = make_client(*(Canned(500, {"error": "boom"}) for _ in range(4)), max_attempts=4)
+    client, adapter, _ = make_client(
+        *(Canned(500, {"error": "boom"}) for _ in range(4)), retry=RetryPolicy(max_attempts=4)
+    )
     with pytest.raises(ProviderServerError) as caught:
         client.submit_image(BODY)
     assert caught.value.status == 500 and caught.value.retryable
@@ -291,7 +298,7 @@ def test_get_read_timeouts_exhausted_raise_retryable_outcome_unknown(make_client
 def test_full_jitter_backoff_bounds(make_client: MakeClient) -> None:
     client, _, clock = make_client(
         *(Canned(500, {}) for _ in range(5)),
-        max_attempts=5, backoff_base=0.5, backoff_cap=1.5, random=lambda: 1.0,
+        retry=RetryPolicy(max_attempts=5, backoff_base=0.5, backoff_cap=1.5), random=lambda: 1.0,
     )  # fmt: skip
     with pytest.raises(ProviderServerError):
         client.get_task("tsk_1")
@@ -301,7 +308,11 @@ def test_full_jitter_backoff_bounds(make_client: MakeClient) -> None:
 def test_jitter_scales_the_delay(make_client: MakeClient) -> None:
     draws = iter([0.0, 0.25])
     client, _, clock = make_client(
-        Canned(500, {}), Canned(500, {}), PENDING, backoff_base=2.0, random=lambda: next(draws)
+        Canned(500, {}),
+        Canned(500, {}),
+        PENDING,
+        retry=RetryPolicy(backoff_base=2.0),
+        random=lambda: next(draws),
     )
     client.get_task("tsk_1")
     assert clock.sleeps == [0.0, 1.0]
@@ -316,7 +327,9 @@ def test_retry_after_seconds_is_honoured(make_client: MakeClient) -> None:
 def test_retry_after_http_date_is_honoured(make_client: MakeClient) -> None:
     when = email.utils.formatdate(time.time() + 120, usegmt=True)
     client, _, clock = make_client(
-        Canned(429, {}, {"Retry-After": when}), ACCEPTED, max_retry_after=300, max_total_seconds=300
+        Canned(429, {}, {"Retry-After": when}),
+        ACCEPTED,
+        retry=RetryPolicy(max_retry_after=300, max_total_seconds=300),
     )
     client.submit_image(BODY)
     [slept] = clock.sleeps
@@ -325,7 +338,7 @@ def test_retry_after_http_date_is_honoured(make_client: MakeClient) -> None:
 
 def test_retry_after_beyond_the_cap_is_not_waited_for(make_client: MakeClient) -> None:
     client, adapter, clock = make_client(
-        Canned(429, {}, {"Retry-After": "3600"}), ACCEPTED, max_retry_after=20
+        Canned(429, {}, {"Retry-After": "3600"}), ACCEPTED, retry=RetryPolicy(max_retry_after=20)
     )
     with pytest.raises(RateLimited) as caught:
         client.submit_image(BODY)
@@ -335,7 +348,9 @@ def test_retry_after_beyond_the_cap_is_not_waited_for(make_client: MakeClient) -
 
 def test_total_budget_stops_retries(make_client: MakeClient) -> None:
     steps = [Canned(429, {}, {"Retry-After": "10"}) for _ in range(5)]
-    client, adapter, clock = make_client(*steps, max_attempts=5, max_total_seconds=25, max_retry_after=60)
+    client, adapter, clock = make_client(
+        *steps, retry=RetryPolicy(max_attempts=5, max_total_seconds=25, max_retry_after=60)
+    )
     with pytest.raises(RateLimited):
         client.get_task("tsk_1")
     assert clock.sleeps == [10.0, 10.0]  # a third wait would end past the 25 s budget
@@ -447,7 +462,7 @@ def test_key_is_not_in_repr_errors_tracebacks_or_logs(
 
 
 def test_default_session_is_pooled_without_urllib3_retries() -> None:
-    client = ProviderClient("https://provider.example/", "sk", pool_size=7)
+    client = ProviderClient("https://provider.example/", "sk", limits=Limits(pool_size=7))
     adapter = client.session.get_adapter("https://provider.example/api")
     assert isinstance(adapter, HTTPAdapter)
     assert adapter._pool_maxsize == 7  # type: ignore[attr-defined]
