@@ -12,6 +12,18 @@
   receive toward maxReceiveCount. The fix iterates over a snapshot (`tuple(set)` copies in C,
   under the GIL, without running Python code).
 
+- moto 5.2.5's SQS loses messages under concurrency. `Queue.delete_message` rebuilds the queue's
+  message list (every message but the deleted one) and assigns it, without the lock `add_message`
+  appends under. Two deletes running at once both copy the same list; a message sent after the
+  first assignment goes into the first copy, and the second assignment drops it: the message is
+  gone, never delivered, not in the DLQ (and the first delete's message comes back). The
+  10,000-job soak lost 9 jobs this way: the last 7 messages of one SendMessageBatch and 2 in the
+  middle of another, sent while the intake's pollers were deleting. ReceiveMessage's move to the
+  DLQ removes from the same list unlocked, and an in-flight set that two threads update checks
+  then removes. SQS never drops a message it accepted, and "no job is lost" rests on that. The
+  fix runs `Queue.delete_message` and the backend's receive, change-visibility and purge under
+  the queue's own lock.
+
 - moto 5.2.5's DynamoDB takes no lock: `UpdateItem` checks its ConditionExpression, then spends
   milliseconds validating and applying the update expression to the stored item in place, so two
   concurrent conditional updates of one item can both pass the check and both succeed (measured:
@@ -64,6 +76,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 SFN_SERVICE_MODULE = (
@@ -109,6 +122,7 @@ def check() -> None:
     """Raise MotoFixError if a fix can no longer be applied to the installed moto."""
     _service_class()
     _sqs_queue_class()
+    _sqs_backend_class()
     _dynamodb_handler_class()
     _sfn_parser_backend_class()
     _event_bus_class()
@@ -152,11 +166,14 @@ def _sqs_queue_class() -> Any:
     from moto.sqs import models
 
     queue = getattr(models, "Queue", None)
-    if not isinstance(getattr(queue, "pending_message_groups", None), property) or not hasattr(
-        queue, "pending_messages"
+    if (
+        not isinstance(getattr(queue, "pending_message_groups", None), property)
+        or not hasattr(queue, "pending_messages")
+        or not callable(getattr(queue, "delete_message", None))
     ):
         raise MotoFixError(
-            "moto moved moto.sqs.models.Queue.pending_message_groups (the SQS race fix needs it)"
+            "moto moved moto.sqs.models.Queue.pending_message_groups or delete_message (the SQS race "
+            "fixes need them)"
         )
     return queue
 
@@ -183,8 +200,11 @@ def _sqs_pending_message_groups() -> Callable[[], None]:
     return restore
 
 
-def _serialise(owner: Any, names: tuple[str, ...], lock: threading.RLock) -> Callable[[], None]:
-    """Run each named method of ``owner`` under ``lock``; the returned callable undoes it."""
+def _serialise(
+    owner: Any, names: tuple[str, ...], lock: threading.RLock | Callable[..., AbstractContextManager[Any]]
+) -> Callable[[], None]:
+    """Run each named method of ``owner`` under ``lock``, or under the lock ``lock(*args, **kwargs)``
+    picks for each call (a queue's own); the returned callable undoes it."""
     with _LOCK:
         if getattr(owner.__dict__.get(names[0]), _MARKER, False):
             return lambda: None  # already serialised by an earlier install(), whose undo removes it
@@ -193,7 +213,7 @@ def _serialise(owner: Any, names: tuple[str, ...], lock: threading.RLock) -> Cal
         def serialised(operation: Callable[..., Any]) -> Callable[..., Any]:
             @functools.wraps(operation)
             def locked(*args: Any, **kwargs: Any) -> Any:
-                with lock:
+                with lock(*args, **kwargs) if callable(lock) else lock:
                     return operation(*args, **kwargs)
 
             setattr(locked, _MARKER, True)
@@ -208,6 +228,49 @@ def _serialise(owner: Any, names: tuple[str, ...], lock: threading.RLock) -> Cal
             for name, wrapper in patched.items():
                 if owner.__dict__.get(name) is wrapper:
                     setattr(owner, name, originals[name])
+
+    return restore
+
+
+# SQSBackend calls that change which messages a queue holds (receive moves some to the DLQ), or its
+# in-flight set; each runs under the queue's own lock, the one moto's `Queue.add_message` appends under.
+SQS_QUEUE_OPERATIONS = ("receive_message", "change_message_visibility", "purge_queue")
+
+
+def _sqs_backend_class() -> Any:
+    from moto.sqs import models
+
+    backend = getattr(models, "SQSBackend", None)
+    missing = [name for name in SQS_QUEUE_OPERATIONS if not callable(getattr(backend, name, None))]
+    if backend is None or missing or not callable(getattr(backend, "get_queue", None)):
+        raise MotoFixError(
+            f"moto moved moto.sqs.models.SQSBackend operations {missing or ['get_queue']} "
+            "(the SQS lost-message fix needs them)"
+        )
+    return backend
+
+
+def _queue_lock(backend: Any, *args: Any, **kwargs: Any) -> Any:
+    """The lock of the queue an SQSBackend call names (moto passes queue_name by position or name)."""
+    queue_name = kwargs["queue_name"] if "queue_name" in kwargs else args[0]
+    return backend.get_queue(queue_name)._messages_lock
+
+
+def _message_lock(queue: Any, *_: Any, **__: Any) -> Any:
+    return queue._messages_lock
+
+
+def _sqs_message_list_under_lock() -> Callable[[], None]:
+    # The lock is a Condition over an RLock: a long-polling receive that waits inside
+    # (`Queue.wait_for_messages`) releases it fully, so senders are not held up by a waiting receive.
+    undo = [
+        _serialise(_sqs_queue_class(), ("delete_message",), _message_lock),
+        _serialise(_sqs_backend_class(), SQS_QUEUE_OPERATIONS, _queue_lock),
+    ]
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
 
     return restore
 
@@ -241,6 +304,7 @@ def install() -> Callable[[], None]:
         _sfn_parameter_names(),
         _sfn_sdk_client_errors(),
         _sqs_pending_message_groups(),
+        _sqs_message_list_under_lock(),
         _dynamodb_atomic_item_operations(),
         _sfn_unique_execution_names(),
         _event_bus_ref(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -158,3 +160,88 @@ def test_an_event_bus_ref_is_its_name_with_the_fix_and_was_not_without() -> None
     finally:
         undo()
     assert bus_ref_output() != "imagejobs-events"
+
+
+def _delete_while_another_delete_and_a_send_run(backend: Any, queue: str) -> list[str]:
+    """Delete "m0" and pause it mid-rebuild of the message list; meanwhile delete "m1" and send "m3"
+    (another server thread each); the bodies the queue holds afterwards."""
+    from moto.sqs.models import Message
+
+    for body in ("m0", "m1", "m2"):
+        backend.send_message(queue, body)
+    handles = {m.body: m.receipt_handle for m in backend.receive_message(queue, 2, 0, 30)}
+    assert set(handles) == {"m0", "m1"}
+
+    first_delete = threading.Event()
+    paused, resume, others_done = threading.Event(), threading.Event(), threading.Event()
+    own_check = Message.had_receipt_handle
+
+    def had_receipt_handle(message: Any, receipt_handle: str) -> bool:
+        if first_delete.is_set() and threading.current_thread().name == "delete-m0" and message.body == "m2":
+            paused.set()  # mid-rebuild: m0 left out, m1 copied, m2 next
+            resume.wait(5)
+        return bool(own_check(message, receipt_handle))
+
+    def delete_m0() -> None:
+        first_delete.set()
+        backend.delete_message(queue, handles["m0"])
+
+    def delete_m1_and_send_m3() -> None:
+        backend.delete_message(queue, handles["m1"])
+        backend.send_message(queue, "m3")
+        others_done.set()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Message, "had_receipt_handle", had_receipt_handle)
+        first = threading.Thread(target=delete_m0, name="delete-m0")
+        first.start()
+        assert paused.wait(5)
+        others = threading.Thread(target=delete_m1_and_send_m3)
+        others.start()
+        others_done.wait(1)  # at once on moto as released; with the fix, after the first delete
+        resume.set()
+        first.join(5)
+        others.join(5)
+    return sorted(m.body for m in backend.get_queue(queue)._messages)
+
+
+def test_moto_as_released_loses_a_message_sent_while_two_deletes_run_and_the_fix_keeps_it() -> None:
+    from moto.sqs.models import Queue, SQSBackend
+
+    released = SQSBackend("us-east-1", "123456789012")
+    released.create_queue("released")
+    # m3 is gone for good (never delivered, not in a DLQ), and the deleted m1 is back.
+    assert _delete_while_another_delete_and_a_send_run(released, "released") == ["m1", "m2"]
+
+    original = Queue.__dict__["delete_message"], SQSBackend.__dict__["receive_message"]
+    undo = moto_fixes.install()
+    try:
+        fixed = SQSBackend("us-east-1", "123456789012")
+        fixed.create_queue("fixed")
+        assert _delete_while_another_delete_and_a_send_run(fixed, "fixed") == ["m2", "m3"]
+    finally:
+        undo()
+    assert (Queue.__dict__["delete_message"], SQSBackend.__dict__["receive_message"]) == original
+
+
+def test_a_long_polling_receive_under_the_queue_lock_still_lets_a_send_in() -> None:
+    from moto.sqs.models import SQSBackend
+
+    undo = moto_fixes.install()
+    try:
+        backend = SQSBackend("us-east-1", "123456789012")
+        backend.create_queue("waiting")
+        received: list[str] = []
+        receiver = threading.Thread(
+            target=lambda: received.extend(m.body for m in backend.receive_message("waiting", 1, 5, 30))
+        )
+        receiver.start()
+        time.sleep(0.2)  # the receive is waiting (its queue's lock released inside the wait)
+        sender = threading.Thread(target=backend.send_message, args=("waiting", "late"))
+        sender.start()
+        sender.join(2)
+        receiver.join(6)
+        assert not sender.is_alive()
+        assert received == ["late"]
+    finally:
+        undo()
