@@ -166,6 +166,11 @@ def run_soak(
         settled = _wait_settled(h, job_ids, timeout=300 + size * 0.5)
         timings["settledSeconds"] = round(time.perf_counter() - sent_at, 1)
         h.stack.aws_faults.set_rules(())  # the figures are read without faults
+        # Where unsettled jobs would be: a message still queued is slow, not lost.
+        timings["queueDepthsAtSettle"] = {
+            name: h.queue_depth(name)
+            for name in ("JobsQueueUrl", "JobsDeadLetterQueueUrl", "UploadsQueueUrl")
+        }
         h.sim.set_faults(**UNSET_PROVIDER_FAULTS)
         aws_injected = h.stack.aws_faults.injected()
         provider_injected = h.sim.stats().get("faultsInjected")

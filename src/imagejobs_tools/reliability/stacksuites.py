@@ -317,7 +317,10 @@ def analyse(report: SuiteReport, job_ids: list[str], ledger: Ledger) -> None:
     if non_terminal:
         report.extra["not terminal"] = dict(non_terminal)
     report.dlq = len(ledger.dlq)
-    report.lost = sum(1 for j, s in statuses.items() if s not in TERMINAL and j not in dlq_ids)
+    lost = sorted(j for j, s in statuses.items() if s not in TERMINAL and j not in dlq_ids)
+    report.lost = len(lost)
+    if lost:
+        report.extra["lost jobs (first 50)"] = lost[:50]
     tasks = [t for job in job_ids for t in ledger.tasks_by_job.get(job, [])]
     strays = sum(len(v) for k, v in ledger.tasks_by_job.items() if k not in set(job_ids))
     report.provider_tasks = len(tasks) + strays
