@@ -20,7 +20,7 @@ runtime = BatchResultsRuntime(BatchResultsSettings.from_env())
 
 
 @tracer.capture_method
-def record_handler(record: SQSRecord, context: LambdaContext) -> str:
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> str:
     batch_id = str(json.loads(record.body)["batchId"])
     logger.append_keys(batch_id=batch_id)
     try:
@@ -29,7 +29,7 @@ def record_handler(record: SQSRecord, context: LambdaContext) -> str:
             batches=runtime.batches,
             records=runtime.records,
             s3=runtime.s3,
-            lease_seconds=lease_seconds(context),
+            lease_seconds=lease_seconds(lambda_context),
         )
     except BatchNotOpen as taken:
         # Written, or being written under a live lease: a duplicate message has nothing to do.
@@ -48,11 +48,9 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # Powertools passes the Lambda context to a record handler with a `lambda_context` parameter.
     return dict(
         process_partial_response(
-            event=event,
-            record_handler=lambda record: record_handler(record, context),
-            processor=processor,
-            context=context,
+            event=event, record_handler=record_handler, processor=processor, context=context
         )
     )

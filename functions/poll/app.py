@@ -5,6 +5,7 @@ from __future__ import annotations
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagejobs.config import PollSettings
 from imagejobs.execution_state import ExecutionState
+from imagejobs.invocation import time_left_clock
 from imagejobs.observability import logger, metrics, tracer
 from imagejobs.runtime import PollRuntime
 from imagejobs.workflow import PollBudget, poll_step
@@ -19,6 +20,6 @@ runtime = PollRuntime(PollSettings.from_env())
 def lambda_handler(event: ExecutionState, context: LambdaContext) -> ExecutionState:
     budget = PollBudget(
         polls=runtime.settings.polls_per_invocation,
-        remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
+        remaining_seconds=time_left_clock(context),
     )
     return poll_step(event, runtime.provider, budget=budget)

@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagejobs.config import S3IntakeSettings
-from imagejobs.invocation import remaining_seconds
+from imagejobs.invocation import time_left_clock
 from imagejobs.observability import logger, metrics, tracer
 from imagejobs.runtime import S3IntakeRuntime
 from imagejobs.sqs_retry import receive_count, redeliver_after, send_again
@@ -19,11 +19,8 @@ runtime = S3IntakeRuntime(S3IntakeSettings.from_env())
 
 
 @tracer.capture_method
-def record_handler(record: SQSRecord, context: LambdaContext) -> str:
-    def time_left() -> float:
-        remaining = remaining_seconds(context)
-        return float("inf") if remaining is None else remaining
-
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> str:
+    time_left = time_left_clock(lambda_context)
     uploads_queue_url = runtime.settings.uploads_queue_url
     try:
         uploads = UploadContext(runtime.s3, runtime.sqs, runtime.store, runtime.settings)
@@ -55,11 +52,9 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # Powertools passes the Lambda context to a record handler with a `lambda_context` parameter.
     return dict(
         process_partial_response(
-            event=event,
-            record_handler=lambda record: record_handler(record, context),
-            processor=processor,
-            context=context,
+            event=event, record_handler=record_handler, processor=processor, context=context
         )
     )

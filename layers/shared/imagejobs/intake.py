@@ -53,6 +53,8 @@ Action = Literal["ack", "retry", "requeue"]
 # A duplicate delivery that finds the job claimed by another worker looks again this soon: the claim
 # normally ends in well under a second, and the queue's own visibility timeout is many minutes.
 CLAIM_CONTENTION_RETRY_SECONDS = 10.0
+# The budget reservation a claim holds, as its record stores it (None: nothing to settle).
+HeldReservation = Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,20 @@ def _reject_batch_clash(
     return IntakeOutcome("ack", "rejected: job id already in use", line.default_job_id, JobStatus.REJECTED)
 
 
+@dataclass(frozen=True)
+class _Intake:
+    """What every intake step needs: the adapters, the settings and the clock."""
+
+    store: JobStore
+    provider: TaskSubmitter
+    sfn: SFNClient
+    s3: S3Client
+    settings: IntakeSettings
+    lease_seconds: float
+    first_poll: FirstPollPolicy | None
+    now: Callable[[], float]
+
+
 def handle_job_message(
     body: str | bytes | Mapping[str, Any],
     message_id: str,
@@ -251,129 +267,183 @@ def handle_job_message(
     now: Callable[[], float] = time.time,
     parse: Callable[..., jobs.JobRequest] = jobs.parse_job,
 ) -> IntakeOutcome:
-    # 1. Parse and validate.
+    """Parse, record RECEIVED, claim, submit once, start the loop: each step either hands the job on
+    or ends with the outcome that explains where it stopped."""
+    intake = _Intake(store, provider, sfn, s3, settings, lease_seconds, first_poll, now)
     try:
         request = parse(body, message_id, settings=settings)
     except jobs.JobValidationError as invalid:
-        partial = partial_request(body)
-        job_id = invalid.job_id or _rejected_job_id(partial, message_id)
-        line = claimed_batch_line(body)
+        return _reject_invalid(intake, invalid, body, message_id)
+    bind_job(request.job_id, model=request.model, kind=request.kind)
+    received = _record_received(intake, request)
+    if isinstance(received, IntakeOutcome):
+        return received
+    claimed = _claim(intake, received, body)
+    if isinstance(claimed, IntakeOutcome):
+        return claimed
+    sent = _submit(intake, received, claimed.held)
+    if isinstance(sent, IntakeOutcome):
+        return sent
+    return _start_loop(intake, received, sent, claimed.held)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """The submit claim is ours, with the credits it holds in the budget."""
+
+    held: HeldReservation
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """The provider accepted the job: its task, and when the submission began (for submitMs)."""
+
+    submission: Submission
+    started_at: float
+
+
+def _reject_invalid(
+    intake: _Intake, invalid: jobs.JobValidationError, body: str | bytes | Mapping[str, Any], message_id: str
+) -> IntakeOutcome:
+    """Record REJECTED with the field errors (under the line's own id if the job id is another job's,
+    so its batch completes); an existing record is left as it is."""
+    store, now = intake.store, intake.now
+    partial = partial_request(body)
+    job_id = invalid.job_id or _rejected_job_id(partial, message_id)
+    line = claimed_batch_line(body)
+    bind_job(job_id)
+    result = store.put_rejected(
+        job_id, invalid.field_errors, request=partial, message=str(invalid), batch=line, now=now()
+    )
+    if not result.applied and line is not None and BatchLine.of(result.record or {}) != line:
+        job_id = line.default_job_id
         bind_job(job_id)
         result = store.put_rejected(
             job_id, invalid.field_errors, request=partial, message=str(invalid), batch=line, now=now()
         )
-        if not result.applied and line is not None and BatchLine.of(result.record or {}) != line:
-            # The id is another job's: the line is recorded under its own id, so its batch completes.
-            job_id = line.default_job_id
-            bind_job(job_id)
-            result = store.put_rejected(
-                job_id, invalid.field_errors, request=partial, message=str(invalid), batch=line, now=now()
-            )
-        if result.applied:
-            count(JOBS_REJECTED)
-            logger.warning("job rejected", extra={"field_errors": invalid.field_errors})
-            return IntakeOutcome("ack", "rejected: invalid message", job_id, JobStatus.REJECTED)
-        logger.warning(
-            "invalid message for an existing job id; record left unchanged",
-            extra={"field_errors": invalid.field_errors, "existing_status": result.status},
-        )
-        return IntakeOutcome("ack", "invalid duplicate of an existing job", job_id, result.status)
+    if result.applied:
+        count(JOBS_REJECTED)
+        logger.warning("job rejected", extra={"field_errors": invalid.field_errors})
+        return IntakeOutcome("ack", "rejected: invalid message", job_id, JobStatus.REJECTED)
+    logger.warning(
+        "invalid message for an existing job id; record left unchanged",
+        extra={"field_errors": invalid.field_errors, "existing_status": result.status},
+    )
+    return IntakeOutcome("ack", "invalid duplicate of an existing job", job_id, result.status)
 
-    job_id = request.job_id
-    bind_job(job_id, model=request.model, kind=request.kind)
 
-    # 2. Record RECEIVED, or decide from the existing record.
+def _record_received(intake: _Intake, request: jobs.JobRequest) -> jobs.JobRequest | IntakeOutcome:
+    """Record RECEIVED; for a job already recorded, decide from its record: the request to go on
+    with (the recorded one: the first message for a job id defines the job) or where it ends."""
     hint = catalog.model_hint(request.model)
     if hint:
         logger.warning("unknown model passed to the provider", extra={"hint": hint})
-    created = store.create_received(job_id, request.to_record(), now=now(), model_hint=hint)
-    if not created.applied:
-        record = created.record or {}
-        status = created.status
-        clash = _batch_line_clash(request, record)
-        if clash is not None:
-            return _reject_batch_clash(store, request, clash, record, now())
-        if status in records.TERMINAL:
-            logger.info("duplicate of a finished job; acknowledged", extra={"status": status})
-            return IntakeOutcome("ack", f"duplicate: job already {status}", job_id, status)
-        if status == JobStatus.SUBMITTED:
-            return _restart(record, sfn=sfn, settings=settings)
-        if status == JobStatus.SUBMITTING:
-            lease = float(record.get("leaseExpiresAt") or 0)
-            if lease > now():
-                logger.info("another worker is submitting this job; retry later", extra={"lease": lease})
-                return IntakeOutcome(
-                    "retry",
-                    "another worker holds the submit claim",
-                    job_id,
-                    status,
-                    retry_after_seconds=CLAIM_CONTENTION_RETRY_SECONDS,
-                )
-            reason = "an earlier submit attempt did not finish within its lease; it may have been charged"
-            marked = store.mark_submit_unknown(
-                job_id, reason, held=credit_budget.held_reservation(record), now=now()
-            )
-            if marked.applied:
-                count(SUBMIT_UNKNOWN)
-            elif marked.status not in records.TERMINAL:
-                # The earlier attempt ended meanwhile (e.g. released its claim): acking now would lose
-                # the job, so let SQS redeliver and decide again from the fresh record.
-                logger.info("stale claim ended meanwhile; retry later", extra={"status": marked.status})
-                reason = f"record became {marked.status} meanwhile"
-                return IntakeOutcome("retry", reason, job_id, marked.status)
-            logger.error("stale submit claim; job marked SUBMIT_UNKNOWN", extra={"applied": marked.applied})
-            return IntakeOutcome("ack", "stale claim: SUBMIT_UNKNOWN", job_id, marked.status)
-        logger.info("job already RECEIVED (earlier attempt released its claim); continuing")
-        stored = record.get("request")
-        if isinstance(stored, Mapping) and stored != request.to_record():
-            # The first message for a job id defines the job; a later, different body is ignored.
-            logger.warning("redelivered job differs from the recorded request; using the recorded one")
-            request = jobs.JobRequest.from_record(stored)
+    created = intake.store.create_received(
+        request.job_id, request.to_record(), now=intake.now(), model_hint=hint
+    )
+    if created.applied:
+        return request
+    record = created.record or {}
+    status = created.status
+    clash = _batch_line_clash(request, record)
+    if clash is not None:
+        return _reject_batch_clash(intake.store, request, clash, record, intake.now())
+    if status in records.TERMINAL:
+        logger.info("duplicate of a finished job; acknowledged", extra={"status": status})
+        return IntakeOutcome("ack", f"duplicate: job already {status}", request.job_id, status)
+    if status == JobStatus.SUBMITTED:
+        return _restart(record, sfn=intake.sfn, settings=intake.settings)
+    if status == JobStatus.SUBMITTING:
+        return _held_elsewhere(intake, request.job_id, record)
+    logger.info("job already RECEIVED (earlier attempt released its claim); continuing")
+    stored = record.get("request")
+    if isinstance(stored, Mapping) and stored != request.to_record():
+        logger.warning("redelivered job differs from the recorded request; using the recorded one")
+        return jobs.JobRequest.from_record(stored)
+    return request
 
-    # 3. Claim (and reserve the job's credits in the day's and its batch's budget, in the same
-    # transaction).
+
+def _held_elsewhere(intake: _Intake, job_id: str, record: Mapping[str, Any]) -> IntakeOutcome:
+    """A SUBMITTING record: another worker's live claim (look again soon), or a claim whose lease ran
+    out mid-submit, which may have been charged: SUBMIT_UNKNOWN, never submitted again."""
+    lease = float(record.get("leaseExpiresAt") or 0)
+    if lease > intake.now():
+        logger.info("another worker is submitting this job; retry later", extra={"lease": lease})
+        return IntakeOutcome(
+            "retry",
+            "another worker holds the submit claim",
+            job_id,
+            JobStatus.SUBMITTING,
+            retry_after_seconds=CLAIM_CONTENTION_RETRY_SECONDS,
+        )
+    reason = "an earlier submit attempt did not finish within its lease; it may have been charged"
+    marked = intake.store.mark_submit_unknown(
+        job_id, reason, held=credit_budget.held_reservation(record), now=intake.now()
+    )
+    if marked.applied:
+        count(SUBMIT_UNKNOWN)
+    elif marked.status not in records.TERMINAL:
+        # The earlier attempt ended meanwhile (e.g. released its claim): acking now would lose
+        # the job, so let SQS redeliver and decide again from the fresh record.
+        logger.info("stale claim ended meanwhile; retry later", extra={"status": marked.status})
+        return IntakeOutcome("retry", f"record became {marked.status} meanwhile", job_id, marked.status)
+    logger.error("stale submit claim; job marked SUBMIT_UNKNOWN", extra={"applied": marked.applied})
+    return IntakeOutcome("ack", "stale claim: SUBMIT_UNKNOWN", job_id, marked.status)
+
+
+def _claim(
+    intake: _Intake, request: jobs.JobRequest, body: str | bytes | Mapping[str, Any]
+) -> _Claimed | IntakeOutcome:
+    """Take the submit claim, reserving the job's credits in the day's and its batch's budget in the
+    same transaction; over budget, the job waits; a claim another worker won decides its own fate."""
+    settings, job_id = intake.settings, request.job_id
     reservation = credit_budget.reservation_for(
         request.model,
-        now(),
+        intake.now(),
         limit=settings.credit_budget_per_day,
         batch=request.batch_id,
         batch_limit=settings.credit_budget_per_batch,
     )
-    claim = store.claim_for_submit(job_id, lease_seconds, reservation=reservation, now=now())
+    claim = intake.store.claim_for_submit(
+        job_id, intake.lease_seconds, reservation=reservation, now=intake.now()
+    )
     if claim.over_budget and reservation is not None:
-        return wait_for_budget(store, body, job_id, reservation, claim.over_budget, settings, now=now)
-    if not claim.applied:
-        logger.info("lost the submit claim race", extra={"status": claim.status})
-        if claim.status in records.TERMINAL:
-            return IntakeOutcome("ack", f"job already {claim.status}", job_id, claim.status)
-        if claim.status == JobStatus.SUBMITTED and claim.record:
-            return _restart(claim.record, sfn=sfn, settings=settings)
-        return IntakeOutcome(
-            "retry",
-            f"claim not acquired ({claim.reason})",
-            job_id,
-            claim.status,
-            retry_after_seconds=CLAIM_CONTENTION_RETRY_SECONDS,
+        return wait_for_budget(
+            intake.store, body, job_id, reservation, claim.over_budget, settings, now=intake.now
         )
-    held = credit_budget.held_reservation(claim.record)
+    if claim.applied:
+        return _Claimed(credit_budget.held_reservation(claim.record))
+    logger.info("lost the submit claim race", extra={"status": claim.status})
+    if claim.status in records.TERMINAL:
+        return IntakeOutcome("ack", f"job already {claim.status}", job_id, claim.status)
+    if claim.status == JobStatus.SUBMITTED and claim.record:
+        return _restart(claim.record, sfn=intake.sfn, settings=settings)
+    return IntakeOutcome(
+        "retry",
+        f"claim not acquired ({claim.reason})",
+        job_id,
+        claim.status,
+        retry_after_seconds=CLAIM_CONTENTION_RETRY_SECONDS,
+    )
 
-    # 4. Submit (exactly once per claim).
+
+def _submit(intake: _Intake, request: jobs.JobRequest, held: HeldReservation) -> _Sent | IntakeOutcome:
+    """Submit exactly once per claim. Nothing sent (presigning failed, a classified error before
+    charging): release the claim for a retry. Possibly sent: SUBMIT_UNKNOWN, never resubmitted."""
+    store, now, job_id = intake.store, intake.now, request.job_id
     try:
-        presign = jobs.s3_presigner(s3, settings.presign_ttl_seconds)
+        presign = jobs.s3_presigner(intake.s3, intake.settings.presign_ttl_seconds)
         provider_body = request.to_provider_body(jobs.resolve_input_urls(request, presign))
     except Exception as exc:  # nothing was sent: release and let SQS retry
         error = {"code": "PRESIGN_FAILED", "message": redact(str(exc))}
         store.release_claim(job_id, error, held=held, now=now())
         logger.exception("could not presign input images; claim released")
         return IntakeOutcome("retry", "presigning inputs failed", job_id, JobStatus.RECEIVED)
-
-    started = now()
+    started_at = now()
     try:
-        submission: Submission = (
-            provider.submit_video(provider_body)
-            if request.kind == "video"
-            else provider.submit_image(provider_body)
-        )
+        if request.kind == "video":
+            return _Sent(intake.provider.submit_video(provider_body), started_at)
+        return _Sent(intake.provider.submit_image(provider_body), started_at)
     except ProviderRejected as rejected:
         # Provider messages may echo the presigned input URLs: keep them without signatures.
         field_errors = {name: [redact(m) for m in msgs] for name, msgs in rejected.field_errors.items()}
@@ -389,22 +459,7 @@ def handle_job_message(
         logger.error("submission outcome unknown; never resubmitted", extra={"error": redact(str(unknown))})
         return IntakeOutcome("ack", "submission outcome unknown", job_id, result.status)
     except ProviderError as failure:
-        # A missing API key surfaces as "unreachable" from the client; keep the actionable message.
-        cause = failure.__cause__
-        missing_key = isinstance(cause, SecretNotConfigured)
-        detail = str(cause) if missing_key else str(failure)
-        code = "SecretNotConfigured" if missing_key else type(failure).__name__
-        error = {"code": code, "message": redact(detail)}
-        store.release_claim(job_id, error, held=held, now=now())
-        logger.warning("submit failed before charging; claim released for retry", extra={"error": error})
-        retry_after = failure.retry_after if isinstance(failure, RateLimited) else None
-        return IntakeOutcome(
-            "retry",
-            f"provider error: {type(failure).__name__}",
-            job_id,
-            JobStatus.RECEIVED,
-            retry_after_seconds=retry_after,
-        )
+        return _release_for_retry(intake, job_id, failure, held)
     except Exception as exc:
         # Not a classified provider error: the request may have gone out. Never resubmit.
         result = store.mark_submit_unknown(
@@ -414,16 +469,46 @@ def handle_job_message(
         logger.exception("unexpected error while submitting; job marked SUBMIT_UNKNOWN")
         return IntakeOutcome("ack", "unexpected submit error: SUBMIT_UNKNOWN", job_id, result.status)
 
+
+def _release_for_retry(
+    intake: _Intake, job_id: str, failure: ProviderError, held: HeldReservation
+) -> IntakeOutcome:
+    """A provider error before charging: release the claim; SQS redelivers (after Retry-After for a 429)."""
+    # A missing API key surfaces as "unreachable" from the client; keep the actionable message.
+    cause = failure.__cause__
+    missing_key = isinstance(cause, SecretNotConfigured)
+    detail = str(cause) if missing_key else str(failure)
+    code = "SecretNotConfigured" if missing_key else type(failure).__name__
+    error = {"code": code, "message": redact(detail)}
+    intake.store.release_claim(job_id, error, held=held, now=intake.now())
+    logger.warning("submit failed before charging; claim released for retry", extra={"error": error})
+    return IntakeOutcome(
+        "retry",
+        f"provider error: {type(failure).__name__}",
+        job_id,
+        JobStatus.RECEIVED,
+        retry_after_seconds=failure.retry_after if isinstance(failure, RateLimited) else None,
+    )
+
+
+def _start_loop(
+    intake: _Intake,
+    request: jobs.JobRequest,
+    sent: _Sent,
+    held: HeldReservation,
+) -> IntakeOutcome:
+    """Record SUBMITTED with the task id, then start the job's poll loop. A record that moved on
+    meanwhile keeps the task id for reconciliation."""
+    store, now, job_id, submission = intake.store, intake.now, request.job_id, sent.submission
     submitted_at = now()
-    submit_ms = round((submitted_at - started) * 1000)
-    arn = execution_arn(settings.state_machine_arn, job_id)
+    arn = execution_arn(intake.settings.state_machine_arn, job_id)
     bind_job(job_id, task_id=submission.task_id)
     marked = store.mark_submitted(
         job_id,
         submission.task_id,
         submission.credits_used,
         arn,
-        submit_ms=submit_ms,
+        submit_ms=round((submitted_at - sent.started_at) * 1000),
         held=held,
         now=submitted_at,
     )
@@ -440,12 +525,12 @@ def handle_job_message(
     logger.info(
         "job submitted", extra={"task_id": submission.task_id, "credits_used": submission.credits_used}
     )
-
+    first_poll = intake.first_poll
     first_poll_seconds = None if first_poll is None else first_poll.seconds(request.model, request.kind)
     payload = execution_input(
-        job_id, submission.task_id, request.kind, settings, submitted_at, first_poll_seconds
+        job_id, submission.task_id, request.kind, intake.settings, submitted_at, first_poll_seconds
     )
-    return _ensure_execution(sfn, settings, job_id, submission.task_id, payload, "submitted")
+    return _ensure_execution(intake.sfn, intake.settings, job_id, submission.task_id, payload, "submitted")
 
 
 def requeue_body(body: str | bytes | Mapping[str, Any], job_id: str) -> str:

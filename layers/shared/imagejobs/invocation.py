@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -19,3 +21,13 @@ def remaining_seconds(context: InvocationContext | None) -> float | None:
         return float(context.get_remaining_time_in_millis()) / 1000.0
     except (AttributeError, TypeError, ValueError):  # a stand-in context without a usable clock
         return None
+
+
+def time_left_clock(context: InvocationContext | None) -> Callable[[], float]:
+    """Seconds left in the invocation, read at each call; infinite when there is no context to say."""
+
+    def time_left() -> float:
+        remaining = remaining_seconds(context)
+        return math.inf if remaining is None else remaining
+
+    return time_left

@@ -132,6 +132,11 @@ class JobRequest:
             record["webhookUrl"] = self.webhook_url
         return record
 
+    def to_message(self) -> dict[str, Any]:
+        """The job message for this validated request (what the intake parses again): the record's
+        request less ``kind``, which the intake derives from the model."""
+        return {name: value for name, value in self.to_record().items() if name != "kind"}
+
     @classmethod
     def from_record(cls, request: Mapping[str, Any]) -> JobRequest:
         duration = request.get("duration")
@@ -222,6 +227,22 @@ def _check_s3_uri(uri: str, input_bucket: str | None) -> str | None:
     return None
 
 
+class _FieldErrors(dict[str, list[str]]):
+    """Every reason each field is bad, in the order found."""
+
+    def add(self, name: str, reason: str) -> None:
+        self.setdefault(name, []).append(reason)
+
+
+@dataclass(frozen=True)
+class _UrlPolicy:
+    """Where input images and webhooks may point: the job's own bucket, public HTTPS hosts."""
+
+    input_bucket: str | None
+    allow_hosts: tuple[str, ...]
+    resolver: urls.Resolver
+
+
 def parse_job(
     payload: str | bytes | Mapping[str, Any],
     default_job_id: str,
@@ -237,22 +258,63 @@ def parse_job(
     if settings is not None:
         input_bucket = input_bucket or settings.output_bucket
         allow_hosts = settings.url_allow_hosts if allow_hosts is None else allow_hosts
-    allow = tuple(allow_hosts or ())
+    policy = _UrlPolicy(input_bucket, tuple(allow_hosts or ()), resolver)
     document = _decode(payload, limits)
-    errors: dict[str, list[str]] = {}
-
-    def fail(name: str, reason: str) -> None:
-        errors.setdefault(name, []).append(reason)
-
+    errors = _FieldErrors()
     for name in document:
         if name not in FIELDS:
-            fail(str(name), f"unknown field (allowed: {', '.join(FIELDS)})")
+            errors.add(str(name), f"unknown field (allowed: {', '.join(FIELDS)})")
+    job_id = _job_id(document, default_job_id, errors)
+    links = _links(document, errors)
+    batch_line = _batch_line(document, errors)
+    prompt = _prompt(document, limits, errors)
+    model = _model(document, errors)
+    spec = catalog.get_model(model)
+    aspect_ratio = document.get("aspectRatio")
+    if aspect_ratio is not None and (not isinstance(aspect_ratio, str) or not aspect_ratio.strip()):
+        errors.add("aspectRatio", "must be a non-empty string such as 1:1")
+    input_mode, duration = _video_fields(document, errors)
+    # Unknown models: a video request is recognisable by its video-only fields.
+    kind: catalog.Kind = (
+        spec.kind if spec else "video" if {"inputMode", "duration"} & set(document) else "image"
+    )
+    request = JobRequest(
+        job_id=str(job_id),
+        kind=kind,
+        model=model,
+        prompt=str(prompt),
+        aspect_ratio=aspect_ratio,
+        input_image_urls=_input_images(document, spec, limits, policy, errors),
+        input_mode=input_mode,
+        duration=duration,
+        provider_input=_provider_input(document, limits, errors),
+        output_prefix=_output_prefix(document, limits, errors),
+        metadata=_metadata(document, limits, errors),
+        **links,
+        batch_line=batch_line,
+        webhook_url=_webhook_url(document, policy, errors),
+    )
+    if not errors:
+        # What the catalogue knows of the model: checked on the body the provider would get.
+        catalogue_errors = catalog.validate_generation_request(request.to_provider_body(), kind)
+        for name, reasons in catalogue_errors.items():
+            for reason in reasons:
+                errors.add(name, reason)
+    if not errors:
+        return request
+    raise JobValidationError(errors, job_id if isinstance(job_id, str) and JOB_ID_RE.match(job_id) else None)
 
+
+def _job_id(document: Mapping[str, Any], default_job_id: str, errors: _FieldErrors) -> Any:
     job_id = document.get("jobId", default_job_id)
     problem = job_id_problem(job_id)
     if problem is not None:
-        fail("jobId", problem if "jobId" in document else f"(defaulted to the message id) {problem}")
+        errors.add("jobId", problem if "jobId" in document else f"(defaulted to the message id) {problem}")
+    return job_id
 
+
+def _links(document: Mapping[str, Any], errors: _FieldErrors) -> dict[str, str]:
+    """batchId and retryOf: job ids of the batch, or of the job this one retries."""
     links: dict[str, str] = {}
     for name, attribute in LINK_FIELDS.items():
         value = document.get(name)
@@ -262,160 +324,168 @@ def parse_job(
         if problem is None:
             links[attribute] = str(value)
         else:
-            fail(name, problem)
-    batch_line = document.get("batchLine")
-    if batch_line is not None:
-        if isinstance(batch_line, bool) or not isinstance(batch_line, int):
-            fail("batchLine", "must be a whole number (the job's line in its batch, from 1)")
-            batch_line = None
-        elif not 1 <= batch_line <= MAX_BATCH_LINE:
-            fail("batchLine", f"must be between 1 and {MAX_BATCH_LINE}")
-            batch_line = None
-        elif "batchId" not in document:
-            fail("batchLine", "needs batchId (the batch the line belongs to)")
+            errors.add(name, problem)
+    return links
 
+
+def _batch_line(document: Mapping[str, Any], errors: _FieldErrors) -> int | None:
+    batch_line = document.get("batchLine")
+    if batch_line is None:
+        return None
+    if isinstance(batch_line, bool) or not isinstance(batch_line, int):
+        errors.add("batchLine", "must be a whole number (the job's line in its batch, from 1)")
+        return None
+    if not 1 <= batch_line <= MAX_BATCH_LINE:
+        errors.add("batchLine", f"must be between 1 and {MAX_BATCH_LINE}")
+        return None
+    if "batchId" not in document:
+        errors.add("batchLine", "needs batchId (the batch the line belongs to)")
+    return batch_line
+
+
+def _prompt(document: Mapping[str, Any], limits: JobLimits, errors: _FieldErrors) -> Any:
     prompt = document.get("prompt")
     if prompt is None:
-        fail("prompt", "is required")
+        errors.add("prompt", "is required")
     elif not isinstance(prompt, str):
-        fail("prompt", "must be a string")
+        errors.add("prompt", "must be a string")
     elif not prompt.strip():
-        fail("prompt", "must not be empty")
+        errors.add("prompt", "must not be empty")
     elif len(prompt) > limits.max_prompt_chars:
-        fail("prompt", f"is {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
+        errors.add("prompt", f"is {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
+    return prompt
 
+
+def _model(document: Mapping[str, Any], errors: _FieldErrors) -> str:
     model = document.get("model", DEFAULT_MODEL)
     if not isinstance(model, str) or not MODEL_RE.match(model):
-        fail("model", "must be a model name such as gpt-image-2")
-        model = DEFAULT_MODEL if not isinstance(model, str) else model
-    spec = catalog.get_model(model)
+        errors.add("model", "must be a model name such as gpt-image-2")
+        return model if isinstance(model, str) else DEFAULT_MODEL
+    return model
 
-    aspect_ratio = document.get("aspectRatio")
-    if aspect_ratio is not None and (not isinstance(aspect_ratio, str) or not aspect_ratio.strip()):
-        fail("aspectRatio", "must be a non-empty string such as 1:1")
 
+def _video_fields(document: Mapping[str, Any], errors: _FieldErrors) -> tuple[str | None, int | None]:
+    """inputMode and duration (whole seconds; 5.0 is 5)."""
     input_mode = document.get("inputMode")
     if input_mode is not None and not isinstance(input_mode, str):
-        fail("inputMode", "must be a string")
+        errors.add("inputMode", "must be a string")
     duration = document.get("duration")
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float)):
-        fail("duration", "must be a number of seconds")
+        errors.add("duration", "must be a number of seconds")
     elif isinstance(duration, float):
         if duration.is_integer():
             duration = int(duration)
         else:
-            fail("duration", "must be a whole number of seconds")
+            errors.add("duration", "must be a whole number of seconds")
     if isinstance(duration, int) and not isinstance(duration, bool) and duration <= 0:
-        fail("duration", "must be positive")
+        errors.add("duration", "must be positive")
+    return input_mode, duration if isinstance(duration, int) and not isinstance(duration, bool) else None
 
-    # Unknown models: a video request is recognisable by its video-only fields.
-    kind: catalog.Kind
-    if spec is not None:
-        kind = spec.kind
-    else:
-        kind = "video" if "inputMode" in document or "duration" in document else "image"
 
+def _input_images(
+    document: Mapping[str, Any],
+    spec: catalog.ModelSpec | None,
+    limits: JobLimits,
+    policy: _UrlPolicy,
+    errors: _FieldErrors,
+) -> tuple[str, ...]:
+    """The input image URLs that passed: s3:// in the job's bucket, or public HTTPS."""
     image_urls = document.get("inputImageUrls")
-    checked_urls: list[str] = []
-    if image_urls is not None:
-        if not isinstance(image_urls, list):
-            fail("inputImageUrls", "must be an array of URL strings")
+    if image_urls is None:
+        return ()
+    if not isinstance(image_urls, list):
+        errors.add("inputImageUrls", "must be an array of URL strings")
+        return ()
+    if spec is None and len(image_urls) > limits.max_input_images:
+        errors.add("inputImageUrls", f"has {len(image_urls)} entries; the limit is {limits.max_input_images}")
+    checked: list[str] = []
+    for index, url in enumerate(image_urls):
+        if not isinstance(url, str):
+            errors.add("inputImageUrls", f"item {index} must be a string")
+            continue
+        if len(url) > limits.max_url_chars:
+            errors.add("inputImageUrls", f"item {index} is longer than {limits.max_url_chars} characters")
+            continue
+        if url.lower().startswith("s3://"):
+            reason = _check_s3_uri(url, policy.input_bucket)
         else:
-            if spec is None and len(image_urls) > limits.max_input_images:
-                fail(
-                    "inputImageUrls", f"has {len(image_urls)} entries; the limit is {limits.max_input_images}"
-                )
-            for index, url in enumerate(image_urls):
-                if not isinstance(url, str):
-                    fail("inputImageUrls", f"item {index} must be a string")
-                    continue
-                if len(url) > limits.max_url_chars:
-                    fail("inputImageUrls", f"item {index} is longer than {limits.max_url_chars} characters")
-                    continue
-                if url.lower().startswith("s3://"):
-                    reason = _check_s3_uri(url, input_bucket)
-                else:
-                    reason = urls.check_public_https_url(url, allow, resolver)
-                if reason:
-                    fail("inputImageUrls", f"item {index} {reason}")
-                else:
-                    checked_urls.append(url)
+            reason = urls.check_public_https_url(url, policy.allow_hosts, policy.resolver)
+        if reason:
+            errors.add("inputImageUrls", f"item {index} {reason}")
+        else:
+            checked.append(url)
+    return tuple(checked)
 
+
+def _provider_input(
+    document: Mapping[str, Any], limits: JobLimits, errors: _FieldErrors
+) -> dict[str, Any] | None:
     provider_input = document.get("providerInput")
-    if provider_input is not None:
-        if not isinstance(provider_input, Mapping):
-            fail("providerInput", "must be a JSON object")
-        else:
-            size = len(json.dumps(provider_input, default=str).encode("utf-8"))
-            if size > limits.max_provider_input_bytes:
-                fail("providerInput", f"is {size} bytes; the limit is {limits.max_provider_input_bytes}")
+    if provider_input is None:
+        return None
+    if not isinstance(provider_input, Mapping):
+        errors.add("providerInput", "must be a JSON object")
+        return None
+    size = len(json.dumps(provider_input, default=str).encode("utf-8"))
+    if size > limits.max_provider_input_bytes:
+        errors.add("providerInput", f"is {size} bytes; the limit is {limits.max_provider_input_bytes}")
+    return dict(provider_input)
 
+
+def _output_prefix(document: Mapping[str, Any], limits: JobLimits, errors: _FieldErrors) -> Any:
+    """A relative key prefix, ending in / (added when missing)."""
     output_prefix = document.get("outputPrefix")
-    if output_prefix is not None:
-        if not isinstance(output_prefix, str) or not output_prefix:
-            fail("outputPrefix", "must be a non-empty string")
-        elif output_prefix.startswith("/"):
-            fail("outputPrefix", "must be relative (no leading /)")
-        elif ".." in output_prefix or "//" in output_prefix:
-            fail("outputPrefix", "must not contain '..' or '//'")
-        elif len(output_prefix) > limits.max_output_prefix_chars:
-            fail("outputPrefix", f"is longer than {limits.max_output_prefix_chars} characters")
-        elif not OUTPUT_PREFIX_RE.match(output_prefix):
-            fail("outputPrefix", "may only contain letters, digits and !_.*'()/-")
-        elif not output_prefix.endswith("/"):
-            output_prefix += "/"
+    if output_prefix is None:
+        return None
+    if not isinstance(output_prefix, str) or not output_prefix:
+        errors.add("outputPrefix", "must be a non-empty string")
+    elif output_prefix.startswith("/"):
+        errors.add("outputPrefix", "must be relative (no leading /)")
+    elif ".." in output_prefix or "//" in output_prefix:
+        errors.add("outputPrefix", "must not contain '..' or '//'")
+    elif len(output_prefix) > limits.max_output_prefix_chars:
+        errors.add("outputPrefix", f"is longer than {limits.max_output_prefix_chars} characters")
+    elif not OUTPUT_PREFIX_RE.match(output_prefix):
+        errors.add("outputPrefix", "may only contain letters, digits and !_.*'()/-")
+    elif not output_prefix.endswith("/"):
+        return output_prefix + "/"
+    return output_prefix
 
+
+def _metadata(document: Mapping[str, Any], limits: JobLimits, errors: _FieldErrors) -> dict[str, str]:
+    """String-to-string metadata for the output objects, within S3's rules and size."""
     metadata = document.get("metadata")
-    clean_metadata: dict[str, str] = {}
-    if metadata is not None:
-        if not isinstance(metadata, Mapping):
-            fail("metadata", "must be an object of string to string")
-        else:
-            total = 0
-            for key, value in metadata.items():
-                if not isinstance(value, str):
-                    fail("metadata", f"value of {key!r} must be a string")
-                    continue
-                if not METADATA_KEY_RE.match(str(key)):
-                    fail("metadata", f"key {key!r} must match ^[A-Za-z0-9_-]{{1,64}}$")
-                    continue
-                total += len(str(key).encode("utf-8")) + len(value.encode("utf-8"))
-                clean_metadata[str(key)] = value
-            if len({k.lower() for k in clean_metadata}) != len(clean_metadata):
-                fail("metadata", "keys must be unique ignoring case (S3 lower-cases them)")
-            if total > limits.max_metadata_bytes:
-                fail("metadata", f"is {total} bytes; the limit is {limits.max_metadata_bytes}")
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        errors.add("metadata", "must be an object of string to string")
+        return {}
+    clean: dict[str, str] = {}
+    total = 0
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            errors.add("metadata", f"value of {key!r} must be a string")
+            continue
+        if not METADATA_KEY_RE.match(str(key)):
+            errors.add("metadata", f"key {key!r} must match ^[A-Za-z0-9_-]{{1,64}}$")
+            continue
+        total += len(str(key).encode("utf-8")) + len(value.encode("utf-8"))
+        clean[str(key)] = value
+    if len({k.lower() for k in clean}) != len(clean):
+        errors.add("metadata", "keys must be unique ignoring case (S3 lower-cases them)")
+    if total > limits.max_metadata_bytes:
+        errors.add("metadata", f"is {total} bytes; the limit is {limits.max_metadata_bytes}")
+    return clean
 
+
+def _webhook_url(document: Mapping[str, Any], policy: _UrlPolicy, errors: _FieldErrors) -> Any:
     webhook_url = document.get("webhookUrl")
     if webhook_url is not None:
         if not isinstance(webhook_url, str):
-            fail("webhookUrl", "must be a URL string")
-        elif reason := urls.check_public_https_url(webhook_url, allow, resolver):
-            fail("webhookUrl", reason)
-
-    if not errors:
-        request = JobRequest(
-            job_id=str(job_id),
-            kind=kind,
-            model=str(model),
-            prompt=str(prompt),
-            aspect_ratio=aspect_ratio,
-            input_image_urls=tuple(checked_urls),
-            input_mode=input_mode,
-            duration=duration if isinstance(duration, int) else None,
-            provider_input=dict(provider_input) if isinstance(provider_input, Mapping) else None,
-            output_prefix=output_prefix,
-            metadata=clean_metadata,
-            **links,
-            batch_line=batch_line,
-            webhook_url=webhook_url,
-        )
-        for name, reasons in catalog.validate_generation_request(request.to_provider_body(), kind).items():
-            for reason in reasons:
-                fail(name, reason)
-        if not errors:
-            return request
-    raise JobValidationError(errors, job_id if isinstance(job_id, str) and JOB_ID_RE.match(job_id) else None)
+            errors.add("webhookUrl", "must be a URL string")
+        elif reason := urls.check_public_https_url(webhook_url, policy.allow_hosts, policy.resolver):
+            errors.add("webhookUrl", reason)
+    return webhook_url
 
 
 def resolve_input_urls(request: JobRequest, presign: Callable[[str, str], str]) -> list[str]:

@@ -321,8 +321,9 @@ def print_summary(console: Any, stack: Any, state_file: Path | None) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from imagejobs_tools.local.demo import run_demo
+    from imagejobs_tools.local.demo import demo_stack_options, run_demo
 
     if args.fast:
         args.poll_interval = 1
-    return run_demo(args)
+    config = build_config(args, **demo_stack_options())
+    return run_demo(config, output_dir=args.output_dir, timeout=args.timeout)

@@ -13,7 +13,6 @@ counts the batch's four lines as they ended.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -25,11 +24,14 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer
 from imagejobs.batches import BatchFiles
 from imagejobs.store import TERMINAL
+
+if TYPE_CHECKING:
+    from imagejobs_tools.local.stack import LocalStackConfig
 
 INPUT_KEY = "demo-inputs/product.png"
 
@@ -197,32 +199,37 @@ def download_outputs(s3: Any, record: dict[str, Any], output_dir: Path) -> list[
     return paths
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def demo_stack_options() -> dict[str, Any]:
+    """What the demo's stack is started with, beyond the command line's options."""
+    from imagejobs_tools.local.logview import CurrentStdout, LogView
+
+    return {
+        # Keep the terminal for the demo: handler logs at ERROR only, no EMF metric lines.
+        "environment_overrides": {"POWERTOOLS_METRICS_DISABLED": "true"},
+        # Through sys.stdout as it is at each line: above the live progress table while it shows.
+        "log_sink": LogView(CurrentStdout()),
+    }
+
+
+def run_demo(config: LocalStackConfig, *, output_dir: Path, timeout: float) -> int:
     from rich.console import Console
     from rich.live import Live
 
     from imagejobs_tools.local import LocalStack, LocalStackError
-    from imagejobs_tools.local.command import build_config
-    from imagejobs_tools.local.logview import CurrentStdout, LogView
+    from imagejobs_tools.local.stack import PARAM_POLL_INTERVAL
 
     # Not a terminal (CI, a pipe): rich would wrap the tables at 80 columns and truncate job ids.
     console = Console(emoji=False, width=None if sys.stdout.isatty() else 160)
-    config = build_config(
-        args,
-        # Keep the terminal for the demo: handler logs at ERROR only, no EMF metric lines.
-        environment_overrides={"POWERTOOLS_METRICS_DISABLED": "true"},
-        # Through sys.stdout as it is at each line: above the live progress table while it shows.
-        log_sink=LogView(CurrentStdout()),
-    )
     if "LogLevel" not in config.parameter_overrides:
         config.parameter_overrides["LogLevel"] = "ERROR"
     stack = LocalStack(config)
     try:
         with console.status("starting the local stack…"):
             info = stack.start()
+        interval = info.parameters.get(PARAM_POLL_INTERVAL, "?")
         console.print(
             f"local stack up in {info.timings['totalSeconds']:.1f} s at {info.endpoint_url}"
-            f" (simulator {info.simulator_url}, poll interval {args.poll_interval:g} s)"
+            f" (simulator {info.simulator_url}, poll interval {interval} s)"
         )
         outputs = info.outputs
         bucket, table, queue = outputs["OutputBucketName"], outputs["JobsTableName"], outputs["JobsQueueUrl"]
@@ -262,16 +269,16 @@ def run_demo(args: argparse.Namespace) -> int:
                 dynamodb,
                 table,
                 jobs,
-                args.timeout,
+                timeout,
                 lambda current: live.update(_progress_table(jobs, current, time.monotonic() - started)),
             )
         console.print()
-        remove_earlier_demo_outputs(args.output_dir)
+        remove_earlier_demo_outputs(output_dir)
         downloaded: dict[str, list[Path]] = {}
         for job in jobs:
             record = records[job.job_id]
             if record and record.get("status") == "COMPLETED":
-                downloaded[job.job_id] = download_outputs(s3, record, args.output_dir)
+                downloaded[job.job_id] = download_outputs(s3, record, output_dir)
         console.print(_records_table(jobs, records, downloaded))
         report = fetch_json(s3, bucket, batch_key + ".report.json", timeout=30)
         report_ok = _print_report(console, batch_key, report)
@@ -290,7 +297,7 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         if failures or not report_ok or not summary_ok:
             return 1
-        console.print(f"[green]all {len(jobs)} jobs ended as expected; images in {args.output_dir}/[/green]")
+        console.print(f"[green]all {len(jobs)} jobs ended as expected; images in {output_dir}/[/green]")
         return 0
     except LocalStackError as exc:
         console.print(f"[red]imagejobs local demo: {exc}[/red]")

@@ -79,6 +79,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from imagejobs_tools.local.patching import MotoFixError, Patch, Undo, apply_all, moto_class
+
 SFN_SERVICE_MODULE = (
     "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn"
 )
@@ -90,10 +92,6 @@ SFN_CLIENT_ERROR = "StepFunctions.SdkClientException"
 # Marks our wrapper, so a second install() does not wrap it again.
 _MARKER = "_imagejobs_camel_case_parameters"
 _LOCK = threading.Lock()
-
-
-class MotoFixError(RuntimeError):
-    """moto's private API no longer has what a fix patches (a moto upgrade moved it)."""
 
 
 def camel_case_parameters(parameters: dict[str, Any]) -> None:
@@ -122,7 +120,7 @@ def check() -> None:
     """Raise MotoFixError if a fix can no longer be applied to the installed moto."""
     _service_class()
     _sqs_queue_class()
-    _sqs_backend_class()
+    sqs_backend_class()
     _dynamodb_handler_class()
     _sfn_parser_backend_class()
     _event_bus_class()
@@ -150,16 +148,12 @@ DYNAMODB_ITEM_LOCK = threading.RLock()
 
 
 def _dynamodb_handler_class() -> Any:
-    from moto.dynamodb import responses
-
-    handler = getattr(responses, "DynamoHandler", None)
-    missing = [name for name in DYNAMODB_ITEM_OPERATIONS if not callable(getattr(handler, name, None))]
-    if handler is None or missing:
-        raise MotoFixError(
-            f"moto moved moto.dynamodb.responses.DynamoHandler operations {missing} "
-            "(the atomic conditional-write fix needs them)"
-        )
-    return handler
+    return moto_class(
+        "moto.dynamodb.responses",
+        "DynamoHandler",
+        DYNAMODB_ITEM_OPERATIONS,
+        "the atomic conditional-write fix",
+    )
 
 
 def _sqs_queue_class() -> Any:
@@ -235,19 +229,12 @@ def _serialise(
 # SQSBackend calls that change which messages a queue holds (receive moves some to the DLQ), or its
 # in-flight set; each runs under the queue's own lock, the one moto's `Queue.add_message` appends under.
 SQS_QUEUE_OPERATIONS = ("receive_message", "change_message_visibility", "purge_queue")
+# What the SQS patches (these fixes, and moto_speedups' retention check) use of moto's SQSBackend.
+SQS_BACKEND_METHODS = (*SQS_QUEUE_OPERATIONS, "get_queue", "is_message_valid_based_on_retention_period")
 
 
-def _sqs_backend_class() -> Any:
-    from moto.sqs import models
-
-    backend = getattr(models, "SQSBackend", None)
-    missing = [name for name in SQS_QUEUE_OPERATIONS if not callable(getattr(backend, name, None))]
-    if backend is None or missing or not callable(getattr(backend, "get_queue", None)):
-        raise MotoFixError(
-            f"moto moved moto.sqs.models.SQSBackend operations {missing or ['get_queue']} "
-            "(the SQS lost-message fix needs them)"
-        )
-    return backend
+def sqs_backend_class() -> Any:
+    return moto_class("moto.sqs.models", "SQSBackend", SQS_BACKEND_METHODS, "the SQS fixes and speed-ups")
 
 
 def _queue_lock(backend: Any, *args: Any, **kwargs: Any) -> Any:
@@ -260,19 +247,14 @@ def _message_lock(queue: Any, *_: Any, **__: Any) -> Any:
     return queue._messages_lock
 
 
-def _sqs_message_list_under_lock() -> Callable[[], None]:
-    # The lock is a Condition over an RLock: a long-polling receive that waits inside
-    # (`Queue.wait_for_messages`) releases it fully, so senders are not held up by a waiting receive.
-    undo = [
-        _serialise(_sqs_queue_class(), ("delete_message",), _message_lock),
-        _serialise(_sqs_backend_class(), SQS_QUEUE_OPERATIONS, _queue_lock),
-    ]
+# The queue's lock is a Condition over an RLock: a long-polling receive that waits inside
+# (`Queue.wait_for_messages`) releases it fully, so senders are not held up by a waiting receive.
+def _sqs_deletes_under_lock() -> Undo:
+    return _serialise(_sqs_queue_class(), ("delete_message",), _message_lock)
 
-    def restore() -> None:
-        for step in reversed(undo):
-            step()
 
-    return restore
+def _sqs_queue_operations_under_lock() -> Undo:
+    return _serialise(sqs_backend_class(), SQS_QUEUE_OPERATIONS, _queue_lock)
 
 
 def _dynamodb_atomic_item_operations() -> Callable[[], None]:
@@ -298,33 +280,15 @@ def _sfn_unique_execution_names() -> Callable[[], None]:
     return _serialise(_sfn_parser_backend_class(), ("start_execution",), START_EXECUTION_LOCK)
 
 
-def install() -> Callable[[], None]:
+def install() -> Undo:
     """Apply every fix; the returned callable removes them again (call it once)."""
-    undo = [
-        _sfn_parameter_names(),
-        _sfn_sdk_client_errors(),
-        _sqs_pending_message_groups(),
-        _sqs_message_list_under_lock(),
-        _dynamodb_atomic_item_operations(),
-        _sfn_unique_execution_names(),
-        _event_bus_ref(),
-        _dynamodb_transactions_roll_back_in_place(),
-    ]
-
-    def restore() -> None:
-        for step in reversed(undo):
-            step()
-
-    return restore
+    return apply_all(FIXES)
 
 
 def _event_bus_class() -> Any:
-    from moto.events import models
-
-    bus = getattr(models, "EventBus", None)
-    if bus is None or not hasattr(bus, "create_from_cloudformation_json"):
-        raise MotoFixError("moto moved moto.events.models.EventBus (the event bus Ref fix needs it)")
-    return bus
+    return moto_class(
+        "moto.events.models", "EventBus", ("create_from_cloudformation_json",), "the event bus Ref fix"
+    )
 
 
 def _event_bus_ref() -> Callable[[], None]:
@@ -414,14 +378,9 @@ def _sfn_sdk_client_errors() -> Callable[[], None]:
 
 
 def _dynamodb_backend_class() -> Any:
-    from moto.dynamodb import models
-
-    backend = getattr(models, "DynamoDBBackend", None)
-    if backend is None or not callable(getattr(backend, "transact_write_items", None)):
-        raise MotoFixError(
-            "moto moved DynamoDBBackend.transact_write_items (the stream rollback fix needs it)"
-        )
-    return backend
+    return moto_class(
+        "moto.dynamodb.models", "DynamoDBBackend", ("transact_write_items",), "the transaction rollback fix"
+    )
 
 
 class _Untouched:
@@ -522,3 +481,17 @@ def _dynamodb_transactions_roll_back_in_place() -> Callable[[], None]:
         models.copy = own_copy
 
     return restore
+
+
+# Every fix, in the order applied (the module's docstring says what each one fixes).
+FIXES: tuple[Patch, ...] = (
+    _sfn_parameter_names,
+    _sfn_sdk_client_errors,
+    _sqs_pending_message_groups,
+    _sqs_deletes_under_lock,
+    _sqs_queue_operations_under_lock,
+    _dynamodb_atomic_item_operations,
+    _sfn_unique_execution_names,
+    _event_bus_ref,
+    _dynamodb_transactions_roll_back_in_place,
+)

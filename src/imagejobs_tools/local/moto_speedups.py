@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from imagejobs_tools.local.moto_fixes import MotoFixError
+from imagejobs_tools.local.moto_fixes import sqs_backend_class
+from imagejobs_tools.local.patching import MotoFixError, Patch, Undo, apply_all
 
 # Modules of moto's interpreter that bind jsonpath_ng's `parse` at import time.
 JSONPATH_MODULES = (
@@ -38,18 +39,6 @@ JSONPATH_MODULES = (
 JSONPATH_CACHE_SIZE = 4096
 _MARKER = "_imagejobs_speedup"
 _LOCK = threading.Lock()
-
-
-def _sqs_backend_class() -> Any:
-    from moto.sqs import models
-
-    backend = getattr(models, "SQSBackend", None)
-    if backend is None or not callable(getattr(backend, "is_message_valid_based_on_retention_period", None)):
-        raise MotoFixError(
-            "moto moved moto.sqs.models.SQSBackend.is_message_valid_based_on_retention_period "
-            "(the SQS retention speed-up needs it)"
-        )
-    return backend
 
 
 def _jsonpath_modules() -> list[Any]:
@@ -78,7 +67,7 @@ def _sqs_models() -> Any:
 
 def check() -> None:
     """Raise MotoFixError if a speed-up can no longer be applied to the installed moto."""
-    _sqs_backend_class()
+    sqs_backend_class()
     _sqs_models()
     _jsonpath_modules()
 
@@ -89,7 +78,7 @@ def retention_period_seconds(queue: Any) -> int:
 
 
 def _sqs_retention_check() -> Callable[[], None]:
-    backend = _sqs_backend_class()
+    backend = sqs_backend_class()
     with _LOCK:
         own = backend.__dict__["is_message_valid_based_on_retention_period"]
         if getattr(own, _MARKER, False):
@@ -165,12 +154,9 @@ def _jsonpath_parse_cache() -> Callable[[], None]:
     return restore
 
 
-def install() -> Callable[[], None]:
+SPEEDUPS: tuple[Patch, ...] = (_sqs_retention_check, _sqs_clock, _jsonpath_parse_cache)
+
+
+def install() -> Undo:
     """Apply every speed-up; the returned callable removes them again (call it once)."""
-    undo = [_sqs_retention_check(), _sqs_clock(), _jsonpath_parse_cache()]
-
-    def restore() -> None:
-        for step in reversed(undo):
-            step()
-
-    return restore
+    return apply_all(SPEEDUPS)

@@ -24,21 +24,17 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from imagejobs_tools.local.patching import Undo, apply_all
+
 # Loggers silenced while a stack runs, and the level they get.
 QUIET_LOGGERS = {"moto.stepfunctions.parser": logging.CRITICAL}
 # An idle kept-alive connection is closed after this long (clients' pools notice and reconnect).
 IDLE_CONNECTION_SECONDS = 30.0
 
 
-def install() -> Callable[[], None]:
+def install() -> Undo:
     """Apply every tweak; the returned callable restores what was there before (call it once)."""
-    undo = [_cache_module_listing(), _quiet_loggers(), _keep_alive()]
-
-    def restore() -> None:
-        for step in reversed(undo):
-            step()
-
-    return restore
+    return apply_all((_cache_module_listing, _quiet_loggers, _keep_alive))
 
 
 def _cache_module_listing() -> Callable[[], None]:

@@ -26,6 +26,7 @@ import zipfile
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,7 @@ from imagejobs_tools.local.event_observer import EventObserver
 from imagejobs_tools.local.iam_audit import REPORT_DIR_VARIABLE, AuditReport, FunctionCallAudit, write_report
 from imagejobs_tools.local.iam_policies import DeployedStack
 from imagejobs_tools.local.logview import FunctionLogLine
+from imagejobs_tools.local.patching import Patch, apply_all
 from imagejobs_tools.local.pollers import DEFAULT_CONCURRENCY, SqsMapping, SqsPoller
 from imagejobs_tools.local.stream_pollers import StreamMapping, StreamPoller
 from imagejobs_tools.local.template import (
@@ -79,6 +81,10 @@ RECENT_LOG_LINES = 20_000
 LambdaRuntime = Literal["workers", "sam"]
 # Process-wide things (os.environ, moto's backends and hooks) allow one stack per process.
 _ACTIVE_LOCK = threading.Lock()
+# Every patch of moto the stack applies while it runs, in order (undone in reverse by stop()):
+# cheaper requests (module listing cached, keep-alive, quiet interpreter logs), the moto bugs it
+# hits (moto_fixes.py), moto's hot spots under load (moto_speedups.py); then the stack's AWS faults.
+MOTO_PATCHES: tuple[Patch, ...] = (server_tuning.install, *moto_fixes.FIXES, *moto_speedups.SPEEDUPS)
 
 
 def generated_secret(spec: Any) -> str:
@@ -190,10 +196,7 @@ class LocalStack:
         self._saved_environ: dict[str, str | None] = {}
         self._saved_moto_config: dict[str, Any] | None = None
         self._holds_lock = False
-        self._undo_server_tuning: Any = None
-        self._undo_moto_fixes: Any = None
-        self._undo_moto_speedups: Any = None
-        self._undo_aws_faults: Any = None
+        self._moto_patches = ExitStack()  # undone by stop()
         self._session: boto3.Session | None = None
         self._endpoint: str | None = None
         self.start_lambda: samlocal.StartLambda | None = None
@@ -331,18 +334,7 @@ class LocalStack:
             self.iam_audit.uninstall()  # what it recorded stays, for iam_report() after the stop
             if self.config.iam_report_dir is not None and self._info is not None:
                 write_report(self.config.iam_report_dir, self.config.template_path, self.iam_audit.report())
-        if self._undo_aws_faults is not None:
-            self._undo_aws_faults()
-            self._undo_aws_faults = None
-        if self._undo_server_tuning is not None:
-            self._undo_server_tuning()
-            self._undo_server_tuning = None
-        if self._undo_moto_fixes is not None:
-            self._undo_moto_fixes()
-            self._undo_moto_fixes = None
-        if self._undo_moto_speedups is not None:
-            self._undo_moto_speedups()
-            self._undo_moto_speedups = None
+        self._moto_patches.close()
         self._restore_environ()
         if self.config.state_file is not None and self._info is not None and self._owns_state_file():
             self.config.state_file.unlink(missing_ok=True)
@@ -388,11 +380,7 @@ class LocalStack:
         from moto.core.config import default_user_config
         from moto.server import ThreadedMotoServer
 
-        # Cheaper requests (module listing cached, HTTP/1.1 keep-alive, quiet interpreter logs).
-        self._undo_server_tuning = server_tuning.install()
-        self._undo_moto_fixes = moto_fixes.install()  # moto bugs the stack hits (moto_fixes.py)
-        self._undo_moto_speedups = moto_speedups.install()  # moto hot spots under load (moto_speedups.py)
-        self._undo_aws_faults = self.aws_faults.install()  # AWS-side faults, when rules are set
+        self._moto_patches.callback(apply_all((*MOTO_PATCHES, self.aws_faults.install)))
         self._server = ThreadedMotoServer(self.config.host, self.config.port, verbose=False)
         self._server.start()
         _, port = self._server.get_host_and_port()

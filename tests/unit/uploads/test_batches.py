@@ -98,6 +98,8 @@ def test_thousand_lines_with_ten_bad_ones_make_990_jobs_and_a_report_naming_the_
     report = aws.report(key)
     assert report["status"] == "COMPLETE"
     assert (report["lines"], report["enqueued"], report["badLineCount"]) == (1000, 990, 10)
+    # The end of the object (before: the size of the last message sent, a name reused in the loop).
+    assert report["nextByte"] == aws.s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
     assert report["source"] == {"bucket": BUCKET, "key": key, "etag": etag, "versionId": None}
     named = {entry["line"]: entry["field"] for entry in report["badLines"]}
     assert named == {line: field for line, (_, field) in BAD_LINES.items()}

@@ -160,12 +160,6 @@ def _save_report(s3: S3Client, report: BatchReport, now: Callable[[], float]) ->
     )
 
 
-def job_message(request: jobs.JobRequest) -> dict[str, Any]:
-    """The normalised job message for a validated request (what the intake parses again): the
-    record's request less ``kind``, which the intake derives from the model."""
-    return {name: value for name, value in request.to_record().items() if name != "kind"}
-
-
 @dataclass(frozen=True)
 class BatchWebhook:
     """The batch object's own webhookUrl (its metadata), checked once for all its lines."""
@@ -248,13 +242,37 @@ def process_batch(
     *,
     time_left: Callable[[], float] | None = None,
     sleep: Callable[[float], None] = time.sleep,
-    resolver: Any = None,
+    resolver: urls.Resolver | None = None,
     chunk_bytes: int = 64 * 1024,
     checkpoints: CheckpointPolicy = CheckpointPolicy(),
 ) -> UploadOutcome:
     """Stream the JSONL batch: validate each line like the intake, enqueue good ones, report bad ones."""
-    s3, sqs, store, settings, now = uploads.s3, uploads.sqs, uploads.store, uploads.settings, uploads.now
-    batches = BatchStore(store.table)
+    opened = _open_batch(ref, uploads)
+    if isinstance(opened, UploadOutcome):
+        return opened
+    head, report = opened
+    cached_resolver = resolver or functools.lru_cache(maxsize=1024)(socket.getaddrinfo)
+    run = _BatchRun(
+        ref,
+        uploads,
+        report,
+        size=int(head.get("ContentLength") or 0),
+        resolver=cached_resolver,
+        webhook=BatchWebhook.of(head, uploads.settings, cached_resolver),
+        outbox=_Outbox(uploads.sqs, uploads.settings.jobs_queue_url, sleep, report),
+        checkpoints=checkpoints,
+        time_left=time_left,
+    )
+    run.open_record()
+    return run.read(chunk_bytes)
+
+
+def _open_batch(
+    ref: S3ObjectRef, uploads: UploadContext
+) -> tuple[Mapping[str, Any], BatchReport] | UploadOutcome:
+    """The batch object's head and its report: a fresh one, or the saved one to resume from. Ends here
+    for a batch deleted or superseded since its event, or already processed."""
+    s3 = uploads.s3
     head = head_object(s3, ref.bucket, ref.key, ref.version_id)
     if head is None:
         logger.warning("batch deleted before it was processed", extra={"key": ref.key})
@@ -264,117 +282,182 @@ def process_batch(
         return UploadOutcome("ack", "ignored", "superseded by a newer upload", ref.key)
     version_id = version_of(ref.version_id or head.get("VersionId"))
     batch_id = derived_job_id("b", ref.bucket, ref.key, version_id or etag)[:34]
-    fresh = BatchReport(ref.bucket, ref.key, etag, version_id, batch_id + "-", started_at=iso(now()))
+    fresh = BatchReport(ref.bucket, ref.key, etag, version_id, batch_id + "-", started_at=iso(uploads.now()))
     saved, _, _ = read_small_json(s3, ref.bucket, fresh.report_key, 8 * 1024 * 1024)
     report = BatchReport.resume(saved, fresh)
     if report.status == "COMPLETE":
         logger.info("batch already processed; nothing enqueued", extra={"key": ref.key})
         return UploadOutcome("ack", "batch", "already processed", ref.key, report=report.to_document())
+    return head, report
 
-    cached_resolver = resolver or functools.lru_cache(maxsize=1024)(socket.getaddrinfo)
-    webhook = BatchWebhook.of(head, settings, cached_resolver)
-    batches.open(
-        batch_id,
-        BatchFiles.beside(ref.bucket, ref.key),
-        {"bucket": ref.bucket, "key": ref.key, "versionId": version_id, "etag": etag},
-        webhook_url=webhook.url if webhook.problem is None else None,
-        now=now(),
-    )
-    enqueued_before = report.enqueued
-    seen_ids: set[str] = set()
-    buffer: list[tuple[int, str]] = []
-    buffer_bytes = 0
-    since_checkpoint = 0
-    checkpointed_at = now()
 
-    def flush() -> None:
-        nonlocal buffer, buffer_bytes
-        if buffer:
-            _send_batch(sqs, settings.jobs_queue_url, buffer, sleep)
-            report.enqueued += len(buffer)
-            buffer, buffer_bytes = [], 0
+@dataclass
+class _Outbox:
+    """Good lines waiting to go out in one SendMessageBatch (at most 10 entries, 252 KiB)."""
 
-    kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "IfMatch": f'"{etag}"'}
-    if version_id:
-        kwargs["VersionId"] = version_id
-    size = int(head.get("ContentLength") or 0)
-    resume_at = report.next_byte
-    first_line = report.next_line if resume_at else 1
-    chunks = object_chunks(s3, kwargs, size=size, chunk_bytes=chunk_bytes, start=resume_at)
-    with closing(chunks):
-        lines = iter_positioned_lines(chunks, MAX_LINE_BYTES, first_line=first_line, offset=resume_at)
-        for number, line, length, line_end in lines:
-            if number < report.next_line:
-                continue  # a report without nextByte: done before the checkpoint this run resumes from
-            report.lines = number
-            place = BatchLine(batch_id, number)
-            if line is None:
-                errors = {"body": [f"line is {length} bytes; the limit is {MAX_LINE_BYTES}"]}
-                report.add_bad(number, errors, _record_bad_line(store, place, None, errors, None, now()))
-            elif not line.strip():
-                report.blank_lines += 1
+    sqs: SQSClient
+    queue_url: str
+    sleep: Callable[[float], None]
+    report: BatchReport
+    entries: list[tuple[int, str]] = field(default_factory=list)
+    size: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.entries
+
+    def add(self, line: int, message: str) -> None:
+        size = len(message.encode("utf-8"))
+        if self.size + size > SQS_BATCH_BYTES:
+            self.flush()
+        self.entries.append((line, message))
+        self.size += size
+        if len(self.entries) == SQS_BATCH_ENTRIES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.entries:
+            _send_batch(self.sqs, self.queue_url, self.entries, self.sleep)
+            self.report.enqueued += len(self.entries)
+            self.entries, self.size = [], 0
+
+
+@dataclass
+class _BatchRun:
+    """One invocation's reading of a batch: from its report's checkpoint to the end, or until the
+    invocation runs short of time (saved there, resumed by the next)."""
+
+    ref: S3ObjectRef
+    uploads: UploadContext
+    report: BatchReport
+    size: int  # the object's bytes
+    resolver: urls.Resolver
+    webhook: BatchWebhook
+    outbox: _Outbox
+    checkpoints: CheckpointPolicy
+    time_left: Callable[[], float] | None
+    seen_ids: set[str] = field(default_factory=set)
+    enqueued_before: int = 0
+    lines_since_checkpoint: int = 0
+    checkpointed_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.enqueued_before = self.report.enqueued
+        self.checkpointed_at = self.uploads.now()
+
+    @property
+    def batch_id(self) -> str:
+        return self.report.job_id_prefix[:-1]
+
+    def open_record(self) -> None:
+        """The batch's own record (idempotent), with its webhook when that is valid."""
+        report = self.report
+        BatchStore(self.uploads.store.table).open(
+            self.batch_id,
+            BatchFiles.beside(report.bucket, report.key),
+            {"bucket": report.bucket, "key": report.key, "versionId": report.version_id, "etag": report.etag},
+            webhook_url=self.webhook.url if self.webhook.problem is None else None,
+            now=self.uploads.now(),
+        )
+
+    def read(self, chunk_bytes: int) -> UploadOutcome:
+        report = self.report
+        request: dict[str, Any] = {"Bucket": report.bucket, "Key": report.key, "IfMatch": f'"{report.etag}"'}
+        if report.version_id:
+            request["VersionId"] = report.version_id
+        resume_at = report.next_byte
+        first_line = report.next_line if resume_at else 1
+        chunks = object_chunks(
+            self.uploads.s3, request, size=self.size, chunk_bytes=chunk_bytes, start=resume_at
+        )
+        with closing(chunks):
+            lines = iter_positioned_lines(chunks, MAX_LINE_BYTES, first_line=first_line, offset=resume_at)
+            for number, line, length, line_end in lines:
+                if number < report.next_line:
+                    continue  # a report without nextByte: done before the checkpoint this run resumes from
+                report.lines = number
+                self.take(BatchLine(self.batch_id, number), line, length)
+                if self.checkpoint(number, line_end):
+                    return UploadOutcome("resume", "batch", f"out of time at line {number}", self.ref.key)
+            self.outbox.flush()
+        return self.complete()
+
+    def take(self, place: BatchLine, line: bytes | None, length: int) -> None:
+        """One line: a blank, a REJECTED record (too long, or not a valid job), or a message to send."""
+        store, now = self.uploads.store, self.uploads.now
+        if line is None:
+            errors = {"body": [f"line is {length} bytes; the limit is {MAX_LINE_BYTES}"]}
+            self.report.add_bad(place.line, errors, _record_bad_line(store, place, None, errors, None, now()))
+        elif not line.strip():
+            self.report.blank_lines += 1
+        else:
+            try:
+                request = self.line_request(place, line)
+            except jobs.JobValidationError as invalid:
+                job_id = _record_bad_line(
+                    store, place, invalid.job_id, invalid.field_errors, partial_request(line), now()
+                )
+                self.report.add_bad(place.line, invalid.field_errors, job_id)
             else:
-                try:
-                    request = jobs.parse_job(
-                        line, place.default_job_id, settings=settings, resolver=cached_resolver
-                    )
-                    request = _batch_line_request(request, place, webhook)
-                    problem = trigger_prefix_problem(request.output_prefix, settings)
-                    if problem:
-                        raise jobs.JobValidationError({"outputPrefix": [problem]}, request.job_id)
-                    if request.job_id != place.default_job_id:
-                        if request.job_id in seen_ids:
-                            raise jobs.JobValidationError(
-                                {"jobId": [f"{request.job_id} is used by an earlier line"]}, None
-                            )
-                        seen_ids.add(request.job_id)
-                except jobs.JobValidationError as invalid:
-                    job_id = _record_bad_line(
-                        store, place, invalid.job_id, invalid.field_errors, partial_request(line), now()
-                    )
-                    report.add_bad(number, invalid.field_errors, job_id)
-                else:
-                    message = json.dumps(job_message(request))
-                    size = len(message.encode("utf-8"))
-                    if len(buffer) == SQS_BATCH_ENTRIES or buffer_bytes + size > SQS_BATCH_BYTES:
-                        flush()
-                    buffer.append((number, message))
-                    buffer_bytes += size
-            since_checkpoint += 1
-            if len(buffer) == SQS_BATCH_ENTRIES:
-                flush()
-            # Time is checked at every line, not only at checkpoints: a slow read (throttled sends)
-            # that never reached a checkpoint would otherwise restart from line 1 at each retry.
-            out_of_time = time_left is not None and time_left() < checkpoints.min_time_left_seconds
-            due = (
-                since_checkpoint >= checkpoints.every_lines
-                or now() - checkpointed_at >= checkpoints.every_seconds
-            )
-            if not buffer and (due or out_of_time):
-                report.next_line, report.next_byte = number + 1, line_end
-                _save_report(s3, report, now)
-                since_checkpoint, checkpointed_at = 0, now()
-                if out_of_time:
-                    count(BATCH_LINES_ENQUEUED, report.enqueued - enqueued_before)
-                    logger.warning(
-                        "batch paused for time; the retry resumes", extra={"next_line": number + 1}
-                    )
-                    return UploadOutcome("resume", "batch", f"out of time at line {number}", ref.key)
-        flush()
-    # Every line that is not blank has its record (a job, or REJECTED): the batch's size.
-    batches.set_expected(batch_id, report.lines - report.blank_lines, now=now())
-    report.next_line, report.next_byte = report.lines + 1, size
-    report.status = "COMPLETE"
-    _save_report(s3, report, now)
-    count(BATCH_LINES_ENQUEUED, report.enqueued - enqueued_before)
-    count(BATCH_LINES_BAD, report.bad_line_count)
-    logger.info(
-        "batch processed",
-        extra={
-            "key": ref.key,
-            "lines": report.lines,
-            "enqueued": report.enqueued,
-            "bad": report.bad_line_count,
-        },
-    )
-    return UploadOutcome("ack", "batch", "processed", ref.key, report=report.to_document())
+                self.outbox.add(place.line, json.dumps(request.to_message()))
+        self.lines_since_checkpoint += 1
+
+    def line_request(self, place: BatchLine, line: bytes) -> jobs.JobRequest:
+        """The line as a job of its batch, validated as the intake would, and more: its outputPrefix
+        outside the upload trigger's prefix, and no job id used by an earlier line."""
+        settings = self.uploads.settings
+        request = jobs.parse_job(line, place.default_job_id, settings=settings, resolver=self.resolver)
+        request = _batch_line_request(request, place, self.webhook)
+        problem = trigger_prefix_problem(request.output_prefix, settings)
+        if problem:
+            raise jobs.JobValidationError({"outputPrefix": [problem]}, request.job_id)
+        if request.job_id != place.default_job_id:
+            if request.job_id in self.seen_ids:
+                raise jobs.JobValidationError(
+                    {"jobId": [f"{request.job_id} is used by an earlier line"]}, None
+                )
+            self.seen_ids.add(request.job_id)
+        return request
+
+    def checkpoint(self, number: int, line_end: int) -> bool:
+        """Save the report when due or short of time (only with nothing buffered, so a resume never
+        sends a line twice); True: out of time, the retry resumes from here."""
+        # Time is checked at every line, not only at checkpoints: a slow read (throttled sends)
+        # that never reached a checkpoint would otherwise restart from line 1 at each retry.
+        now, policy = self.uploads.now, self.checkpoints
+        out_of_time = self.time_left is not None and self.time_left() < policy.min_time_left_seconds
+        due = (
+            self.lines_since_checkpoint >= policy.every_lines
+            or now() - self.checkpointed_at >= policy.every_seconds
+        )
+        if not self.outbox.empty or not (due or out_of_time):
+            return False
+        self.report.next_line, self.report.next_byte = number + 1, line_end
+        _save_report(self.uploads.s3, self.report, now)
+        self.lines_since_checkpoint, self.checkpointed_at = 0, now()
+        if out_of_time:
+            count(BATCH_LINES_ENQUEUED, self.report.enqueued - self.enqueued_before)
+            logger.warning("batch paused for time; the retry resumes", extra={"next_line": number + 1})
+        return out_of_time
+
+    def complete(self) -> UploadOutcome:
+        report, now = self.report, self.uploads.now
+        # Every line that is not blank has its record (a job, or REJECTED): the batch's size.
+        BatchStore(self.uploads.store.table).set_expected(
+            self.batch_id, report.lines - report.blank_lines, now=now()
+        )
+        report.next_line, report.next_byte = report.lines + 1, self.size
+        report.status = "COMPLETE"
+        _save_report(self.uploads.s3, report, now)
+        count(BATCH_LINES_ENQUEUED, report.enqueued - self.enqueued_before)
+        count(BATCH_LINES_BAD, report.bad_line_count)
+        logger.info(
+            "batch processed",
+            extra={
+                "key": report.key,
+                "lines": report.lines,
+                "enqueued": report.enqueued,
+                "bad": report.bad_line_count,
+            },
+        )
+        return UploadOutcome("ack", "batch", "processed", report.key, report=report.to_document())
