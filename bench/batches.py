@@ -27,9 +27,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from _common import REPO, InvocationLog, emit, instrument_dispatcher, local_stack, parser, wait_until
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
 
 BUCKET = "bench-batches"
 BATCH = "b-bench0000000000000000000000000000"
@@ -41,7 +44,7 @@ class ServedIndex:
 
     PAGE_BYTES = 1024 * 1024
 
-    def __init__(self, table: Any, size: int) -> None:
+    def __init__(self, table: Table, size: int) -> None:
         self._table = table
         self._size = size
 

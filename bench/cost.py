@@ -25,7 +25,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from _common import (
     REPO,
@@ -44,6 +44,10 @@ from _common import (
     summary,
     wait_until,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_stepfunctions import SFNClient
+    from mypy_boto3_stepfunctions.type_defs import HistoryEventTypeDef
 
 POLL_INTERVAL = 2
 # One prompt for every job: the simulator renders (and caches) each prompt's PNG, CPU that a real
@@ -86,7 +90,7 @@ ASSUMED = {
 }
 
 
-def transitions(history: list[dict[str, Any]]) -> int:
+def transitions(history: list[HistoryEventTypeDef]) -> int:
     """Billed state transitions: every state entered, plus every retry of a Task."""
     entered = sum(1 for e in history if e["type"].endswith("StateEntered"))
     task_entered = sum(1 for e in history if e["type"] == "TaskStateEntered")
@@ -94,7 +98,7 @@ def transitions(history: list[dict[str, Any]]) -> int:
     return entered + max(0, scheduled - task_entered)
 
 
-def duration_seconds(history: list[dict[str, Any]]) -> float:
+def duration_seconds(history: list[HistoryEventTypeDef]) -> float:
     stamps = [e["timestamp"] for e in history]
     return (max(stamps) - min(stamps)).total_seconds()
 
@@ -155,7 +159,7 @@ def state_machine_log_level(template: Path = REPO / "template.yaml") -> str:
     return str((properties.get("Logging") or {}).get("Level", "OFF"))
 
 
-def logged_events(history: list[dict[str, Any]], level: str) -> int:
+def logged_events(history: list[HistoryEventTypeDef], level: str) -> int:
     if level == "ALL":
         return len(history)
     if level == "ERROR":
@@ -174,7 +178,7 @@ class Measured:
     jobs: int
     generation: float
     records: list[dict[str, Any]]
-    histories: list[list[dict[str, Any]]]
+    histories: list[list[HistoryEventTypeDef]]
     invocations: list[Invocation]
     memory_mb: dict[str, int]
     requests: dict[str, int]
@@ -232,8 +236,8 @@ def run_wave(stack: Any, bodies: list[dict[str, Any]], generation: float) -> lis
     return records
 
 
-def history(sfn: Any, execution_arn: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
+def history(sfn: SFNClient, execution_arn: str) -> list[HistoryEventTypeDef]:
+    events: list[HistoryEventTypeDef] = []
     kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
     while True:
         page = sfn.get_execution_history(**kwargs)

@@ -31,6 +31,9 @@ from imagejobs.batches import BatchFiles
 from imagejobs.store import TERMINAL
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+
     from imagejobs_tools.local.stack import LocalStackConfig
 
 INPUT_KEY = "demo-inputs/product.png"
@@ -73,7 +76,7 @@ def demo_batch(run_id: str) -> tuple[list[DemoJob], bytes]:
     return jobs, ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def find_upload_job(dynamodb: Any, table: str, uri: str, timeout: float) -> str | None:
+def find_upload_job(dynamodb: DynamoDBClient, table: str, uri: str, timeout: float) -> str | None:
     """The job id S3IntakeFunction derived for an upload (records keep the s3:// input URI)."""
     deadline = time.monotonic() + timeout
     deserializer = TypeDeserializer()
@@ -88,7 +91,7 @@ def find_upload_job(dynamodb: Any, table: str, uri: str, timeout: float) -> str 
 
 
 def fetch_json(
-    s3: Any, bucket: str, key: str, timeout: float, *, complete: bool = True
+    s3: S3Client, bucket: str, key: str, timeout: float, *, complete: bool = True
 ) -> dict[str, Any] | None:
     """The JSON object at the key once it is there (and, with ``complete``, says COMPLETE)."""
     deadline = time.monotonic() + timeout
@@ -152,7 +155,7 @@ def demo_jobs(run_id: str, bucket: str) -> list[DemoJob]:
     return jobs
 
 
-def fetch_record(dynamodb: Any, table: str, job_id: str) -> dict[str, Any] | None:
+def fetch_record(dynamodb: DynamoDBClient, table: str, job_id: str) -> dict[str, Any] | None:
     item = dynamodb.get_item(TableName=table, Key={"jobId": {"S": job_id}}, ConsistentRead=True).get("Item")
     if item is None:
         return None
@@ -161,7 +164,7 @@ def fetch_record(dynamodb: Any, table: str, job_id: str) -> dict[str, Any] | Non
 
 
 def wait_for_jobs(
-    dynamodb: Any, table: str, jobs: list[DemoJob], timeout: float, progress: Any = None
+    dynamodb: DynamoDBClient, table: str, jobs: list[DemoJob], timeout: float, progress: Any = None
 ) -> dict[str, dict[str, Any] | None]:
     records: dict[str, dict[str, Any] | None] = {job.job_id: None for job in jobs}
     deadline = time.monotonic() + timeout
@@ -189,7 +192,7 @@ def remove_earlier_demo_outputs(output_dir: Path) -> None:
             shutil.rmtree(folder)
 
 
-def download_outputs(s3: Any, record: dict[str, Any], output_dir: Path) -> list[Path]:
+def download_outputs(s3: S3Client, record: dict[str, Any], output_dir: Path) -> list[Path]:
     paths = []
     for output in record.get("outputs") or []:
         target = output_dir / record["jobId"] / Path(output["key"]).name

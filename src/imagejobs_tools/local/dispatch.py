@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imagejobs_tools.local.aws_faults import AwsFaults
 from imagejobs_tools.local.logview import FunctionLogLine
@@ -31,6 +31,9 @@ from imagejobs_tools.local.workers import (
     WorkerPool,
     service_error_payload,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
 
 LOG = logging.getLogger(__name__)
 
@@ -273,7 +276,7 @@ class InProcessLambdaClient:
     service errors, a response lost after the function ran), as the HTTP path does at the server.
     """
 
-    def __init__(self, client: Any, region: str, faults: AwsFaults | None = None) -> None:
+    def __init__(self, client: LambdaClient, region: str, faults: AwsFaults | None = None) -> None:
         from moto.awslambda.models import lambda_backends
         from moto.core import DEFAULT_ACCOUNT_ID
 

@@ -9,13 +9,17 @@ delivers them (`id`, `source`, `detail-type`, `time`, `detail`, ...).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_sqs import SQSClient
 
 RULE_NAME = "imagejobs-local-observer"
 
 
 class EventObserver:
-    def __init__(self, events: Any, sqs: Any, account_id: str, queue_name: str) -> None:
+    def __init__(self, events: EventBridgeClient, sqs: SQSClient, account_id: str, queue_name: str) -> None:
         self._events = events
         self._sqs = sqs
         self._account_id = account_id

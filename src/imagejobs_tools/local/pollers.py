@@ -16,9 +16,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 LOG = logging.getLogger(__name__)
 
@@ -49,7 +54,7 @@ class PollerStats:
     function_errors: int = 0
 
 
-def to_lambda_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
+def to_lambda_record(message: MessageTypeDef, queue_arn: str, region: str) -> dict[str, Any]:
     """An SQS message as the Lambda service hands it to the function."""
     attributes = {}
     for name, value in (message.get("MessageAttributes") or {}).items():
@@ -100,7 +105,7 @@ def failed_message_ids(payload: Any, batch_ids: set[str]) -> set[str] | None:
 class SqsPoller:
     """`concurrency` worker threads, each receiving a batch and invoking the function."""
 
-    def __init__(self, mapping: SqsMapping, sqs: Any, lambda_client: Any, region: str) -> None:
+    def __init__(self, mapping: SqsMapping, sqs: SQSClient, lambda_client: LambdaClient, region: str) -> None:
         self.mapping = mapping
         self._sqs = sqs
         self._lambda = lambda_client
@@ -145,10 +150,10 @@ class SqsPoller:
                     LOG.exception("SQS poller for %s failed; retrying", self.mapping.function_name)
                 self._stop.wait(1.0)
 
-    def _receive_batch(self) -> list[dict[str, Any]]:
+    def _receive_batch(self) -> list[MessageTypeDef]:
         mapping = self.mapping
         window_end = time.monotonic() + mapping.max_batching_window_seconds
-        batch: list[dict[str, Any]] = []
+        batch: list[MessageTypeDef] = []
         while not self._stop.is_set() and len(batch) < mapping.batch_size:
             response = self._sqs.receive_message(
                 QueueUrl=mapping.queue_url,
@@ -162,7 +167,7 @@ class SqsPoller:
                 break
         return batch
 
-    def _process(self, batch: list[dict[str, Any]]) -> None:
+    def _process(self, batch: list[MessageTypeDef]) -> None:
         mapping = self.mapping
         event = {"Records": [to_lambda_record(m, mapping.queue_arn, self._region) for m in batch]}
         response = self._lambda.invoke(FunctionName=mapping.function_name, Payload=json.dumps(event).encode())

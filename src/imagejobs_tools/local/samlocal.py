@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the standard library only at import: `imagejobs --help` imports this module
+    from mypy_boto3_cloudformation import CloudFormationClient
+    from mypy_boto3_lambda import LambdaClient
+
     from imagejobs_tools.local.workers import FunctionSpec, InvocationOutcome
 
 BUILD_DIR = Path(".aws-sam/local")
@@ -169,7 +172,7 @@ def bridge_address() -> str:
 
 
 def sam_env_document(
-    lambda_client: Any, cfn_client: Any, stack_name: str, endpoint_url: str
+    lambda_client: LambdaClient, cfn_client: CloudFormationClient, stack_name: str, endpoint_url: str
 ) -> dict[str, Any]:
     """`sam local --env-vars` for the stack: each function's variables as the stack resolved them
     (resource names, the simulator's URL, the key's secret), and AWS_ENDPOINT_URL at the stack."""

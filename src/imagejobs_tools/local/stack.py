@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import boto3
@@ -62,6 +62,9 @@ from imagejobs_tools.local.template import (
     substitute_references,
 )
 from imagejobs_tools.local.workers import FunctionSpec, WorkerOptions, WorkerPlugin
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
 
 LOG = logging.getLogger(__name__)
 
@@ -824,7 +827,7 @@ class LocalStack:
         poller.start()
         self.stream_pollers.append(poller)
 
-    def _invoke_client(self, function_name: str) -> Any:
+    def _invoke_client(self, function_name: str) -> LambdaClient:
         """The event source's Lambda client: no retries of its own (a failed batch is the poller's to
         retry), and a read timeout past the function's Timeout."""
         timeout = self.dispatcher.functions[function_name].timeout_seconds

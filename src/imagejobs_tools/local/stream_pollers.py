@@ -20,11 +20,15 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from imagejobs_tools.local.pollers import failed_message_ids
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_sqs import SQSClient
 
 LOG = logging.getLogger(__name__)
 IDLE_SECONDS = 0.25  # Lambda reads each shard about four times a second
@@ -86,8 +90,8 @@ class StreamPoller:
         self,
         mapping: StreamMapping,
         streams: Any,
-        lambda_client: Any,
-        sqs: Any,
+        lambda_client: LambdaClient,
+        sqs: SQSClient,
         region: str,
         retry_seconds: float = RETRY_SECONDS,
     ) -> None:

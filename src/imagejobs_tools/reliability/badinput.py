@@ -16,12 +16,23 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
 from imagejobs_tools.reliability.logcapture import captured_logs, find_secret
 from imagejobs_tools.reliability.report import SuiteReport
+
+if TYPE_CHECKING:
+    from imagejobs.config import IntakeSettings
+    from imagejobs.provider import TaskSubmitter
+    from imagejobs.store import JobStore
+    from mypy_boto3_dynamodb import DynamoDBServiceResource
+    from mypy_boto3_dynamodb.service_resource import Table
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_stepfunctions import SFNClient
+
+    from imagejobs_tools.sim import Simulator
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "tests" / "reliability" / "corpus"
 BUCKET = "imagejobs-reliability-outputs"
@@ -144,7 +155,7 @@ def build_body(case: Case, bucket: str = BUCKET) -> str | bytes:
     raise ValueError(f"case {case.name}: no body form (json/raw/rawBase64/generate)")
 
 
-def create_jobs_table(dynamodb: Any, name: str = TABLE) -> None:
+def create_jobs_table(dynamodb: DynamoDBServiceResource, name: str = TABLE) -> None:
     """The table as template.yaml declares it (key jobId, GSI ByStatus)."""
     from imagejobs_tools.local.template import jobs_table_definition
 
@@ -155,14 +166,14 @@ def create_jobs_table(dynamodb: Any, name: str = TABLE) -> None:
 class InProcessEnv:
     """moto (in-process) + the simulator: what `handle_job_message` needs."""
 
-    store: Any
-    provider: Any
-    sfn: Any
-    s3: Any
-    settings: Any
-    sim: Any
+    store: JobStore
+    provider: TaskSubmitter
+    sfn: SFNClient
+    s3: S3Client
+    settings: IntakeSettings
+    sim: Simulator
     api_key: str
-    table: Any
+    table: Table
 
 
 def in_process_env(api_key: str) -> Iterator[InProcessEnv]:

@@ -14,7 +14,10 @@ import signal
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_stepfunctions import SFNClient
 
 CRASH_POINTS = (
     "after-submit-before-record",
@@ -96,7 +99,7 @@ def crashes(module: ModuleType, options: dict[str, Any]) -> None:
         crash_once(markers, job_id, CRASH_POINTS[0], targets)  # the provider has accepted the task
         return original_submitted(self, job_id, *args, **kwargs)
 
-    def start_execution(sfn: Any, settings: Any, job_id: str, payload: Any) -> str:
+    def start_execution(sfn: SFNClient, settings: Any, job_id: str, payload: Any) -> str:
         crash_once(markers, job_id, CRASH_POINTS[1], targets)
         return original_start(sfn, settings, job_id, payload)
 
