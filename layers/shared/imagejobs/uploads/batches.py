@@ -340,8 +340,10 @@ class _BatchRun:
     enqueued_before: int = 0
     lines_since_checkpoint: int = 0
     checkpointed_at: float = 0.0
+    batches: BatchStore = field(init=False)  # the batch's own record, beside the jobs'
 
     def __post_init__(self) -> None:
+        self.batches = BatchStore(self.uploads.store.table)
         self.enqueued_before = self.report.enqueued
         self.checkpointed_at = self.uploads.now()
 
@@ -352,7 +354,7 @@ class _BatchRun:
     def open_record(self) -> None:
         """The batch's own record (idempotent), with its webhook when that is valid."""
         report = self.report
-        BatchStore(self.uploads.store.table).open(
+        self.batches.open(
             self.batch_id,
             BatchFiles.beside(report.bucket, report.key),
             {"bucket": report.bucket, "key": report.key, "versionId": report.version_id, "etag": report.etag},
@@ -443,9 +445,7 @@ class _BatchRun:
     def complete(self) -> UploadOutcome:
         report, now = self.report, self.uploads.now
         # Every line that is not blank has its record (a job, or REJECTED): the batch's size.
-        BatchStore(self.uploads.store.table).set_expected(
-            self.batch_id, report.lines - report.blank_lines, now=now()
-        )
+        self.batches.set_expected(self.batch_id, report.lines - report.blank_lines, now=now())
         report.next_line, report.next_byte = report.lines + 1, self.size
         report.status = "COMPLETE"
         _save_report(self.uploads.s3, report, now)
